@@ -1,0 +1,443 @@
+"""`Experiment`: the single controller of a PPO run, one ``step()`` at a time.
+
+``step()`` reads top to bottom like the algorithm (cleanrl style): every phase is a numbered block,
+timed by :class:`~rlkit.diagnostics.timing.PhaseTimer`. Models, optimizers and the rollout engine
+live in the worker (:class:`~rlkit.training.worker.PPOWorker`); the controller moves batches of
+tensors between its calls and does the cheap math (rewards, KL penalty, advantages) itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlkit import algos
+from rlkit.config import PPOConfig, validate
+from rlkit.diagnostics.timing import PhaseTimer
+
+CHECKPOINT_FORMAT = 1
+_MARKER = "rlkit_checkpoint.json"
+
+
+@dataclass
+class StepResult:
+    """What one ``Experiment.step()`` produced.
+
+    rollouts: one row per sample (prompt, response, ground_truth, score, reward, response_length,
+              finish_reason, uid, data_source)
+    metrics:  verl-named scalars (``critic/score/mean``, ``actor/pg_loss``, ``timing_s/gen``, ...)
+    timing:   seconds per phase
+    """
+
+    step: int
+    rollouts: pd.DataFrame
+    metrics: dict[str, float]
+    timing: dict[str, float]
+    batch: dict[str, torch.Tensor] = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        keys = ["critic/score/mean", "critic/rewards/mean", "response_length/mean", "actor/pg_loss", "timing_s/step"]
+        shown = ", ".join(f"{k}={self.metrics[k]:.4g}" for k in keys if k in self.metrics)
+        return f"StepResult(step={self.step}, samples={len(self.rollouts)}, {shown})"
+
+    def _repr_html_(self) -> str:
+        head = self.__repr__().replace("<", "&lt;")
+        return f"<p><code>{head}</code></p>" + self.rollouts.head(8).to_html(escape=True)
+
+
+def _as_config(config) -> DictConfig:
+    if config is None:
+        return PPOConfig.default()
+    if isinstance(config, DictConfig):
+        validate(config)
+        return config
+    if isinstance(config, dict):
+        return PPOConfig.from_dict(config)
+    if isinstance(config, (list, tuple)):
+        return PPOConfig.from_overrides(list(config))
+    raise TypeError(f"config must be a PPOConfig DictConfig, a dict or a list of 'key=value' overrides, got {type(config).__name__}")
+
+
+class Experiment:
+    """A PPO run you can step, inspect and checkpoint.
+
+    Args:
+        config: ``rlkit.PPOConfig`` (DictConfig), a nested dict, or verl-style overrides
+            (``["data.train_batch_size=8", ...]``).
+        reward_fn: optional callable ``(data_source, solution_str, ground_truth, extra_info) -> float | dict``;
+            overrides ``custom_reward_function`` and the built-in per-data-source rewards.
+
+    >>> exp = Experiment(PPOConfig.from_overrides([...]))   # doctest: +SKIP
+    >>> result = exp.step(); result.rollouts.head()          # doctest: +SKIP
+    """
+
+    def __init__(self, config=None, reward_fn: Callable | None = None, *, _worker=None):
+        from rlkit import rewards
+        from rlkit.datasets.rl_dataset import PromptSampler, RLDataset
+        from rlkit.training.worker import PPOWorker
+
+        self.config = cfg = _as_config(config)
+        self.reward_fn = reward_fn or self._configured_reward_fn(rewards)
+        self._score = rewards.score_responses
+        self.kl_ctrl = algos.get_kl_controller(cfg.algorithm.kl_ctrl.type, float(cfg.algorithm.kl_ctrl.kl_coef),
+                                               float(cfg.algorithm.kl_ctrl.target_kl), int(cfg.algorithm.kl_ctrl.horizon))
+        # data first: a wrong path fails before any model loads
+        for key in ("train_files", "val_files"):
+            if not cfg.data.get(key):
+                raise ValueError(f"data.{key} is not set; prepare GSM8K with rlkit.datasets.gsm8k() and pass "
+                                 f"data.{key}=~/data/gsm8k/{'train' if key == 'train_files' else 'test'}.parquet")
+        self._train_files, self._val_files = _files(cfg.data.train_files), _files(cfg.data.val_files)
+        for f in self._train_files + self._val_files:
+            if not Path(f).expanduser().exists():
+                raise FileNotFoundError(f"data file {f} not found; run `python -m rlkit.datasets.gsm8k --local_dir DIR` "
+                                        "or point data.train_files / data.val_files at verl-schema parquet files")
+
+        self.worker = _worker
+        if self.worker is None:
+            self.worker = PPOWorker(cfg)  # owns the tokenizer, which the datasets need
+        self.tokenizer = self.worker.tokenizer
+        d = cfg.data
+        self.train_dataset = RLDataset(self._train_files, self.tokenizer, prompt_key=d.prompt_key,
+                                       max_prompt_length=int(d.max_prompt_length), truncation=d.truncation,
+                                       filter_overlong_prompts=bool(d.filter_overlong_prompts),
+                                       max_samples=int(d.get("train_max_samples", -1) or -1))
+        self.val_dataset = RLDataset(self._val_files, self.tokenizer, prompt_key=d.prompt_key,
+                                     max_prompt_length=int(d.max_prompt_length), truncation=d.truncation,
+                                     filter_overlong_prompts=bool(d.filter_overlong_prompts),
+                                     max_samples=int(d.get("val_max_samples", -1) or -1))
+        self.sampler = PromptSampler(len(self.train_dataset), int(d.train_batch_size), shuffle=bool(d.shuffle),
+                                     seed=int(d.get("seed", 1) or 1), drop_last=True)
+        self.total_training_steps = int(cfg.trainer.get("total_training_steps") or
+                                        self.sampler.batches_per_epoch * int(cfg.trainer.total_epochs))
+        self.worker.set_total_training_steps(self.total_training_steps)
+        self.global_step = 0
+        self._history: list[dict[str, Any]] = []
+        self.val_history: list[dict[str, Any]] = []
+        self.last_validation: pd.DataFrame | None = None
+        self.phase_callbacks: list[Callable[[str, str], None]] = []
+
+    # ------------------------------------------------------------------ setup helpers
+    def _configured_reward_fn(self, rewards):
+        crf = self.config.get("custom_reward_function") or {}
+        if crf.get("path"):
+            return rewards.load_custom_reward_function(crf.path, crf.get("name") or "compute_score")
+        return rewards.default_compute_score
+
+    # ------------------------------------------------------------------ the PPO iteration
+    def step(self) -> StepResult:
+        """Run exactly one PPO iteration and return what it produced.
+
+        If the call is interrupted (KeyboardInterrupt in a notebook, an exception in a reward
+        function), the data position is rolled back and the worker reset, so the next ``step()``
+        retries the same prompts. Parameter updates that completed before the interruption stay.
+        """
+        sampler_state = self.sampler.state_dict()
+        try:
+            result = self._step()
+        except BaseException:
+            self.sampler.load_state_dict(sampler_state)
+            self.worker.reset_after_interrupt()
+            raise
+        self.global_step += 1
+        self._history.append({"step": self.global_step, **result.metrics})
+        return result
+
+    def _step(self) -> StepResult:
+        cfg, worker = self.config, self.worker
+        n = int(cfg.actor_rollout_ref.rollout.n)
+        step = self.global_step + 1
+        timer = PhaseTimer(self.phase_callbacks)
+        metrics: dict[str, float] = {}
+
+        with timer.phase("step"):
+            # 1. next batch of prompts; one uid per prompt groups its n samples (GRPO/RLOO)
+            items = [self.train_dataset[i] for i in self.sampler.next_batch()]
+            uids = [f"{step}-{i}" for i in range(len(items)) for _ in range(n)]
+            samples = [it for it in items for _ in range(n)]
+
+            # 2. generate n responses per prompt with the rollout engine
+            with timer.phase("gen"):
+                batch, finish_reasons = worker.generate([it["prompt_ids"] for it in items])
+            mask = batch["response_mask"]
+            responses_text = self._decode(batch)
+
+            # 3. score the responses; the scalar sits on the last response token (verl's convention)
+            with timer.phase("reward"):
+                scores, extras = self._score(self.reward_fn, [s["data_source"] for s in samples], responses_text,
+                                             [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples])
+                batch["token_level_scores"] = _last_token_tensor(torch.tensor(scores, dtype=torch.float32), mask)
+
+            # 4. old log-probs: recomputed by the actor, as verl does (not trusted from the engine)
+            with timer.phase("old_log_prob"):
+                out = worker.compute_log_prob(batch)
+                batch["old_log_probs"] = out["log_probs"]
+                metrics["actor/entropy"] = algos.masked_mean(out["entropys"], mask).item()
+                metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
+
+            # 5. reference log-probs (for the KL loss or the KL reward penalty)
+            if worker.ref is not None:
+                with timer.phase("ref"):
+                    batch["ref_log_prob"] = worker.compute_ref_log_prob(batch)
+
+            # 6. values V(s_t) from the critic
+            if worker.critic is not None:
+                with timer.phase("values"):
+                    batch["values"] = worker.compute_values(batch)
+
+            # 7. advantages (driver side, cheap): optional KL penalty in the reward, then the estimator
+            with timer.phase("adv"):
+                if cfg.algorithm.use_kl_in_reward:
+                    rewards_t, current_kl = algos.apply_kl_penalty(
+                        batch["token_level_scores"], batch["old_log_probs"], batch["ref_log_prob"], mask,
+                        self.kl_ctrl.value, cfg.algorithm.kl_penalty)
+                    batch["token_level_rewards"] = rewards_t
+                    metrics.update({"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": self.kl_ctrl.value})
+                    self.kl_ctrl.update(current_kl, len(items) * n)
+                else:
+                    batch["token_level_rewards"] = batch["token_level_scores"]
+                adv, ret = algos.compute_advantage(
+                    cfg.algorithm.adv_estimator, batch["token_level_rewards"], mask, values=batch.get("values"),
+                    index=uids, gamma=float(cfg.algorithm.gamma), lam=float(cfg.algorithm.lam),
+                    norm_adv_by_std_in_grpo=bool(cfg.algorithm.norm_adv_by_std_in_grpo))
+                batch["advantages"], batch["returns"] = adv, ret
+
+            # 8. critic update
+            if worker.critic is not None:
+                with timer.phase("update_critic"):
+                    metrics.update(worker.update_critic(batch, step))
+
+            # 9. actor update, once the critic has warmed up
+            if step > int(cfg.trainer.critic_warmup):
+                with timer.phase("update_actor"):
+                    metrics.update(worker.update_actor(batch, step))
+
+            # 10. new weights into the rollout engine
+            with timer.phase("update_weights"):
+                worker.sync_rollout_weights()
+
+        metrics.update(_data_metrics(batch, int(cfg.data.max_response_length), int(cfg.data.max_prompt_length)))
+        metrics.update(_timing_metrics(timer.timing, batch))
+        metrics["training/global_step"] = step
+        metrics["training/epoch"] = self.sampler.epoch
+        for k, v in extras.items():
+            metrics[f"reward_extra/{k}/mean"] = float(np.mean(v))
+        rollouts = self._rollout_frame(step, items, n, responses_text, batch, finish_reasons, uids)
+        return StepResult(step=step, rollouts=rollouts, metrics=metrics, timing=dict(timer.timing), batch=batch)
+
+    def _decode(self, batch) -> list[str]:
+        lengths = batch["response_mask"].sum(-1).long().tolist()
+        return [self.tokenizer.decode(ids[:L], skip_special_tokens=True)
+                for ids, L in zip(batch["responses"].tolist(), lengths)]
+
+    def _rollout_frame(self, step, items, n, responses_text, batch, finish_reasons, uids) -> pd.DataFrame:
+        mask = batch["response_mask"]
+        return pd.DataFrame({
+            "step": step,
+            "uid": uids,
+            "data_source": [it["data_source"] for it in items for _ in range(n)],
+            "prompt": [it["prompt_text"] for it in items for _ in range(n)],
+            "response": responses_text,
+            "ground_truth": [it["ground_truth"] for it in items for _ in range(n)],
+            "score": batch["token_level_scores"].sum(-1).tolist(),
+            "reward": batch["token_level_rewards"].sum(-1).tolist(),
+            "response_length": mask.sum(-1).long().tolist(),
+            "finish_reason": finish_reasons,
+        })
+
+    # ------------------------------------------------------------------ loops and views
+    def run(self, n_steps: int, progress: bool = True) -> pd.DataFrame:
+        """``step()`` ``n_steps`` times with a (notebook-aware) tqdm bar; returns the new history rows."""
+        from tqdm.auto import tqdm
+
+        start = len(self._history)
+        bar = tqdm(range(n_steps), desc="PPO", disable=not progress)
+        for _ in bar:
+            res = self.step()
+            bar.set_postfix(score=f"{res.metrics['critic/score/mean']:.3f}",
+                            len=f"{res.metrics['response_length/mean']:.0f}")
+        return pd.DataFrame(self._history[start:])
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per finished step, verl metric names as columns."""
+        return pd.DataFrame(self._history)
+
+    def validate(self) -> dict[str, float]:
+        """Score the validation set with ``rollout.val_kwargs`` (greedy by default).
+
+        Returns ``{"val-core/<data_source>/acc/mean": ..., "val-aux/<data_source>/reward/mean": ...}``;
+        the per-sample table is kept in ``self.last_validation``.
+        """
+        bs = int(self.config.data.get("val_batch_size") or len(self.val_dataset))
+        rows = []
+        for start in range(0, len(self.val_dataset), bs):
+            items = [self.val_dataset[i] for i in range(start, min(start + bs, len(self.val_dataset)))]
+            batch, reasons = self.worker.generate([it["prompt_ids"] for it in items], validate=True)
+            n = len(reasons) // len(items)
+            texts = self._decode(batch)
+            samples = [it for it in items for _ in range(n)]
+            scores, _ = self._score(self.reward_fn, [s["data_source"] for s in samples], texts,
+                                    [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples])
+            for s, text, sc, r, L in zip(samples, texts, scores, reasons, batch["response_mask"].sum(-1).tolist()):
+                rows.append({"data_source": s["data_source"], "prompt": s["prompt_text"], "response": text,
+                             "ground_truth": s["ground_truth"], "score": sc, "response_length": int(L), "finish_reason": r})
+        df = pd.DataFrame(rows)
+        self.last_validation = df
+        metrics: dict[str, float] = {}
+        for ds, g in df.groupby("data_source"):
+            metrics[f"val-core/{ds}/acc/mean"] = float(g["score"].mean())
+            metrics[f"val-aux/{ds}/reward/mean"] = float(g["score"].mean())
+            metrics[f"val-aux/{ds}/response_length/mean"] = float(g["response_length"].mean())
+        self.val_history.append({"step": self.global_step, **metrics})
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write a checkpoint that :meth:`resume` continues exactly.
+
+        Written into a temporary folder beside ``directory`` and renamed into place, so an
+        interrupted save leaves the previous checkpoint intact. Refuses to replace a non-empty
+        folder that is not an rlkit checkpoint.
+        """
+        target = Path(directory).expanduser().resolve()
+        if target.exists() and any(target.iterdir()) and not (target / _MARKER).exists():
+            raise FileExistsError(f"{target} exists and is not an rlkit checkpoint; choose an empty or new folder")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        state = {
+            "worker": self.worker.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "kl_ctrl": self.kl_ctrl.state_dict(),
+            "global_step": self.global_step,
+            "history": self._history,
+            "val_history": self.val_history,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        torch.save(state, tmp / "state.pt")
+        OmegaConf.save(self.config, tmp / "config.yaml")
+        (tmp / _MARKER).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "global_step": self.global_step,
+                                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    @classmethod
+    def resume(cls, directory: str | os.PathLike, reward_fn: Callable | None = None) -> "Experiment":
+        """Rebuild an experiment from :meth:`save` output: models, optimizers, KL controller,
+        RNG and data position, so the next ``step()`` is the one the original run would have taken."""
+        src = Path(directory).expanduser()
+        marker = src / _MARKER
+        if not marker.exists():
+            raise FileNotFoundError(f"{src} is not an rlkit checkpoint (no {_MARKER})")
+        fmt = json.loads(marker.read_text()).get("format")
+        if fmt != CHECKPOINT_FORMAT:
+            raise ValueError(f"{src} has checkpoint format {fmt}; this rlkit reads format {CHECKPOINT_FORMAT}")
+        cfg = PPOConfig.from_yaml(src / "config.yaml")
+        exp = cls(cfg, reward_fn=reward_fn)
+        state = torch.load(src / "state.pt", map_location="cpu", weights_only=False)
+        exp.worker.load_state_dict(state["worker"])
+        exp.sampler.load_state_dict(state["sampler"])
+        exp.kl_ctrl.load_state_dict(state["kl_ctrl"])
+        exp.global_step = state["global_step"]
+        exp._history = list(state["history"])
+        exp.val_history = list(state["val_history"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return exp
+
+    def shutdown(self) -> None:
+        """Release the rollout engine and models (a new Experiment can start cleanly after this)."""
+        if self.worker is not None:
+            self.worker.shutdown()
+            self.worker = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+# ---------------------------------------------------------------------- pure helpers
+def _files(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _last_token_tensor(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) scores -> (B, R) with each score on the last response token."""
+    out = torch.zeros_like(mask, dtype=torch.float32)
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    out[torch.arange(len(scores)), last] = scores
+    return out
+
+
+def _rollout_probs_diff(rollout_lp, actor_lp, mask) -> dict[str, float]:
+    """|p_rollout - p_actor| per token: the first thing to check when PPO misbehaves."""
+    diff = (rollout_lp.exp() - actor_lp.exp()).abs()
+    valid = diff[mask.bool()]
+    if valid.numel() == 0:
+        return {}
+    return {"training/rollout_probs_diff_mean": valid.mean().item(),
+            "training/rollout_probs_diff_max": valid.max().item()}
+
+
+def _stats(prefix: str, x: torch.Tensor) -> dict[str, float]:
+    if x.numel() == 0:
+        return {}
+    return {f"{prefix}/mean": x.float().mean().item(), f"{prefix}/max": x.float().max().item(),
+            f"{prefix}/min": x.float().min().item()}
+
+
+def _data_metrics(batch, max_response_length: int, max_prompt_length: int) -> dict[str, float]:
+    mask = batch["response_mask"].bool()
+    resp_len = mask.sum(-1).float()
+    prompt_len = batch["attention_mask"][:, : batch["prompts"].shape[1]].sum(-1).float()
+    m = {}
+    m.update(_stats("critic/score", batch["token_level_scores"].sum(-1)))
+    m.update(_stats("critic/rewards", batch["token_level_rewards"].sum(-1)))
+    m.update(_stats("critic/advantages", batch["advantages"][mask]))
+    m.update(_stats("critic/returns", batch["returns"][mask]))
+    if "values" in batch:
+        m.update(_stats("critic/values", batch["values"][mask]))
+        m["critic/vf_explained_var"] = algos.explained_variance(batch["values"], batch["returns"], batch["response_mask"]).item()
+    m.update(_stats("response_length", resp_len))
+    m["response_length/clip_ratio"] = (resp_len >= max_response_length).float().mean().item()
+    m.update(_stats("prompt_length", prompt_len))
+    m["prompt_length/clip_ratio"] = (prompt_len >= max_prompt_length).float().mean().item()
+    return m
+
+
+def _timing_metrics(timing: dict[str, float], batch, n_gpus: int = 1) -> dict[str, float]:
+    resp_tokens = batch["response_mask"].sum().item()
+    total_tokens = batch["attention_mask"].sum().item()
+    m = {f"timing_s/{k}": v for k, v in timing.items()}
+    for k, v in timing.items():
+        tokens = resp_tokens if k == "gen" else total_tokens
+        if k != "step" and tokens:
+            m[f"timing_per_token_ms/{k}"] = 1000 * v / tokens
+    m["perf/total_num_tokens"] = total_tokens
+    m["perf/time_per_step"] = timing.get("step", 0.0)
+    m["perf/throughput"] = total_tokens / max(timing.get("step", 0.0), 1e-9) / n_gpus
+    return m
