@@ -89,25 +89,30 @@ def _convert_gguf(gguf_path: Path) -> str:
     if (out / "config.json").exists():
         return str(out)
     _log(f"converting {gguf_path.name} to a Hugging Face checkpoint in {out} (once)")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else _mk(out.parent)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".converting-"))
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
-    except ImportError as e:
-        raise ImportError(f"loading GGUF files needs the `gguf` and `accelerate` packages: {e}") from e
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if out.exists():  # a concurrent conversion won; keep theirs
+        try:
+            tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                         dtype=torch.float32)
+        except ImportError as e:
+            raise ImportError(f"loading GGUF files needs the `gguf` and `accelerate` packages: {e}") from e
+        # recent transformers refuse to save a model loaded from GGUF; the de-quantised weights are
+        # plain tensors, so move them into a fresh model built from the same (unquantised) config
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        plain.generation_config = model.generation_config
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if not out.exists():  # else a concurrent conversion won; keep theirs
+            os.replace(tmp, out)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
     return str(out)
-
-
-def _mk(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def resolve_model_path(path: str | None, gguf_file: str | None = None) -> str:
