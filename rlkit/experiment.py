@@ -165,9 +165,13 @@ class Experiment:
             uids = [f"{step}-{i}" for i in range(len(items)) for _ in range(n)]
             samples = [it for it in items for _ in range(n)]
 
-            # 2. generate n responses per prompt with the rollout engine
+            # 2. generate n responses per prompt; the engine takes the GPU (wake) and gives it back (sleep)
+            with timer.phase("wake"):
+                worker.wake_rollout()
             with timer.phase("gen"):
                 batch, finish_reasons = worker.generate([it["prompt_ids"] for it in items])
+            with timer.phase("sleep"):
+                worker.sleep_rollout()
             mask = batch["response_mask"]
             responses_text = self._decode(batch)
 
@@ -185,12 +189,12 @@ class Experiment:
                 metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
 
             # 5. reference log-probs (for the KL loss or the KL reward penalty)
-            if worker.ref is not None:
+            if worker.has_ref:
                 with timer.phase("ref"):
                     batch["ref_log_prob"] = worker.compute_ref_log_prob(batch)
 
             # 6. values V(s_t) from the critic
-            if worker.critic is not None:
+            if worker.has_critic:
                 with timer.phase("values"):
                     batch["values"] = worker.compute_values(batch)
 
@@ -212,7 +216,7 @@ class Experiment:
                 batch["advantages"], batch["returns"] = adv, ret
 
             # 8. critic update
-            if worker.critic is not None:
+            if worker.has_critic:
                 with timer.phase("update_critic"):
                     metrics.update(worker.update_critic(batch, step))
 
@@ -221,7 +225,7 @@ class Experiment:
                 with timer.phase("update_actor"):
                     metrics.update(worker.update_actor(batch, step))
 
-            # 10. new weights into the rollout engine
+            # 10. new weights into the rollout engine (a sleeping engine gets them at its next wake)
             with timer.phase("update_weights"):
                 worker.sync_rollout_weights()
 
@@ -279,6 +283,22 @@ class Experiment:
         the per-sample table is kept in ``self.last_validation``.
         """
         bs = int(self.config.data.get("val_batch_size") or len(self.val_dataset))
+        self.worker.wake_rollout()
+        try:
+            rows = self._validation_rows(bs)
+        finally:
+            self.worker.sleep_rollout()
+        df = pd.DataFrame(rows)
+        self.last_validation = df
+        metrics: dict[str, float] = {}
+        for ds, g in df.groupby("data_source"):
+            metrics[f"val-core/{ds}/acc/mean"] = float(g["score"].mean())
+            metrics[f"val-aux/{ds}/reward/mean"] = float(g["score"].mean())
+            metrics[f"val-aux/{ds}/response_length/mean"] = float(g["response_length"].mean())
+        self.val_history.append({"step": self.global_step, **metrics})
+        return metrics
+
+    def _validation_rows(self, bs: int) -> list[dict]:
         rows = []
         for start in range(0, len(self.val_dataset), bs):
             items = [self.val_dataset[i] for i in range(start, min(start + bs, len(self.val_dataset)))]
@@ -291,15 +311,7 @@ class Experiment:
             for s, text, sc, r, L in zip(samples, texts, scores, reasons, batch["response_mask"].sum(-1).tolist()):
                 rows.append({"data_source": s["data_source"], "prompt": s["prompt_text"], "response": text,
                              "ground_truth": s["ground_truth"], "score": sc, "response_length": int(L), "finish_reason": r})
-        df = pd.DataFrame(rows)
-        self.last_validation = df
-        metrics: dict[str, float] = {}
-        for ds, g in df.groupby("data_source"):
-            metrics[f"val-core/{ds}/acc/mean"] = float(g["score"].mean())
-            metrics[f"val-aux/{ds}/reward/mean"] = float(g["score"].mean())
-            metrics[f"val-aux/{ds}/response_length/mean"] = float(g["response_length"].mean())
-        self.val_history.append({"step": self.global_step, **metrics})
-        return metrics
+        return rows
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | os.PathLike) -> Path:

@@ -93,7 +93,7 @@ def test_kl_loss_and_grpo_path(char_model, toy_data):
     ov = toy_overrides(char_model, toy_data, **{"algorithm.adv_estimator": "grpo",
                                                "actor_rollout_ref.actor.use_kl_loss": True})
     exp = Experiment(PPOConfig.from_overrides(ov), reward_fn=digit_fraction)
-    assert exp.worker.critic is None and exp.worker.ref is not None
+    assert not exp.worker.has_critic and exp.worker.has_ref
     res = exp.step()
     assert "actor/kl_loss" in res.metrics and res.metrics["actor/kl_loss"] >= 0
     assert "critic/values/mean" not in res.metrics

@@ -76,9 +76,11 @@ class RolloutEngine(Protocol):
 
     def update_weights(self, named_tensors: Iterable[tuple[str, "object"]]) -> None: ...
 
-    def sleep(self) -> None: ...
+    def sleep(self) -> None:
+        """Give GPU memory back to training (KV cache, and weights where the engine owns a copy)."""
 
-    def wake_up(self) -> None: ...
+    def wake_up(self, named_tensors=None) -> None:
+        """Take memory back; engines whose weights were freed require ``named_tensors`` to reload."""
 
     def shutdown(self) -> None: ...
 

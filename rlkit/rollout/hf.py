@@ -58,7 +58,7 @@ class HFRollout:
         self.pad_token_id = int(pad_token_id)
         self.eos_token_ids = [int(t) for t in eos_token_ids]
         self.max_batch_size = max_batch_size
-        self.sleeping = False
+        self.awake = True
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +66,7 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> GenerationOutput:
-        if self.sleeping:
+        if not self.awake:
             raise RuntimeError("HFRollout is asleep; call wake_up() before generate()")
         if not prompt_ids:
             return GenerationOutput([], [], [])
@@ -143,10 +143,13 @@ class HFRollout:
                     params[name].copy_(tensor)
 
     def sleep(self) -> None:
-        self.sleeping = True
+        """Nothing to free (the weights are the actor's); generate() refuses until wake_up()."""
+        self.awake = False
 
-    def wake_up(self) -> None:
-        self.sleeping = False
+    def wake_up(self, named_tensors=None) -> None:
+        self.awake = True
+        if named_tensors is not None:
+            self.update_weights(named_tensors)
 
     def shutdown(self) -> None:
         self.module = None

@@ -1,32 +1,312 @@
-"""`sglang` rollout engine: SGLang's offline ``Engine`` colocated with training.
+"""`sglang` rollout engine: SGLang's offline ``Engine`` sharing the GPU with training.
 
-This is the only module in rlkit that imports sglang, and only when the engine is built.
+The only module in rlkit that imports sglang, and only when an engine is built.
+
+Memory hand-off follows verl's hybrid engine:
+    wake_up(weights):  resume "weights" -> push the actor's weights -> empty torch's cache -> resume "kv_cache"
+    sleep():           release "kv_cache" and "weights" (when rollout.free_cache_engine)
+Released weights are freed, not offloaded: they come back as garbage. So ``wake_up`` after a sleep
+requires the weights to push, and ``generate`` refuses to run on weights that were never pushed
+(``load_format=dummy`` or after a sleep).
+
+SGLang kills the process that launched the engine when its scheduler fails at start. Start this
+engine inside a worker process (rlkit does so through a Ray actor), never in a notebook kernel.
 """
 from __future__ import annotations
 
-SUPPORTED_SGLANG = "0.5.15"  # the version rlkit's GPU tests ran against
+import os
+import warnings
+from typing import Iterable
+
+import torch
+
+from rlkit.rollout.base import GenerationOutput, SamplingParams
+
+SUPPORTED_SGLANG = ("0.5.15",)  # versions rlkit's GPU tests ran against (0.5.15.post1)
+TP_CHECK_ENV = "SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK"
+LEGACY_TP_CHECK_ENVS = ("SGL_DISABLE_TP_MEMORY_INBALANCE_CHECK", "SGLANG_DISABLE_TP_MEMORY_INBALANCE_CHECK")
+TP_MEMORY_RATIO = 0.9  # SGLang: fail when min free over the TP group < 0.9 x this rank's free memory
 
 
 def import_sglang():
     """Import sglang or explain what to install."""
     try:
-        import sglang  # noqa: F401
+        import sglang
     except ImportError as e:
         raise ImportError(
-            "actor_rollout_ref.rollout.name=sglang needs SGLang, which is not installed here "
-            f"({e}). Install it on a CUDA machine with `pip install 'sglang[all]=={SUPPORTED_SGLANG}.post1' ray` "
+            "actor_rollout_ref.rollout.name=sglang needs SGLang and Ray, which are not installed here "
+            f"({e}). On a CUDA machine: `pip install 'sglang==0.5.15.post1' ray` "
             "(rlkit is tested with SGLang 0.5.15.post1), or use actor_rollout_ref.rollout.name=hf."
         ) from e
+    version = getattr(sglang, "__version__", "unknown")
+    if not version.startswith(SUPPORTED_SGLANG):
+        warnings.warn(f"SGLang {version} is untested with rlkit; tested versions: "
+                      f"{', '.join(v + '.post1' for v in SUPPORTED_SGLANG)}. If the engine fails to start or "
+                      "generate, install sglang==0.5.15.post1.", stacklevel=2)
     return sglang
 
 
+def _truthy(value: str | None) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def apply_tp_memory_check(mode: str, environ=None) -> str:
+    """Set SGLang's TP memory-imbalance switch in ``environ`` (default ``os.environ``) for ``mode``.
+
+    ``mode`` is ``rollout.tp_memory_check``: ``error`` (SGLang raises), ``warn`` (SGLang's check off,
+    rlkit's pre-flight warns) or ``off``. The legacy ``SGL_DISABLE_TP_MEMORY_INBALANCE_CHECK=True``
+    from verl's page meant "warn instead of fail"; SGLang 0.5.15 copies it unchanged onto
+    ``SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK``, which turns the check ON. rlkit removes the legacy
+    variables and honours their intent: with one set true, ``error`` becomes ``warn``.
+    Returns the effective mode.
+    """
+    env = os.environ if environ is None else environ
+    if mode not in ("error", "warn", "off"):
+        raise ValueError(f"rollout.tp_memory_check must be error, warn or off, got {mode!r}")
+    legacy_disable = any(_truthy(env.pop(name, None)) for name in LEGACY_TP_CHECK_ENVS)
+    if legacy_disable and mode == "error":
+        mode = "warn"
+    env[TP_CHECK_ENV] = "true" if mode == "error" else "false"
+    return mode
+
+
+def tp_memory_imbalance(free_bytes: list[int], ratio: float = TP_MEMORY_RATIO) -> list[int]:
+    """Ranks on which SGLang's check fails: ``min(free) < ratio * free[rank]``.
+
+    free_bytes: free memory per TP rank, in rank order. Returns the failing ranks (empty when balanced).
+    """
+    if not free_bytes:
+        return []
+    group_min = min(free_bytes)
+    return [rank for rank, free in enumerate(free_bytes) if group_min < ratio * free]
+
+
+def _gpu_memory_table(n: int) -> tuple[list[int], str]:
+    free = []
+    lines = []
+    for i in range(n):
+        f, t = torch.cuda.mem_get_info(i)
+        free.append(f)
+        lines.append(f"  GPU {i} (visible index): free {f / 2**30:.2f} GiB, used {(t - f) / 2**30:.2f} GiB of {t / 2**30:.2f} GiB")
+    return free, "\n".join(lines)
+
+
+def preflight_tp_memory(tp_size: int, mode: str) -> None:
+    """Apply SGLang's rule to live readings before the engine starts (it kills its launcher on failure)."""
+    if tp_size <= 1 or mode == "off" or not torch.cuda.is_available():
+        return
+    if torch.cuda.device_count() < tp_size:
+        raise RuntimeError(f"rollout.tensor_model_parallel_size={tp_size} but this worker sees "
+                           f"{torch.cuda.device_count()} GPU(s)")
+    free, table = _gpu_memory_table(tp_size)
+    bad = tp_memory_imbalance(free)
+    if not bad:
+        return
+    short = min(range(tp_size), key=lambda r: free[r])
+    msg = (f"TP memory imbalance: SGLang needs the smallest free memory in the TP group to be at least "
+           f"{TP_MEMORY_RATIO} x each rank's free memory; it fails on rank(s) {bad}. GPU {short} is short by "
+           f"{(TP_MEMORY_RATIO * max(free) - free[short]) / 2**30:.2f} GiB.\n{table}\n"
+           "Usual causes: another process on the short GPU, workers that loaded models at different times, "
+           "parameter offload on some ranks only. Fixes: free the short GPU (torch.cuda.empty_cache(), stop other "
+           "processes), start the engine before loading training state, or set "
+           "actor_rollout_ref.rollout.tp_memory_check=warn to start anyway (the KV cache is sized from the "
+           "smallest free memory).")
+    if mode == "error":
+        raise RuntimeError(msg)
+    warnings.warn(msg, stacklevel=2)
+
+
+def hf_param_name(name: str) -> str:
+    """Map a training-side parameter name to the checkpoint name SGLang's loader expects."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, dtype: torch.dtype,
+                   device: torch.device | str):
+    """Yield lists of (name, tensor) of at most ``bucket_bytes`` each (a bigger tensor goes alone),
+    cast to the engine's ``dtype`` on ``device``."""
+    bucket, size = [], 0
+    for name, t in named_tensors:
+        t = t.detach().to(device=device, dtype=dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((hf_param_name(name), t))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
 class SGLangRollout:
-    """Placeholder until the engine lands: selecting it fails with an actionable message."""
+    """Rollout engine on ``sglang.Engine`` (in-process API, token ids in and out).
+
+    Args:
+        model_path: Hugging Face folder the engine loads (or whose shapes it uses with ``load_format=dummy``).
+        tp_size, gpu_memory_utilization, enforce_eager, load_format, dtype: as ``rollout.*``.
+        engine_kwargs: any other ``ServerArgs`` field (``rollout.engine_kwargs.sglang``).
+        tp_memory_check: error | warn | off (see :func:`apply_tp_memory_check`).
+        bucket_megabytes: weight sync bucket size (``rollout.update_weights_bucket_megabytes``).
+        free_cache_engine: release KV cache and weights in :meth:`sleep`.
+    """
 
     name = "sglang"
 
+    def __init__(self, model_path: str, *, tp_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 enforce_eager: bool = False, load_format: str = "auto", dtype: str = "bfloat16",
+                 attention_backend: str | None = "triton", sampling_backend: str | None = "pytorch",
+                 engine_kwargs: dict | None = None, tp_memory_check: str = "error", bucket_megabytes: int = 512,
+                 free_cache_engine: bool = True, seed: int = 1):
+        sglang = import_sglang()
+        _check_architecture(model_path)
+        mode = apply_tp_memory_check(tp_memory_check)
+        preflight_tp_memory(tp_size, mode)
+        kwargs = dict(
+            model_path=model_path, skip_tokenizer_init=True, enable_memory_saver=True,
+            mem_fraction_static=gpu_memory_utilization, tp_size=tp_size, disable_cuda_graph=enforce_eager,
+            load_format=load_format, dtype=dtype, random_seed=seed, grammar_backend="none",
+        )
+        if attention_backend:
+            kwargs["attention_backend"] = attention_backend
+        if sampling_backend:
+            kwargs["sampling_backend"] = sampling_backend
+        kwargs.update(dict(engine_kwargs or {}))
+        self.engine_args = kwargs
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else torch.bfloat16
+        self.bucket_bytes = int(bucket_megabytes) * 2**20
+        self.free_cache_engine = free_cache_engine
+        try:
+            self.engine = sglang.Engine(**kwargs)
+        except torch.cuda.OutOfMemoryError as e:  # only reached when SGLang did not kill us first
+            raise RuntimeError(_oom_message("starting", gpu_memory_utilization)) from e
+        self.awake = True
+        self.weights_valid = load_format != "dummy"  # dummy = random weights until the first push
+
     @classmethod
-    def from_worker(cls, worker):
-        import_sglang()
-        raise NotImplementedError("the SGLang rollout engine is not implemented in this build of rlkit; "
-                                  "use actor_rollout_ref.rollout.name=hf")
+    def from_worker(cls, worker) -> "SGLangRollout":
+        """Build from a :class:`~rlkit.training.worker.PPOWorker`'s config (rollout.* keys)."""
+        r = worker.cfg.actor_rollout_ref.rollout
+        kw = dict(r.get("engine_kwargs", {}).get("sglang", {}) or {})
+        return cls(
+            worker.model_dir, tp_size=int(r.tensor_model_parallel_size),
+            gpu_memory_utilization=float(r.gpu_memory_utilization), enforce_eager=bool(r.enforce_eager),
+            load_format=str(r.load_format), dtype=str(r.get("dtype", "bfloat16")),
+            attention_backend=kw.pop("attention_backend", "triton"), sampling_backend=kw.pop("sampling_backend", "pytorch"),
+            engine_kwargs=kw, tp_memory_check=str(r.get("tp_memory_check", "error")),
+            bucket_megabytes=int(r.get("update_weights_bucket_megabytes", 512)),
+            free_cache_engine=bool(r.get("free_cache_engine", True)), seed=int(worker.cfg.data.get("seed", 1) or 1),
+        )
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> GenerationOutput:
+        if not self.awake:
+            raise RuntimeError("SGLangRollout is asleep; call wake_up(weights) before generate()")
+        if not self.weights_valid:
+            raise RuntimeError("the engine holds no valid weights (load_format=dummy or released by sleep); "
+                               "push the actor's weights with update_weights() or wake_up(weights) first")
+        if not prompt_ids:
+            return GenerationOutput([], [], [])
+        for i, p in enumerate(prompt_ids):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+        params = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "temperature": 0.0 if sampling.greedy else sampling.temperature,
+            "top_p": 1.0 if sampling.greedy else sampling.top_p,
+            "top_k": -1 if sampling.greedy else sampling.top_k,
+            "ignore_eos": sampling.ignore_eos,
+            "skip_special_tokens": False,
+        }
+        if sampling.stop_token_ids and not sampling.ignore_eos:
+            params["stop_token_ids"] = list(sampling.stop_token_ids)
+        rows = [list(p) for p in prompt_ids for _ in range(sampling.n)]  # prompt-major, like the hf engine
+        outs = self.engine.generate(input_ids=rows, sampling_params=params, return_logprob=True)
+        result = GenerationOutput([], [], [])
+        for out in outs:
+            ids = list(out["output_ids"])
+            lps = [float(lp) for lp, *_ in out["meta_info"]["output_token_logprobs"]][: len(ids)]
+            reason = out["meta_info"].get("finish_reason") or {}
+            kind = reason.get("type") if isinstance(reason, dict) else str(reason)
+            result.response_ids.append(ids)
+            result.log_probs.append(lps)
+            result.finish_reasons.append("length" if kind == "length" else "stop")
+        return result
+
+    # ------------------------------------------------------------------ weights and memory
+    def update_weights(self, named_tensors) -> None:
+        """Push weights (any dtype/device) in buckets, then flush the prefix cache."""
+        if not self.awake:
+            raise RuntimeError("cannot push weights into a sleeping engine; use wake_up(weights)")
+        for bucket in weight_buckets(named_tensors, self.bucket_bytes, self.dtype, "cuda"):
+            self.engine.update_weights_from_tensor(bucket, flush_cache=False)
+            del bucket
+        self.engine.flush_cache()
+        self.weights_valid = True
+
+    def wake_up(self, named_tensors=None) -> None:
+        """verl's order: resume weights -> push weights -> empty cache -> resume KV cache."""
+        if self.awake:
+            if named_tensors is not None:
+                self.update_weights(named_tensors)
+            return
+        if named_tensors is None:
+            raise ValueError("wake_up() needs the weights: the engine's weights were freed by sleep() and would "
+                             "come back as garbage. Call wake_up(actor.named_parameters()).")
+        try:
+            self.engine.resume_memory_occupation(tags=["weights"])
+            self.awake = True
+            self.update_weights(named_tensors)
+            torch.cuda.empty_cache()
+            self.engine.resume_memory_occupation(tags=["kv_cache"])
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(_oom_message("waking up", self.engine_args["mem_fraction_static"])) from e
+
+    def sleep(self) -> None:
+        """Free the KV cache and the weights for training (no-op unless free_cache_engine)."""
+        if not self.awake or not self.free_cache_engine:
+            return
+        self.engine.release_memory_occupation(tags=["kv_cache", "weights"])
+        self.awake = False
+        self.weights_valid = False
+        torch.cuda.empty_cache()
+
+    def shutdown(self) -> None:
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _check_architecture(model_path: str) -> None:
+    import json
+    from pathlib import Path
+
+    cfg_file = Path(model_path) / "config.json"
+    if not cfg_file.exists():
+        return
+    archs = json.loads(cfg_file.read_text()).get("architectures") or []
+    try:
+        from sglang.srt.models.registry import ModelRegistry
+
+        supported = set(ModelRegistry.get_supported_archs())
+    except Exception:  # registry layout changed: let SGLang decide
+        return
+    if archs and not any(a in supported for a in archs):
+        raise ValueError(f"SGLang cannot serve {model_path}: architectures {archs} are not among SGLang's "
+                         f"{len(supported)} supported ones (e.g. Qwen2ForCausalLM, LlamaForCausalLM). "
+                         "Use actor_rollout_ref.rollout.name=hf for this model.")
+
+
+def _oom_message(when: str, fraction: float) -> str:
+    lines = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            f, t = torch.cuda.mem_get_info(i)
+            lines.append(f"GPU {i}: free {f / 2**30:.2f} GiB, used {(t - f) / 2**30:.2f} GiB")
+    return (f"out of GPU memory while {when} the SGLang engine ({'; '.join(lines)}). Lower "
+            f"actor_rollout_ref.rollout.gpu_memory_utilization (now {fraction}), enable "
+            "actor_rollout_ref.actor.fsdp_config.param_offload / optimizer_offload, or shorten "
+            "data.max_response_length.")

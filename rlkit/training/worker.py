@@ -158,9 +158,32 @@ class PPOWorker:
         prompts = [p for p in prompt_ids for _ in range(sampling.n)]
         return make_batch(prompts, out.response_ids, out.log_probs, self.tokenizer.pad_token_id), out.finish_reasons
 
+    def wake_rollout(self) -> None:
+        """Give the GPU to the engine: resume weights -> push the actor's -> resume the KV cache."""
+        self.rollout.wake_up(self.actor.named_parameters())
+
+    def sleep_rollout(self) -> None:
+        """Give the GPU back to training (frees KV cache and weights when rollout.free_cache_engine)."""
+        self.rollout.sleep()
+
     def sync_rollout_weights(self) -> None:
-        """Push the actor's weights into the rollout engine (free when the engine shares them)."""
-        self.rollout.update_weights(self.actor.named_parameters())
+        """Push the actor's weights into an awake engine (free when it shares them); a sleeping
+        engine gets them at its next wake-up instead."""
+        if self.rollout.awake:
+            self.rollout.update_weights(self.actor.named_parameters())
+
+    @property
+    def has_ref(self) -> bool:
+        return self.ref is not None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None
+
+    def describe(self) -> dict:
+        """What a remote controller needs to know about this worker."""
+        return {"has_ref": self.has_ref, "has_critic": self.has_critic, "model_dir": self.model_dir,
+                "device": str(self.device)}
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()
@@ -305,8 +328,6 @@ class PPOWorker:
         if self.critic is not None:
             self.critic_optim.zero_grad(set_to_none=True)
         self.actor.train()
-        with contextlib.suppress(Exception):
-            self.rollout.wake_up()
 
     def state_dict(self) -> dict[str, Any]:
         state = {"actor": self.actor.state_dict(), "actor_optim": self.actor_optim.state_dict(),
