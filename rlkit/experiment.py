@@ -76,12 +76,14 @@ class Experiment:
             (``["data.train_batch_size=8", ...]``).
         reward_fn: optional callable ``(data_source, solution_str, ground_truth, extra_info) -> float | dict``;
             overrides ``custom_reward_function`` and the built-in per-data-source rewards.
+        worker: an already-built worker to drive (e.g. :class:`~rlkit.distributed.ray_worker.RayWorker`);
+            by default a PPOWorker in this process for ``hf`` and a Ray worker for ``sglang``.
 
     >>> exp = Experiment(PPOConfig.from_overrides([...]))   # doctest: +SKIP
     >>> result = exp.step(); result.rollouts.head()          # doctest: +SKIP
     """
 
-    def __init__(self, config=None, reward_fn: Callable | None = None, *, _worker=None):
+    def __init__(self, config=None, reward_fn: Callable | None = None, *, worker=None):
         from rlkit import rewards
         from rlkit.datasets.rl_dataset import PromptSampler, RLDataset
         from rlkit.training.worker import PPOWorker
@@ -102,9 +104,16 @@ class Experiment:
                 raise FileNotFoundError(f"data file {f} not found; run `python -m rlkit.datasets.gsm8k --local_dir DIR` "
                                         "or point data.train_files / data.val_files at verl-schema parquet files")
 
-        self.worker = _worker
+        self.worker = worker
         if self.worker is None:
-            self.worker = PPOWorker(cfg)  # owns the tokenizer, which the datasets need
+            # the worker owns the tokenizer, which the datasets need. SGLang kills the process that
+            # starts its engine when the engine fails, so that worker runs in a Ray actor, never here.
+            if cfg.actor_rollout_ref.rollout.name == "sglang":
+                from rlkit.distributed.ray_worker import RayWorker
+
+                self.worker = RayWorker(cfg)
+            else:
+                self.worker = PPOWorker(cfg)
         self.tokenizer = self.worker.tokenizer
         d = cfg.data
         self.train_dataset = RLDataset(self._train_files, self.tokenizer, prompt_key=d.prompt_key,
@@ -130,7 +139,8 @@ class Experiment:
     def _configured_reward_fn(self, rewards):
         crf = self.config.get("custom_reward_function") or {}
         if crf.get("path"):
-            return rewards.load_custom_reward_function(crf.path, crf.get("name") or "compute_score")
+            return rewards.load_custom_reward_function(crf.path, crf.get("name") or "compute_score",
+                                                       dict(crf.get("reward_kwargs") or {}))
         return rewards.default_compute_score
 
     # ------------------------------------------------------------------ the PPO iteration
@@ -146,7 +156,10 @@ class Experiment:
             result = self._step()
         except BaseException:
             self.sampler.load_state_dict(sampler_state)
-            self.worker.reset_after_interrupt()
+            try:
+                self.worker.reset_after_interrupt()
+            except Exception:  # a dead worker: the original error says why
+                pass
             raise
         self.global_step += 1
         self._history.append({"step": self.global_step, **result.metrics})

@@ -180,6 +180,9 @@ class PPOWorker:
     def has_critic(self) -> bool:
         return self.critic is not None
 
+    def get_tokenizer(self):
+        return self.tokenizer
+
     def describe(self) -> dict:
         """What a remote controller needs to know about this worker."""
         return {"has_ref": self.has_ref, "has_critic": self.has_critic, "model_dir": self.model_dir,

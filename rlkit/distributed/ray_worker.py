@@ -1,0 +1,120 @@
+"""`RayWorker`: a :class:`~rlkit.training.worker.PPOWorker` inside a Ray actor.
+
+The controller (a notebook kernel, a script) keeps only this handle; models, optimizers and the
+SGLang engine live in the actor's process. When SGLang's scheduler fails it kills the process that
+launched the engine - with this split that is the actor, and the controller gets a
+:class:`WorkerDiedError` it can report, instead of a dead kernel.
+"""
+from __future__ import annotations
+
+import os
+
+# Methods of PPOWorker the controller may call; each becomes a blocking remote call.
+REMOTE_METHODS = (
+    "generate", "compute_log_prob", "compute_ref_log_prob", "compute_values", "update_critic", "update_actor",
+    "wake_rollout", "sleep_rollout", "sync_rollout_weights", "reset_after_interrupt", "state_dict",
+    "load_state_dict", "set_total_training_steps",
+)
+# Forwarded into the actor: SGLang's and NCCL's switches must reach the engine's processes.
+FORWARDED_ENV_PREFIXES = ("SGL_", "SGLANG_", "NCCL_", "TORCH_", "NVSHMEM_", "HF_", "TRANSFORMERS_", "TRITON_",
+                          "RLKIT_", "CUDA_LAUNCH_BLOCKING", "PYTHONPATH")
+
+
+class WorkerDiedError(RuntimeError):
+    """The worker process died (SGLang kills its launcher when the engine fails)."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("rollout.name=sglang runs the engine in a Ray worker process; install Ray "
+                          "(`pip install ray`) next to SGLang") from e
+    return ray
+
+
+def gpu_memory_lines() -> list[str]:
+    """Per-GPU used/free from NVML, without creating a CUDA context in the controller."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        lines = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            m = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
+            lines.append(f"GPU {i}: used {m.used / 2**30:.2f} GiB, free {m.free / 2**30:.2f} GiB of {m.total / 2**30:.2f} GiB")
+        pynvml.nvmlShutdown()
+        return lines
+    except Exception as e:  # no NVML (CPU machine, missing nvidia-ml-py)
+        return [f"(GPU memory unavailable: {type(e).__name__})"]
+
+
+class RayWorker:
+    """Controller-side handle with PPOWorker's interface; every call runs in the actor.
+
+    Args:
+        cfg: validated rlkit config.
+        num_gpus: GPUs for the actor (default: rollout.tensor_model_parallel_size for sglang, else 1).
+    """
+
+    def __init__(self, cfg, num_gpus: int | None = None):
+        ray = _import_ray()
+        self._ray = ray
+        from rlkit.training.worker import PPOWorker
+
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": env})
+        rollout = cfg.actor_rollout_ref.rollout
+        if num_gpus is None:
+            import torch  # is_available() reads the driver; it creates no CUDA context here
+
+            if rollout.name == "sglang":
+                num_gpus = int(rollout.tensor_model_parallel_size)
+            else:
+                num_gpus = 1 if torch.cuda.is_available() and cfg.trainer.get("device", "cuda") != "cpu" else 0
+        self.num_gpus = num_gpus
+        self._actor = ray.remote(num_gpus=num_gpus)(PPOWorker).remote(cfg)
+        info = self._call("describe", what="starting the worker (model load, engine start)")
+        self.has_ref, self.has_critic = info["has_ref"], info["has_critic"]
+        self.model_dir, self.device = info["model_dir"], info["device"]
+        self.tokenizer = self._call("get_tokenizer")
+
+    def _call(self, method: str, *args, what: str | None = None, **kwargs):
+        if self._actor is None:
+            raise RuntimeError("this worker was shut down; create a new Experiment")
+        try:
+            return self._ray.get(getattr(self._actor, method).remote(*args, **kwargs))
+        except self._ray.exceptions.RayActorError as e:
+            self._actor = None
+            raise WorkerDiedError(
+                f"the rlkit worker process died while {what or method!r} ran. SGLang kills the process that "
+                "launched its engine when the engine fails (out of memory, TP memory imbalance, unsupported "
+                "model); the controller survives. GPU memory now: " + "; ".join(gpu_memory_lines()) +
+                ". Check the worker's log above; lower actor_rollout_ref.rollout.gpu_memory_utilization if "
+                "memory ran out, then create a new Experiment.") from e
+
+    def shutdown(self) -> None:
+        """Stop the engine and end the actor's process (its GPU memory is freed)."""
+        if self._actor is None:
+            return
+        try:
+            self._ray.get(self._actor.shutdown.remote(), timeout=120)
+        except Exception:
+            pass
+        self._ray.kill(self._actor)
+        self._actor = None
+
+
+def _forward(name: str):
+    def call(self, *args, **kwargs):
+        return self._call(name, *args, **kwargs)
+
+    call.__name__ = name
+    call.__doc__ = f"Remote ``PPOWorker.{name}``."
+    return call
+
+
+for _name in REMOTE_METHODS:
+    setattr(RayWorker, _name, _forward(_name))
