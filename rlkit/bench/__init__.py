@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m rlkit.bench.<name>`); speed targets live here, not in timed tests."""

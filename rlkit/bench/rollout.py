@@ -1,0 +1,190 @@
+"""Rollout throughput: rlkit SGLangRollout vs sglang.Engine called directly vs rlkit's hf engine vs
+the decode roofline; plus seconds per weight sync and per sleep/wake.
+
+    python -m rlkit.bench.rollout --out rollout_bench.json
+
+Models are random-weight checkpoints of Qwen2.5 shapes (no download). Every generation uses
+``ignore_eos`` so each request decodes exactly ``--new-tokens`` tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {  # Qwen2.5 configs, random weights
+    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                 intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True),
+    "1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True),
+}
+
+
+def make_model(shape: str, out_dir: Path) -> Path:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(max_position_embeddings=4096, rope_theta=1e6, torch_dtype="bfloat16", **SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(out_dir)
+    del model
+    torch.cuda.empty_cache()
+    return out_dir
+
+
+def device_bandwidth(gib: float = 4.0, reps: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s (a copy reads and writes each byte)."""
+    n = int(gib * 2**30)
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    bw = 2 * n * reps / (time.perf_counter() - t)
+    del a, b
+    torch.cuda.empty_cache()
+    return bw
+
+
+def roofline(shape: str, batch: int, prompt_len: int, new_tokens: int, bandwidth: float) -> dict:
+    """Decode tokens/s if every step only had to read the weights (and the KV cache) once."""
+    s = SHAPES[shape]
+    head_dim = s["hidden_size"] // s["num_attention_heads"]
+    params = (s["vocab_size"] * s["hidden_size"] + s["num_hidden_layers"] * (
+        s["hidden_size"] * head_dim * (s["num_attention_heads"] * 2 + s["num_key_value_heads"] * 2)
+        + 3 * s["hidden_size"] * s["intermediate_size"]))
+    weight_bytes = 2 * params  # bf16
+    kv_per_token = 2 * s["num_hidden_layers"] * s["num_key_value_heads"] * head_dim * 2  # K and V, bf16
+    avg_ctx = prompt_len + new_tokens / 2
+    step_bytes = weight_bytes + batch * avg_ctx * kv_per_token
+    return {"params": params, "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_per_token,
+            "tokens_per_s_weights_only": batch * bandwidth / weight_bytes,
+            "tokens_per_s_weights_and_kv": batch * bandwidth / step_bytes}
+
+
+def timed(fn, *a, **kw):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="0.5b", choices=sorted(SHAPES))
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
+    p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--out", default="rollout_bench.json")
+    args = p.parse_args(argv)
+
+    from rlkit.rollout import SamplingParams
+    from rlkit.rollout.hf import HFRollout
+    from rlkit.rollout.sglang import SGLangRollout, import_sglang
+
+    sglang = import_sglang()
+    import transformers
+
+    tmp = Path(tempfile.mkdtemp(prefix="rlkit-bench-"))
+    res = {
+        "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "sglang": sglang.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "setup": vars(args),
+    }
+    model_dir = make_model(args.shape, tmp / args.shape)
+    gen = torch.Generator().manual_seed(0)
+    vocab = SHAPES[args.shape]["vocab_size"]
+    prompts = torch.randint(100, vocab - 100, (args.prompts, args.prompt_len), generator=gen).tolist()
+    sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, ignore_eos=True)
+    warm = SamplingParams(max_new_tokens=16, temperature=1.0, ignore_eos=True)
+    n_tokens = args.prompts * args.new_tokens
+
+    res["bandwidth_gbps"] = device_bandwidth() / 1e9
+    res["roofline"] = roofline(args.shape, args.prompts, args.prompt_len, args.new_tokens, res["bandwidth_gbps"] * 1e9)
+
+    # (a) rlkit SGLangRollout
+    t = time.perf_counter()
+    eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                        enforce_eager=args.enforce_eager, load_format="auto")
+    res["rlkit_engine_start_s"] = time.perf_counter() - t
+    eng.generate(prompts, warm)  # compiles kernels
+    out, secs = timed(eng.generate, prompts, sampling)
+    assert all(len(r) == args.new_tokens for r in out.response_ids)
+    res["rlkit_sglang"] = {"seconds": secs, "tokens_per_s": n_tokens / secs}
+    # sleep / wake with the actor's weights (fp32 on the GPU, as in training)
+    from transformers import AutoModelForCausalLM
+
+    actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
+    _, res["update_weights_s_" + args.shape] = timed(eng.update_weights, actor.named_parameters())
+    free0 = torch.cuda.mem_get_info()[0]
+    _, res["sleep_s"] = timed(eng.sleep)
+    res["sleep_freed_gib"] = (torch.cuda.mem_get_info()[0] - free0) / 2**30
+    _, res["wake_s"] = timed(eng.wake_up, actor.named_parameters())
+    engine_args = dict(eng.engine_args)
+    eng.shutdown()
+    del actor
+    torch.cuda.empty_cache()
+
+    # (b) sglang.Engine directly, same arguments and requests
+    t = time.perf_counter()
+    direct = sglang.Engine(**engine_args)
+    res["direct_engine_start_s"] = time.perf_counter() - t
+    rows = [list(p) for p in prompts]
+    params = {"max_new_tokens": args.new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
+              "skip_special_tokens": False}
+    direct.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=16), return_logprob=True)
+    outs, secs = timed(direct.generate, input_ids=rows, sampling_params=params, return_logprob=True)
+    assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
+    res["direct_sglang"] = {"seconds": secs, "tokens_per_s": n_tokens / secs}
+    direct.shutdown()
+    torch.cuda.empty_cache()
+
+    # (c) rlkit's hf engine (transformers generate, bf16)
+    if not args.skip_hf:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.bfloat16).cuda().eval()
+        hf = HFRollout(model, pad_token_id=0, eos_token_ids=[])
+        hf.generate(prompts[:8], warm)
+        out, secs = timed(hf.generate, prompts, sampling)
+        res["hf"] = {"seconds": secs, "tokens_per_s": n_tokens / secs}
+        del model, hf
+        torch.cuda.empty_cache()
+
+    # weight sync on other shapes (dummy-weight engines, no CUDA graphs: only the push is timed)
+    for shape in [s for s in args.sync_shapes.split(",") if s and s != args.shape]:
+        d = make_model(shape, tmp / shape)
+        e = SGLangRollout(str(d), gpu_memory_utilization=0.3, enforce_eager=True, load_format="dummy")
+        actor = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).cuda()
+        e.update_weights(actor.named_parameters())  # first push allocates buffers
+        _, res["update_weights_s_" + shape] = timed(e.update_weights, actor.named_parameters())
+        e.shutdown()
+        del actor
+        torch.cuda.empty_cache()
+
+    a = res["rlkit_sglang"]["tokens_per_s"]
+    res["ratios"] = {"rlkit_over_direct": a / res["direct_sglang"]["tokens_per_s"],
+                     "rlkit_over_roofline_weights_and_kv": a / res["roofline"]["tokens_per_s_weights_and_kv"]}
+    if "hf" in res:
+        res["ratios"]["rlkit_over_hf"] = a / res["hf"]["tokens_per_s"]
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
