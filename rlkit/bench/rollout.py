@@ -107,6 +107,9 @@ def main(argv=None) -> dict:
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "setup": vars(args),
     }
+    def save():  # after every section, so a run cut short still leaves its numbers
+        Path(args.out).write_text(json.dumps(res, indent=2))
+
     model_dir = make_model(args.shape, tmp / args.shape)
     gen = torch.Generator().manual_seed(0)
     vocab = SHAPES[args.shape]["vocab_size"]
@@ -131,11 +134,13 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
+    eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers
     _, res["update_weights_s_" + args.shape] = timed(eng.update_weights, actor.named_parameters())
     free0 = torch.cuda.mem_get_info()[0]
     _, res["sleep_s"] = timed(eng.sleep)
     res["sleep_freed_gib"] = (torch.cuda.mem_get_info()[0] - free0) / 2**30
     _, res["wake_s"] = timed(eng.wake_up, actor.named_parameters())
+    save()
     engine_args = dict(eng.engine_args)
     eng.shutdown()
     del actor
@@ -152,6 +157,7 @@ def main(argv=None) -> dict:
     outs, secs = timed(direct.generate, input_ids=rows, sampling_params=params, return_logprob=True)
     assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
     res["direct_sglang"] = {"seconds": secs, "tokens_per_s": n_tokens / secs}
+    save()
     direct.shutdown()
     torch.cuda.empty_cache()
 
@@ -162,6 +168,7 @@ def main(argv=None) -> dict:
         hf.generate(prompts[:8], warm)
         out, secs = timed(hf.generate, prompts, sampling)
         res["hf"] = {"seconds": secs, "tokens_per_s": n_tokens / secs}
+        save()
         del model, hf
         torch.cuda.empty_cache()
 
@@ -172,6 +179,7 @@ def main(argv=None) -> dict:
         actor = AutoModelForCausalLM.from_pretrained(str(d), dtype=torch.float32).cuda()
         e.update_weights(actor.named_parameters())  # first push allocates buffers
         _, res["update_weights_s_" + shape] = timed(e.update_weights, actor.named_parameters())
+        save()
         e.shutdown()
         del actor
         torch.cuda.empty_cache()
@@ -181,7 +189,7 @@ def main(argv=None) -> dict:
                      "rlkit_over_roofline_weights_and_kv": a / res["roofline"]["tokens_per_s_weights_and_kv"]}
     if "hf" in res:
         res["ratios"]["rlkit_over_hf"] = a / res["hf"]["tokens_per_s"]
-    Path(args.out).write_text(json.dumps(res, indent=2))
+    save()
     print(json.dumps(res, indent=2))
     return res
 

@@ -108,6 +108,10 @@ class HFRollout:
         recorder = _RecordLogProbs(1.0 if greedy else sampling.temperature)
         was_training = self.module.training
         self.module.eval()
+        # generate() fills unset fields from the model's own generation_config (its eos, top_k=50,
+        # repetition penalties, ...); swap in ours so exactly these settings apply
+        model_gen_cfg = getattr(self.module, "generation_config", None)
+        self.module.generation_config = gen_cfg
         try:
             seqs = self.module.generate(
                 input_ids=input_ids.to(self.device),
@@ -116,6 +120,7 @@ class HFRollout:
                 logits_processor=LogitsProcessorList([recorder]),
             )
         finally:
+            self.module.generation_config = model_gen_cfg
             self.module.train(was_training)
         new = seqs[:, width:].cpu()  # (B*n, steps)
         lps = recorder.finish(seqs[:, -1]).cpu() if new.shape[1] else torch.zeros(new.shape)

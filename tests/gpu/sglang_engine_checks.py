@@ -43,7 +43,7 @@ def main(out_path: str) -> None:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
 
     hf_a, hf_b = hf(str(tmp / "A")), hf(str(tmp / "B"))
-    prompts = markov_batch(info_a["p1"], info_a["p2"], N_PROMPTS, PROMPT_LEN, torch.Generator().manual_seed(7), "cpu").tolist()
+    prompts = markov_batch(info_a["p1"], info_a["p2"], N_PROMPTS, PROMPT_LEN, torch.Generator().manual_seed(7), "cuda").cpu().tolist()
     greedy = SamplingParams(max_new_tokens=NEW_TOKENS, do_sample=False, ignore_eos=True)
     sampled = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, ignore_eos=True)
 

@@ -20,7 +20,7 @@ def markov_batch(p1, p2, n: int, length: int, gen: torch.Generator, device) -> t
     return torch.cat(seq, 1)
 
 
-def train_tiny_qwen2(out_dir: str, seed: int, steps: int = 1500, device: str = "cuda") -> dict:
+def train_tiny_qwen2(out_dir: str, seed: int, steps: int = 1000, device: str = "cuda") -> dict:
     """Train and save a tiny Qwen2 (fp32 weights); returns the chain tables and the final loss."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -69,6 +69,24 @@ def test_ignore_eos_runs_to_max(engine):
     assert all(len(r) == 7 for r in out.response_ids) and set(out.finish_reasons) == {"length"}
 
 
+def test_model_default_eos_does_not_leak(tmp_path):
+    """The checkpoint's generation_config names an eos; ignore_eos (and an engine with no stop ids)
+    must still decode every token, not pad after the model's default eos."""
+    tok = char_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path, tok))
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    with torch.no_grad():  # make eos frequent
+        model.lm_head.weight[tok.eos_token_id] += 0.5 * model.model.embed_tokens.weight.mean(0)
+    eng = HFRollout(model, tok.pad_token_id, [])
+    torch.manual_seed(0)
+    out = eng.generate([[5, 6, 7]], SamplingParams(max_new_tokens=30, n=32, ignore_eos=True))
+    assert any(tok.eos_token_id in r for r in out.response_ids)
+    for r in out.response_ids:
+        if tok.eos_token_id in r:  # decoding went on after eos: no padding follows it
+            assert r[r.index(tok.eos_token_id) + 1 :] != [tok.pad_token_id] * (29 - r.index(tok.eos_token_id))
+    assert model.generation_config.eos_token_id == tok.eos_token_id  # restored
+
+
 def test_sleep_blocks_generate_and_bad_input(engine):
     eng, tok = engine
     eng.sleep()
