@@ -87,8 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--prompts", type=int, default=256)
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=512)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.35, help="per engine; (a) and (b) are both resident")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
     p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
     p.add_argument("--skip-hf", action="store_true")
@@ -123,37 +123,45 @@ def main(argv=None) -> dict:
     res["bandwidth_gbps"] = device_bandwidth() / 1e9
     res["roofline"] = roofline(args.shape, args.prompts, args.prompt_len, args.new_tokens, res["bandwidth_gbps"] * 1e9)
 
-    # (a) rlkit SGLangRollout and (b) sglang.Engine with the same arguments, both resident, timed
-    # alternately (a, b, a, b, ...) so clock and thermal drift hit both alike
+    # (b) sglang.Engine, then (a) rlkit SGLangRollout with the same engine arguments and requests; one
+    # engine at a time (two resident engines disturb each other's timings), median of --repeats runs each
+    from transformers import AutoModelForCausalLM
+
+    engine_args = SGLangRollout.engine_kwargs(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                                              enforce_eager=args.enforce_eager, load_format="auto")
     t = time.perf_counter()
-    eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                        enforce_eager=args.enforce_eager, load_format="auto")
-    res["rlkit_engine_start_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    direct = sglang.Engine(**eng.engine_args)
+    direct = sglang.Engine(**engine_args)  # what SGLangRollout passes
     res["direct_engine_start_s"] = time.perf_counter() - t
     rows = [list(p) for p in prompts]
     params = {"max_new_tokens": args.new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
               "skip_special_tokens": False}
-    eng.generate(prompts, warm)  # compiles kernels
     direct.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=16), return_logprob=True)
-    times_a, times_b = [], []
+    times_b = []
+    for _ in range(args.repeats):
+        outs, secs = timed(direct.generate, input_ids=rows, sampling_params=params, return_logprob=True)
+        assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
+        times_b.append(secs)
+    res["direct_sglang"] = {"seconds": times_b, "median_s": statistics.median(times_b),
+                            "tokens_per_s": n_tokens / statistics.median(times_b)}
+    save()
+    direct.shutdown()
+    torch.cuda.empty_cache()
+
+    t = time.perf_counter()
+    eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                        enforce_eager=args.enforce_eager, load_format="auto")
+    res["rlkit_engine_start_s"] = time.perf_counter() - t
+    eng.generate(prompts, warm)  # compiles kernels
+    times_a, inner = [], []
     for _ in range(args.repeats):
         out, secs = timed(eng.generate, prompts, sampling)
         assert all(len(r) == args.new_tokens for r in out.response_ids)
         times_a.append(secs)
-        outs, secs = timed(direct.generate, input_ids=rows, sampling_params=params, return_logprob=True)
-        assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
-        times_b.append(secs)
-    med_a, med_b = statistics.median(times_a), statistics.median(times_b)
-    res["rlkit_sglang"] = {"seconds": times_a, "median_s": med_a, "tokens_per_s": n_tokens / med_a}
-    res["direct_sglang"] = {"seconds": times_b, "median_s": med_b, "tokens_per_s": n_tokens / med_b}
+        inner.append(eng.last_timing)
+    res["rlkit_sglang"] = {"seconds": times_a, "median_s": statistics.median(times_a),
+                           "tokens_per_s": n_tokens / statistics.median(times_a), "inside": inner}
     save()
-    direct.shutdown()
-    torch.cuda.empty_cache()
-    # sleep / wake with the actor's weights (fp32 on the GPU, as in training)
-    from transformers import AutoModelForCausalLM
-
+    # weight sync and sleep / wake with the actor's weights (fp32 on the GPU, as in training)
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
     eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers
     _, res["update_weights_s_" + args.shape] = timed(eng.update_weights, actor.named_parameters())

@@ -15,6 +15,7 @@ engine inside a worker process (rlkit does so through a Ray actor), never in a n
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from typing import Iterable
 
@@ -163,16 +164,10 @@ class SGLangRollout:
         _check_architecture(model_path)
         mode = apply_tp_memory_check(tp_memory_check)
         preflight_tp_memory(tp_size, mode)
-        kwargs = dict(
-            model_path=model_path, skip_tokenizer_init=True, enable_memory_saver=True,
-            mem_fraction_static=gpu_memory_utilization, tp_size=tp_size, disable_cuda_graph=enforce_eager,
-            load_format=load_format, dtype=dtype, random_seed=seed, grammar_backend="none",
-        )
-        if attention_backend:
-            kwargs["attention_backend"] = attention_backend
-        if sampling_backend:
-            kwargs["sampling_backend"] = sampling_backend
-        kwargs.update(dict(engine_kwargs or {}))
+        kwargs = self.engine_kwargs(model_path, tp_size=tp_size, gpu_memory_utilization=gpu_memory_utilization,
+                                    enforce_eager=enforce_eager, load_format=load_format, dtype=dtype,
+                                    attention_backend=attention_backend, sampling_backend=sampling_backend,
+                                    engine_kwargs=engine_kwargs, seed=seed)
         self.engine_args = kwargs
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else torch.bfloat16
         self.bucket_bytes = int(bucket_megabytes) * 2**20
@@ -183,6 +178,24 @@ class SGLangRollout:
             raise RuntimeError(_oom_message("starting", gpu_memory_utilization)) from e
         self.awake = True
         self.weights_valid = load_format != "dummy"  # dummy = random weights until the first push
+
+    @staticmethod
+    def engine_kwargs(model_path: str, *, tp_size: int = 1, gpu_memory_utilization: float = 0.5,
+                      enforce_eager: bool = False, load_format: str = "auto", dtype: str = "bfloat16",
+                      attention_backend: str | None = "triton", sampling_backend: str | None = "pytorch",
+                      engine_kwargs: dict | None = None, seed: int = 1) -> dict:
+        """The ``sglang.Engine(**kwargs)`` this class starts (token ids in/out, memory saver on)."""
+        kwargs = dict(
+            model_path=model_path, skip_tokenizer_init=True, enable_memory_saver=True,
+            mem_fraction_static=gpu_memory_utilization, tp_size=tp_size, disable_cuda_graph=enforce_eager,
+            load_format=load_format, dtype=dtype, random_seed=seed, grammar_backend="none",
+        )
+        if attention_backend:
+            kwargs["attention_backend"] = attention_backend
+        if sampling_backend:
+            kwargs["sampling_backend"] = sampling_backend
+        kwargs.update(dict(engine_kwargs or {}))
+        return kwargs
 
     @classmethod
     def from_worker(cls, worker) -> "SGLangRollout":
@@ -222,7 +235,9 @@ class SGLangRollout:
         if sampling.stop_token_ids and not sampling.ignore_eos:
             params["stop_token_ids"] = list(sampling.stop_token_ids)
         rows = [list(p) for p in prompt_ids for _ in range(sampling.n)]  # prompt-major, like the hf engine
+        t0 = time.perf_counter()
         outs = self.engine.generate(input_ids=rows, sampling_params=params, return_logprob=True)
+        t1 = time.perf_counter()
         result = GenerationOutput([], [], [])
         for out in outs:
             ids = list(out["output_ids"])
@@ -232,6 +247,7 @@ class SGLangRollout:
             result.response_ids.append(ids)
             result.log_probs.append(lps)
             result.finish_reasons.append("length" if kind == "length" else "stop")
+        self.last_timing = {"engine_s": t1 - t0, "postprocess_s": time.perf_counter() - t1}
         return result
 
     # ------------------------------------------------------------------ weights and memory
