@@ -17,6 +17,7 @@ Batch tensors (B = prompts * rollout.n, P = prompt width, R = response width):
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -72,6 +73,15 @@ class PPOWorker:
         self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
         self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
                                                arr.model.get("trust_remote_code", False))
+        engine_cls = get_rollout_class(arr.rollout.name)
+        self.rollout = None
+        if hasattr(engine_cls, "from_worker"):
+            # an engine with its own GPU memory (SGLang) starts before any training state loads, so
+            # every TP rank has the same free memory (SGLang's imbalance check), then sleeps until
+            # the first generate, when wake_rollout() pushes the actor's weights into it
+            self.rollout = engine_cls.from_worker(self)
+            self.rollout.sleep()
+
         override = dict(arr.model.get("override_config") or {})
         self.actor = models.load_causal_lm(
             self.model_dir, torch.float32, override, arr.model.enable_gradient_checkpointing,
@@ -97,11 +107,9 @@ class PPOWorker:
 
         self.set_total_training_steps(total_training_steps)
 
-        eos = self.eos_token_ids()
-        engine_cls = get_rollout_class(arr.rollout.name)
-        self.rollout = engine_cls.from_worker(self) if hasattr(engine_cls, "from_worker") else engine_cls(
-            self.actor, self.tokenizer.pad_token_id, eos,
-            max_batch_size=arr.rollout.get("max_num_seqs") or None)
+        if self.rollout is None:  # `hf`: generates with the actor's own module
+            self.rollout = engine_cls(self.actor, self.tokenizer.pad_token_id, self.eos_token_ids(),
+                                      max_batch_size=arr.rollout.get("max_num_seqs") or None)
 
     def set_total_training_steps(self, total: int) -> None:
         """(Re)build the lr schedules for ``total`` updates; only before the first update."""
@@ -110,9 +118,16 @@ class PPOWorker:
             self.critic_sched = build_scheduler(self.critic_optim, self.cfg.critic.optim, total)
 
     # ------------------------------------------------------------------ helpers
+    @functools.cache
     def eos_token_ids(self) -> list[int]:
+        """The tokenizer's eos plus the checkpoint's generation_config eos ids."""
+        from transformers import GenerationConfig
+
         ids = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(self.actor, "generation_config", None), "eos_token_id", None)
+        try:
+            gen_eos = GenerationConfig.from_pretrained(self.model_dir).eos_token_id
+        except OSError:  # no generation_config.json
+            gen_eos = None
         if isinstance(gen_eos, int):
             ids.add(gen_eos)
         elif isinstance(gen_eos, (list, tuple)):
@@ -149,6 +164,7 @@ class PPOWorker:
             max_new_tokens=int(self.cfg.data.max_response_length),
             n=int(src.n), temperature=float(src.temperature), top_p=float(src.top_p), top_k=int(src.top_k),
             do_sample=bool(src.do_sample), ignore_eos=bool(r.get("ignore_eos", False)),
+            stop_token_ids=self.eos_token_ids(),  # every engine stops on the same ids
         )
 
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> tuple[Batch, list[str]]:
