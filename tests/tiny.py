@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import string
-from pathlib import Path
 
 CHAR_TEMPLATE = (
     "{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
@@ -31,19 +30,7 @@ def char_tokenizer():
 
 def make_tiny_model(out_dir, tokenizer, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, seed=0) -> str:
     """Save a random Qwen2 causal LM sized to ``tokenizer`` plus the tokenizer into ``out_dir``."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from rlkit.training.models import save_tiny_random_model
 
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
-        max_position_embeddings=2048, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-    )
-    model = Qwen2ForCausalLM(cfg)
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_random_model(out_dir, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
+                                  intermediate=intermediate, seed=seed)

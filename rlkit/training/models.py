@@ -201,3 +201,28 @@ def load_value_model(model_dir: str, dtype: torch.dtype, override_config: dict |
     if gradient_checkpointing:
         backbone.gradient_checkpointing_enable()
     return ValueModel(backbone, backbone.config.hidden_size).to(dtype)
+
+
+def save_tiny_random_model(out_dir, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                           intermediate: int = 64, seed: int = 0) -> str:
+    """Write a randomly initialised Qwen2 causal LM sized to ``tokenizer`` (plus the tokenizer) to
+    ``out_dir``: a real checkpoint for smoke runs and tests that takes seconds on a CPU.
+
+    ``tokenizer`` is a tokenizer object or a folder/hub id to load one from.
+    """
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, intermediate_size=intermediate, max_position_embeddings=4096,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    out = Path(out_dir)
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
