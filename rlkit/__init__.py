@@ -21,7 +21,8 @@ _LAZY = {
     "SGLangRollout": ("rlkit.rollout.sglang", "SGLangRollout"),
     "HFRollout": ("rlkit.rollout.hf", "HFRollout"),
 }
-_SUBMODULES = {"algos", "datasets", "rewards", "rollout", "training", "diagnostics", "config", "experiment", "loggers"}
+_SUBMODULES = {"algos", "datasets", "rewards", "rollout", "training", "distributed", "diagnostics", "viz", "config",
+               "experiment", "loggers"}
 
 __all__ = sorted(_LAZY) + sorted(_SUBMODULES)
 

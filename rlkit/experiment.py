@@ -23,10 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlkit import algos
 from rlkit.config import PPOConfig, validate
+from rlkit.diagnostics import balance as memory_balance_lib
+from rlkit.diagnostics import memory as memory_lib
 from rlkit.diagnostics.timing import PhaseTimer
 
 CHECKPOINT_FORMAT = 1
 _MARKER = "rlkit_checkpoint.json"
+KEEP_ROLLOUT_STEPS = 100  # rollout tables kept in memory for show_rollouts() / the dashboard
 
 
 @dataclass
@@ -37,12 +40,15 @@ class StepResult:
               finish_reason, uid, data_source)
     metrics:  verl-named scalars (``critic/score/mean``, ``actor/pg_loss``, ``timing_s/gen``, ...)
     timing:   seconds per phase
+    memory:   tidy per-GPU memory at every phase boundary of this step
+              (step, phase, event, node, rank, gpu, metric, bytes, time)
     """
 
     step: int
     rollouts: pd.DataFrame
     metrics: dict[str, float]
     timing: dict[str, float]
+    memory: pd.DataFrame = field(default=None, repr=False)
     batch: dict[str, torch.Tensor] = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -51,8 +57,10 @@ class StepResult:
         return f"StepResult(step={self.step}, samples={len(self.rollouts)}, {shown})"
 
     def _repr_html_(self) -> str:
-        head = self.__repr__().replace("<", "&lt;")
-        return f"<p><code>{head}</code></p>" + self.rollouts.head(8).to_html(escape=True)
+        from rlkit.viz.tables import rollouts_html
+
+        head = self.__repr__().replace("&", "&amp;").replace("<", "&lt;")
+        return f"<p><code>{head}</code></p>" + rollouts_html(self.rollouts, n=8)
 
 
 def _as_config(config) -> DictConfig:
@@ -108,12 +116,13 @@ class Experiment:
         if self.worker is None:
             # the worker owns the tokenizer, which the datasets need. SGLang kills the process that
             # starts its engine when the engine fails, so that worker runs in a Ray actor, never here.
+            hooks = dict(snapshot_fn=memory_lib.snapshot, preflight_fn=memory_balance_lib.check_before_engine)
             if cfg.actor_rollout_ref.rollout.name == "sglang":
                 from rlkit.distributed.ray_worker import RayWorker
 
-                self.worker = RayWorker(cfg)
+                self.worker = RayWorker(cfg, **hooks)
             else:
-                self.worker = PPOWorker(cfg)
+                self.worker = PPOWorker(cfg, **hooks)
         self.tokenizer = self.worker.tokenizer
         d = cfg.data
         self.train_dataset = RLDataset(self._train_files, self.tokenizer, prompt_key=d.prompt_key,
@@ -134,6 +143,10 @@ class Experiment:
         self.val_history: list[dict[str, Any]] = []
         self.last_validation: pd.DataFrame | None = None
         self.phase_callbacks: list[Callable[[str, str], None]] = []
+        self.memory_recorder = memory_lib.MemoryRecorder()
+        self.memory_recorder.extend(self.worker.take_init_snapshots())
+        self._rollouts: list[pd.DataFrame] = []
+        self._dashboards: list = []
 
     # ------------------------------------------------------------------ setup helpers
     def _configured_reward_fn(self, rewards):
@@ -152,10 +165,12 @@ class Experiment:
         retries the same prompts. Parameter updates that completed before the interruption stay.
         """
         sampler_state = self.sampler.state_dict()
+        n_records = len(self.memory_recorder.records)
         try:
             result = self._step()
         except BaseException:
             self.sampler.load_state_dict(sampler_state)
+            del self.memory_recorder.records[n_records:]
             try:
                 self.worker.reset_after_interrupt()
             except Exception:  # a dead worker: the original error says why
@@ -163,14 +178,25 @@ class Experiment:
             raise
         self.global_step += 1
         self._history.append({"step": self.global_step, **result.metrics})
+        self._rollouts = (self._rollouts + [result.rollouts])[-KEEP_ROLLOUT_STEPS:]
         return result
 
     def _step(self) -> StepResult:
         cfg, worker = self.config, self.worker
         n = int(cfg.actor_rollout_ref.rollout.n)
         step = self.global_step + 1
-        timer = PhaseTimer(self.phase_callbacks)
+        snapshot_s = [0.0]
+
+        def record_memory(phase: str, event: str) -> None:  # at every phase boundary, from the GPU owner
+            t0 = time.perf_counter()
+            snap = worker.memory_snapshot(step, phase, event)
+            if snap is not None:
+                self.memory_recorder.extend([snap])
+            snapshot_s[0] += time.perf_counter() - t0
+
+        timer = PhaseTimer([record_memory] + self.phase_callbacks)
         metrics: dict[str, float] = {}
+        first_record = len(self.memory_recorder.records)
 
         with timer.phase("step"):
             # 1. next batch of prompts; one uid per prompt groups its n samples (GRPO/RLOO)
@@ -247,9 +273,15 @@ class Experiment:
         metrics["training/global_step"] = step
         metrics["training/epoch"] = self.sampler.epoch
         for k, v in extras.items():
-            metrics[f"reward_extra/{k}/mean"] = float(np.mean(v))
+            values = [x for x in v if x is not None]
+            if values:
+                metrics[f"reward_extra/{k}/mean"] = float(np.mean(values))
+        step_records = self.memory_recorder.records[first_record:]
+        metrics.update(memory_lib.peak_metrics(step_records))
+        metrics["timing_s/memory_snapshots"] = snapshot_s[0]
         rollouts = self._rollout_frame(step, items, n, responses_text, batch, finish_reasons, uids)
-        return StepResult(step=step, rollouts=rollouts, metrics=metrics, timing=dict(timer.timing), batch=batch)
+        return StepResult(step=step, rollouts=rollouts, metrics=metrics, timing=dict(timer.timing),
+                          memory=memory_lib.trace_frame(step_records), batch=batch)
 
     def _decode(self, batch) -> list[str]:
         lengths = batch["response_mask"].sum(-1).long().tolist()
@@ -280,6 +312,8 @@ class Experiment:
         bar = tqdm(range(n_steps), desc="PPO", disable=not progress)
         for _ in bar:
             res = self.step()
+            for dash in self._dashboards:
+                dash.refresh()
             bar.set_postfix(score=f"{res.metrics['critic/score/mean']:.3f}",
                             len=f"{res.metrics['response_length/mean']:.0f}")
         return pd.DataFrame(self._history[start:])
@@ -288,6 +322,71 @@ class Experiment:
     def history(self) -> pd.DataFrame:
         """One row per finished step, verl metric names as columns."""
         return pd.DataFrame(self._history)
+
+    @property
+    def rollouts(self) -> pd.DataFrame:
+        """Rollouts of the last steps (up to KEEP_ROLLOUT_STEPS), one row per sample."""
+        return pd.concat(self._rollouts, ignore_index=True) if self._rollouts else pd.DataFrame()
+
+    @property
+    def memory_records(self) -> list:
+        """Every memory snapshot so far (MemorySnapshot objects), worker start-up included."""
+        return list(self.memory_recorder.records)
+
+    @property
+    def memory(self) -> pd.DataFrame:
+        """Tidy per-GPU memory: step, phase, event, node, rank, gpu, metric, bytes, time."""
+        return memory_lib.trace_frame(self.memory_recorder.records)
+
+    def save_memory_trace(self, path: str | os.PathLike, meta: dict | None = None) -> Path:
+        """Write the memory trace as JSON (``rlkit.diagnostics.memory.load_trace`` reads it back)."""
+        meta = {"tp_size": int(self.config.actor_rollout_ref.rollout.tensor_model_parallel_size),
+                "rollout": str(self.config.actor_rollout_ref.rollout.name), **(meta or {})}
+        memory_lib.save_trace(path, self.memory_recorder.records, meta=meta)
+        return Path(path)
+
+    def memory_balance(self, step: int | None = None, phase: str | None = None):
+        """SGLang's TP memory rule applied to the latest snapshot (or the last one of ``step``/``phase``):
+        a :class:`~rlkit.diagnostics.balance.BalanceReport` (text, HTML in notebooks, ``.plot()``)."""
+        records = [r for r in self.memory_recorder.records
+                   if (step is None or r.step == step) and (phase is None or r.phase == phase) and r.gpus]
+        if not records:
+            raise ValueError("no GPU memory snapshots recorded yet (CPU run, or no step matches); "
+                             "load a GPU trace with rlkit.diagnostics.memory.load_trace to study one")
+        tp = int(self.config.actor_rollout_ref.rollout.tensor_model_parallel_size)
+        latest = records[-1]
+        groups = [list(range(i, i + tp)) for i in range(0, len(latest.gpus) - tp + 1, tp)] or None
+        load_times = {0: self.worker.load_time} if getattr(self.worker, "load_time", None) else None
+        return memory_balance_lib.balance_report([latest], tp_groups=groups, config=self.config, load_times=load_times)
+
+    def plot(self):
+        """One-figure summary: score/reward, response length, per-GPU memory, length histogram."""
+        from rlkit.viz import plot_summary
+
+        mem = self.memory
+        return plot_summary(self.history, mem if len(mem) else None, self.rollouts if self._rollouts else None)
+
+    def show_rollouts(self, step: int | None = None, n: int = 5, filter=None, page: int = 0):
+        """Page through rollouts as an HTML table: ``filter`` is "correct" | "wrong" | "truncated",
+        a pandas query string or a callable(row) -> bool; ``step`` defaults to the latest."""
+        from IPython.display import HTML
+
+        from rlkit.viz.tables import page_rollouts, rollouts_html
+
+        if not self._rollouts:
+            raise ValueError("no rollouts yet: call step() first")
+        step = self.global_step if step is None else step
+        return HTML(rollouts_html(page_rollouts(self.rollouts, step=step, n=n, filter=filter, page=page), n=n))
+
+    def dashboard(self):
+        """Live ipywidgets panel (curves, per-GPU memory with step/phase selectors, newest samples);
+        ``run()`` refreshes it after every step."""
+        from rlkit.viz import Dashboard
+
+        dash = Dashboard(lambda: self.history, lambda: self.memory, lambda: self.rollouts,
+                         get_validation=lambda: pd.DataFrame(self.val_history))
+        self._dashboards.append(dash)
+        return dash
 
     def validate(self) -> dict[str, float]:
         """Score the validation set with ``rollout.val_kwargs`` (greedy by default).
@@ -348,6 +447,7 @@ class Experiment:
             "global_step": self.global_step,
             "history": self._history,
             "val_history": self.val_history,
+            "memory": [r.to_dict() for r in self.memory_recorder.records],
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -382,6 +482,8 @@ class Experiment:
         exp.global_step = state["global_step"]
         exp._history = list(state["history"])
         exp.val_history = list(state["val_history"])
+        exp.memory_recorder.clear()
+        exp.memory_recorder.extend(state.get("memory", []))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])

@@ -13,7 +13,7 @@ import os
 REMOTE_METHODS = (
     "generate", "compute_log_prob", "compute_ref_log_prob", "compute_values", "update_critic", "update_actor",
     "wake_rollout", "sleep_rollout", "sync_rollout_weights", "reset_after_interrupt", "state_dict",
-    "load_state_dict", "set_total_training_steps",
+    "load_state_dict", "set_total_training_steps", "memory_snapshot", "take_init_snapshots",
 )
 # Forwarded into the actor: SGLang's and NCCL's switches must reach the engine's processes.
 FORWARDED_ENV_PREFIXES = ("SGL_", "SGLANG_", "NCCL_", "TORCH_", "NVSHMEM_", "HF_", "TRANSFORMERS_", "TRITON_",
@@ -55,9 +55,10 @@ class RayWorker:
     Args:
         cfg: validated rlkit config.
         num_gpus: GPUs for the actor (default: rollout.tensor_model_parallel_size for sglang, else 1).
+        worker_kwargs: passed on to PPOWorker (e.g. the memory-diagnostics hooks).
     """
 
-    def __init__(self, cfg, num_gpus: int | None = None):
+    def __init__(self, cfg, num_gpus: int | None = None, **worker_kwargs):
         ray = _import_ray()
         self._ray = ray
         from rlkit.training.worker import PPOWorker
@@ -75,10 +76,10 @@ class RayWorker:
             else:
                 num_gpus = 1 if torch.cuda.is_available() and cfg.trainer.get("device", "cuda") != "cpu" else 0
         self.num_gpus = num_gpus
-        self._actor = ray.remote(num_gpus=num_gpus)(PPOWorker).remote(cfg)
+        self._actor = ray.remote(num_gpus=num_gpus)(PPOWorker).remote(cfg, **worker_kwargs)
         info = self._call("describe", what="starting the worker (model load, engine start)")
         self.has_ref, self.has_critic = info["has_ref"], info["has_critic"]
-        self.model_dir, self.device = info["model_dir"], info["device"]
+        self.model_dir, self.device, self.load_time = info["model_dir"], info["device"], info["load_time"]
         self.tokenizer = self._call("get_tokenizer")
 
     def _call(self, method: str, *args, what: str | None = None, **kwargs):
@@ -88,6 +89,9 @@ class RayWorker:
             return self._ray.get(getattr(self._actor, method).remote(*args, **kwargs))
         except self._ray.exceptions.RayActorError as e:
             self._actor = None
+            cause = str(e)
+            if "creation task" in cause:  # __init__ raised: that error is the story, not a crash
+                raise WorkerDiedError(f"the rlkit worker failed to start: {cause[-4000:]}") from e
             raise WorkerDiedError(
                 f"the rlkit worker process died while {what or method!r} ran. SGLang kills the process that "
                 "launched its engine when the engine fails (out of memory, TP memory imbalance, unsupported "

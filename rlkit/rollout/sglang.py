@@ -151,6 +151,8 @@ class SGLangRollout:
         tp_memory_check: error | warn | off (see :func:`apply_tp_memory_check`).
         bucket_megabytes: weight sync bucket size (``rollout.update_weights_bucket_megabytes``).
         free_cache_engine: release KV cache and weights in :meth:`sleep`.
+        preflight: ``preflight(tp_size, mode)`` run before the engine starts; raises to refuse
+            (default: :func:`preflight_tp_memory`; rlkit's worker passes the full balance report).
     """
 
     name = "sglang"
@@ -159,11 +161,11 @@ class SGLangRollout:
                  enforce_eager: bool = False, load_format: str = "auto", dtype: str = "bfloat16",
                  attention_backend: str | None = "triton", sampling_backend: str | None = "pytorch",
                  engine_kwargs: dict | None = None, tp_memory_check: str = "error", bucket_megabytes: int = 512,
-                 free_cache_engine: bool = True, seed: int = 1):
+                 free_cache_engine: bool = True, seed: int = 1, preflight=None):
         sglang = import_sglang()
         _check_architecture(model_path)
         mode = apply_tp_memory_check(tp_memory_check)
-        preflight_tp_memory(tp_size, mode)
+        (preflight or preflight_tp_memory)(tp_size, mode)
         kwargs = self.engine_kwargs(model_path, tp_size=tp_size, gpu_memory_utilization=gpu_memory_utilization,
                                     enforce_eager=enforce_eager, load_format=load_format, dtype=dtype,
                                     attention_backend=attention_backend, sampling_backend=sampling_backend,
@@ -210,6 +212,7 @@ class SGLangRollout:
             engine_kwargs=kw, tp_memory_check=str(r.get("tp_memory_check", "error")),
             bucket_megabytes=int(r.get("update_weights_bucket_megabytes", 512)),
             free_cache_engine=bool(r.get("free_cache_engine", True)), seed=int(worker.cfg.data.get("seed", 1) or 1),
+            preflight=getattr(worker, "engine_preflight", None),
         )
 
     # ------------------------------------------------------------------ generation

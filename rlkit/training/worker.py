@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from typing import Any
 
 import torch
 
 from rlkit import algos
 from rlkit.rollout.base import SamplingParams, get_rollout_class
+from rlkit.rollout.sglang import preflight_tp_memory
 from rlkit.training import models
 from rlkit.training.optim import build_optimizer, build_scheduler
 
@@ -61,8 +63,13 @@ class PPOWorker:
             controller may set it later with :meth:`set_total_training_steps`, before the first update.
     """
 
-    def __init__(self, cfg, total_training_steps: int = 1):
+    def __init__(self, cfg, total_training_steps: int = 1, snapshot_fn=None, preflight_fn=None):
         self.cfg = cfg
+        # memory diagnostics are handed in by the controller (they live in a layer below this one):
+        # snapshot_fn(rank, step, phase, event, devices) -> MemorySnapshot; preflight_fn(snapshots, mode, config)
+        self.snapshot_fn, self.preflight_fn = snapshot_fn, preflight_fn
+        self.init_snapshots: list[dict] = []
+        self.load_time: float | None = None
         arr = cfg.actor_rollout_ref
         self.device = resolve_device(cfg.trainer.get("device", "cuda"))
         on_gpu = self.device.type == "cuda"
@@ -79,8 +86,11 @@ class PPOWorker:
             # an engine with its own GPU memory (SGLang) starts before any training state loads, so
             # every TP rank has the same free memory (SGLang's imbalance check), then sleeps until
             # the first generate, when wake_rollout() pushes the actor's weights into it
+            self._init_snapshot("engine_start", "start")
             self.rollout = engine_cls.from_worker(self)
             self.rollout.sleep()
+            self._init_snapshot("engine_start", "end")
+        self._init_snapshot("load_models", "start")
 
         override = dict(arr.model.get("override_config") or {})
         self.actor = models.load_causal_lm(
@@ -106,10 +116,40 @@ class PPOWorker:
             self.critic_optim = build_optimizer(self.critic.parameters(), c.optim)
 
         self.set_total_training_steps(total_training_steps)
+        self.load_time = time.time()
+        self._init_snapshot("load_models", "end")
 
         if self.rollout is None:  # `hf`: generates with the actor's own module
             self.rollout = engine_cls(self.actor, self.tokenizer.pad_token_id, self.eos_token_ids(),
                                       max_batch_size=arr.rollout.get("max_num_seqs") or None)
+
+    # ------------------------------------------------------------------ memory
+    def memory_snapshot(self, step: int | None, phase: str, event: str) -> dict | None:
+        """This worker's GPUs and host memory now (a MemorySnapshot as dict); peaks reset at each step start."""
+        if self.snapshot_fn is None:
+            return None
+        if phase == "step" and event == "start" and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self.snapshot_fn(rank=0, step=step, phase=phase, event=event).to_dict()
+
+    def _init_snapshot(self, phase: str, event: str) -> None:
+        snap = self.memory_snapshot(None, phase, event)
+        if snap is not None:
+            self.init_snapshots.append(snap)
+
+    def take_init_snapshots(self) -> list[dict]:
+        """Snapshots taken while the worker started (engine start, model load), handed over once."""
+        out, self.init_snapshots = self.init_snapshots, []
+        return out
+
+    def engine_preflight(self, tp_size: int, mode: str) -> None:
+        """SGLang's TP memory rule on live readings, before the engine starts (it would kill us)."""
+        if self.preflight_fn is None or self.snapshot_fn is None:
+            return preflight_tp_memory(tp_size, mode)
+        snap = self.snapshot_fn(rank=0, phase="engine_preflight", event="start", devices=range(tp_size))
+        self.init_snapshots.append(snap.to_dict())
+        if tp_size > 1:
+            self.preflight_fn([snap], mode, config=self.cfg)
 
     def set_total_training_steps(self, total: int) -> None:
         """(Re)build the lr schedules for ``total`` updates; only before the first update."""
@@ -202,7 +242,7 @@ class PPOWorker:
     def describe(self) -> dict:
         """What a remote controller needs to know about this worker."""
         return {"has_ref": self.has_ref, "has_critic": self.has_critic, "model_dir": self.model_dir,
-                "device": str(self.device)}
+                "device": str(self.device), "load_time": self.load_time}
 
     # ------------------------------------------------------------------ forward passes
     @torch.no_grad()

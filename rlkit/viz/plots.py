@@ -132,11 +132,22 @@ def _snapshot_order(mem: pd.DataFrame) -> pd.DataFrame:
     snaps = d.groupby(keys, sort=False, dropna=False).agg(_t=("_t", "min"), _row=("_row", "min")).reset_index()
     # within a step order by time when known, else by first appearance
     snaps["_tkey"] = snaps["_t"].fillna(np.inf)
-    snaps = snaps.sort_values(["step", "_tkey", "_row"], kind="stable").reset_index(drop=True)
+    # snapshots without a step (set-up before the first step) come first
+    snaps = snaps.sort_values(["step", "_tkey", "_row"], kind="stable", na_position="first").reset_index(drop=True)
     return snaps[keys]
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equality that treats missing values (None, NaN, pd.NA) as equal to each other."""
+    na, nb = bool(pd.isna(a)), bool(pd.isna(b))
+    if na or nb:
+        return na and nb
+    return bool(a == b)
+
+
 def _fmt_step(step: Any) -> str:
+    if step is None or (not isinstance(step, (list, tuple)) and bool(pd.isna(step))):
+        return "-"
     try:
         f = float(step)
         return str(int(f)) if f.is_integer() else str(step)
@@ -223,7 +234,7 @@ def plot_memory_bars(mem_df: pd.DataFrame, step=None, phase=None, event: str = "
     """
     table, info = memory_snapshot_table(mem_df, step=step, phase=phase, event=event)
     if ax is None:
-        fig = _new_figure((max(5.0, 1.0 + 0.9 * len(table)), 4.2))
+        fig = _new_figure((max(6.0, 1.5 + 0.9 * len(table)), 4.2))
         ax = fig.add_subplot(1, 1, 1)
     else:
         fig = ax.figure
@@ -277,7 +288,7 @@ def _draw_memory_timeline(ax, mem_df: pd.DataFrame, metric: str = "used", max_ti
     ax.set_xticklabels([labels[i] for i in ticks], rotation=60, ha="right", fontsize=7)
     # step separators (a LineCollection, so ax.lines holds only the per-GPU lines) and step labels
     steps = snaps["step"].tolist()
-    bounds = [i for i in range(1, n) if steps[i] != steps[i - 1]]
+    bounds = [i for i in range(1, n) if not _same(steps[i], steps[i - 1])]
     if bounds:
         ax.vlines([b - 0.5 for b in bounds], 0, 1, transform=ax.get_xaxis_transform(),
                   colors="#888888", linestyles=":", linewidth=0.8)
@@ -375,25 +386,26 @@ def _draw_balance(ax_ratio, ax_free, balance: dict) -> None:
         if len(groups) > 1:
             for a in (ax_ratio, ax_free):
                 if a is not None:
-                    a.text((xs[0] + xs[-1]) / 2, 1.0, f"group {gi}", transform=a.get_xaxis_transform(),
-                           ha="center", va="bottom", fontsize=8)
+                    a.text((xs[0] + xs[-1]) / 2, 0.98, f"group {gi}", transform=a.get_xaxis_transform(),
+                           ha="center", va="top", fontsize=8, color="#555555")
         ticks.extend(xs.tolist())
         ticklabels.extend(g["labels"])
         x0 += len(g["ranks"]) + 1
     if ax_ratio is not None:
         ax_ratio.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+        ax_ratio.text(1.0, threshold, f" {threshold:g}", transform=ax_ratio.get_yaxis_transform(),
+                      ha="left", va="center", fontsize=8)
         top = max([threshold] + [q for g in groups for q in g["ratios"] if not np.isnan(q)])
-        ax_ratio.set_ylim(0, top * 1.25)
+        ax_ratio.set_ylim(0, top * 1.35)
         ax_ratio.set_ylabel("min free / local free")
         ax_ratio.set_xticks(ticks)
         ax_ratio.set_xticklabels(ticklabels, rotation=30 if len(ticks) > 4 else 0, fontsize=8)
-        ax_ratio.legend(fontsize=7, loc="lower right")
     if ax_free is not None:
         ax_free.set_ylabel("free GiB")
         ax_free.set_xticks(ticks)
         ax_free.set_xticklabels(ticklabels, rotation=30 if len(ticks) > 4 else 0, fontsize=8)
         lo, hi = ax_free.get_ylim()
-        ax_free.set_ylim(0, hi * 1.15)
+        ax_free.set_ylim(0, hi * 1.25)
         ax_free.set_title(f"free memory (dashed: {threshold:g} x largest in group)", fontsize=9)
 
 
@@ -459,14 +471,24 @@ def _resolve_panels(history: pd.DataFrame, metrics) -> list[tuple[str, list[str]
     return panels
 
 
+def _short_labels(cols: Sequence[str]) -> list[str]:
+    """Distinguishing parts of metric names: critic/score/mean, critic/rewards/mean -> score, rewards."""
+    parts = [c.split("/") for c in cols]
+    if len({len(p) for p in parts}) != 1:
+        return list(cols)
+    keep = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
+    labels = ["/".join(p[i] for i in keep) for p in parts]
+    return labels if len(set(labels)) == len(labels) and all(labels) else list(cols)
+
+
 def _draw_metric(ax, history: pd.DataFrame, cols: Sequence[str], title: str | None = None) -> None:
     x = history["step"] if "step" in history.columns else pd.Series(np.arange(len(history)), index=history.index)
-    for c in cols:
+    for c, lab in zip(cols, _short_labels(cols)):
         y = pd.to_numeric(history[c], errors="coerce")
         ok = y.notna()
         sparse = ok.sum() < 2 or ok.mean() < 0.5
         ax.plot(x[ok].to_numpy(), y[ok].to_numpy(), marker="o" if sparse or ok.sum() <= 30 else None,
-                ms=3, lw=1.3, label=c.split("/")[-1] if len(cols) > 1 else None)
+                ms=3, lw=1.3, label=lab if len(cols) > 1 else None)
     ax.set_title(title or cols[0], fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -475,15 +497,27 @@ def _draw_metric(ax, history: pd.DataFrame, cols: Sequence[str], title: str | No
         ax.legend(fontsize=7)
 
 
-def plot_training(history_df: pd.DataFrame, metrics=None, ncols: int = 3):
+def merge_validation(history_df: pd.DataFrame, val_df: pd.DataFrame | None) -> pd.DataFrame:
+    """History with the validation rows (``step`` + ``val-core/...`` columns) merged in by step."""
+    if val_df is None or not isinstance(val_df, pd.DataFrame) or val_df.empty:
+        return history_df
+    if "step" not in history_df.columns or "step" not in val_df.columns:
+        raise ValueError("merging validation metrics needs a 'step' column in both frames")
+    extra = [c for c in val_df.columns if c == "step" or c not in history_df.columns]
+    merged = history_df.merge(val_df[extra].drop_duplicates("step", keep="last"), on="step", how="outer")
+    return merged.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def plot_training(history_df: pd.DataFrame, metrics=None, ncols: int = 3, val_df: pd.DataFrame | None = None):
     """Grid of small line plots, one per available panel.
 
     Default panels: score, reward, KL, KL loss, clip fraction, entropy, response length (mean &
     max), throughput, value loss, plus every ``val-core/...`` column with data (sparse: markers).
     Panels whose metrics are absent or all-NaN are skipped. ``metrics``: list of column names;
     an entry may be a list (overlaid in one panel) or a glob (``"timing_s/*"``, overlaid).
+    ``val_df``: validation rows (``Experiment.val_history``) merged in by ``step``.
     """
-    history = _require_frame(history_df, "history_df")
+    history = merge_validation(_require_frame(history_df, "history_df"), val_df)
     panels = _resolve_panels(history, metrics)
     if not panels:
         raise ValueError(f"none of the requested metrics has data; columns: {list(history.columns)}")

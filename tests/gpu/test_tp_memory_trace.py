@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.gpu
-HOG_GIB = 16
+HOG_GIB = 24
 
 
 def _two_gpus():
@@ -88,26 +88,31 @@ def test_record_tp2_trace_with_induced_imbalance(toy_files):
         t = time.time()
         exp = Experiment(PPOConfig.from_overrides(overrides(toy_files, "warn")), reward_fn=digits)
         startup = time.time() - t
-        results = [exp.step() for _ in range(2)]
-        report = exp.memory_balance()
-        mem = exp.memory
         meta = {
             "what": f"rlkit PPO, rollout.name=sglang, TP=2 on 2 GPUs, another process holding {HOG_GIB} GiB on GPU 1",
             "gpu": __import__("torch").cuda.get_device_name(0), "tp_size": 2, "hog_gib": HOG_GIB,
             "model": "Qwen2.5-0.5B layer shapes, 128-token vocabulary, random weights",
             "refused_with_tp_memory_check_error": refused, "startup_s": startup,
-            "step_seconds": [r.metrics["timing_s/step"] for r in results],
-            "balance": report.to_dict(),
         }
         out = os.environ.get("RLKIT_GPU_OUT")
-        if out:
-            save_trace(Path(out) / "tp2_imbalance_trace.json", exp.memory_records, meta=meta)
-        print(str(report))
-        print(json.dumps({k: meta[k] for k in ("startup_s", "step_seconds")}))
+        try:
+            results = [exp.step() for _ in range(2)]
+            meta["step_seconds"] = [r.metrics["timing_s/step"] for r in results]
+            meta["snapshot_seconds"] = [r.metrics["timing_s/memory_snapshots"] for r in results]
+        finally:  # keep whatever was recorded, also when a step fails
+            preflight = exp.memory_balance(phase="engine_preflight")
+            latest = exp.memory_balance()
+            meta.update(balance_at_engine_start=preflight.to_dict(), balance_latest=latest.to_dict())
+            if out:
+                save_trace(Path(out) / "tp2_imbalance_trace.json", exp.memory_records, meta=meta)
+        mem = exp.memory
+        print(str(preflight))
+        print(str(latest))
+        print(json.dumps({k: meta[k] for k in ("startup_s", "step_seconds", "snapshot_seconds")}))
         exp.shutdown()
     finally:
         hog.kill()
         ray.shutdown()
 
-    assert not report.ok  # the hog makes the group unbalanced
+    assert not preflight.ok and not latest.ok  # the hog keeps the group unbalanced
     assert set(mem["gpu"]) >= {0, 1} and {"gen", "update_actor", "wake", "sleep"} <= set(mem["phase"])
