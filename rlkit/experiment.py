@@ -63,6 +63,12 @@ class StepResult:
         return f"<p><code>{head}</code></p>" + rollouts_html(self.rollouts, n=8)
 
 
+def worker_hooks() -> dict:
+    """The memory-diagnostics hooks a worker takes (``PPOWorker(cfg, **worker_hooks())``, same for
+    ``RayWorker``): per-phase snapshots and the TP balance pre-flight before an engine starts."""
+    return dict(snapshot_fn=memory_lib.snapshot, preflight_fn=memory_balance_lib.check_before_engine)
+
+
 def _as_config(config) -> DictConfig:
     if config is None:
         return PPOConfig.default()
@@ -116,7 +122,7 @@ class Experiment:
         if self.worker is None:
             # the worker owns the tokenizer, which the datasets need. SGLang kills the process that
             # starts its engine when the engine fails, so that worker runs in a Ray actor, never here.
-            hooks = dict(snapshot_fn=memory_lib.snapshot, preflight_fn=memory_balance_lib.check_before_engine)
+            hooks = worker_hooks()
             if cfg.actor_rollout_ref.rollout.name == "sglang":
                 from rlkit.distributed.ray_worker import RayWorker
 
@@ -144,7 +150,7 @@ class Experiment:
         self.last_validation: pd.DataFrame | None = None
         self.phase_callbacks: list[Callable[[str, str], None]] = []
         self.memory_recorder = memory_lib.MemoryRecorder()
-        self.memory_recorder.extend(self.worker.take_init_snapshots())
+        self.memory_recorder.extend(self.worker.take_snapshots()[0])  # engine start, model load
         self._rollouts: list[pd.DataFrame] = []
         self._dashboards: list = []
 
@@ -173,6 +179,7 @@ class Experiment:
             del self.memory_recorder.records[n_records:]
             try:
                 self.worker.reset_after_interrupt()
+                self.worker.take_snapshots()  # drop the interrupted step's readings
             except Exception:  # a dead worker: the original error says why
                 pass
             raise
@@ -187,11 +194,9 @@ class Experiment:
         step = self.global_step + 1
         snapshot_s = [0.0]
 
-        def record_memory(phase: str, event: str) -> None:  # at every phase boundary, from the GPU owner
+        def record_memory(phase: str, event: str) -> None:  # at every phase boundary, on the GPU owner
             t0 = time.perf_counter()
-            snap = worker.memory_snapshot(step, phase, event)
-            if snap is not None:
-                self.memory_recorder.extend([snap])
+            worker.memory_snapshot(step, phase, event)
             snapshot_s[0] += time.perf_counter() - t0
 
         timer = PhaseTimer([record_memory] + self.phase_callbacks)
@@ -276,6 +281,12 @@ class Experiment:
             values = [x for x in v if x is not None]
             if values:
                 metrics[f"reward_extra/{k}/mean"] = float(np.mean(values))
+        t0 = time.perf_counter()
+        snaps, worker_s = worker.take_snapshots()
+        self.memory_recorder.extend(snaps)
+        # the controller's cost (requests, collection); a remote worker's reading time adds to it
+        # (an in-process worker's is already inside the callbacks' time)
+        snapshot_s[0] += time.perf_counter() - t0 + (worker_s if getattr(worker, "remote", False) else 0.0)
         step_records = self.memory_recorder.records[first_record:]
         metrics.update(memory_lib.peak_metrics(step_records))
         metrics["timing_s/memory_snapshots"] = snapshot_s[0]

@@ -239,3 +239,20 @@ def test_main_ppo_rejects_bad_config(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "actor_rollout_ref.actor.optim.lr" in proc.stderr
+
+
+def test_memory_recorded_at_every_phase_boundary(char_model, toy_data):
+    exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
+    res = exp.step()
+    mem = res.memory
+    expected = {"step", "wake", "gen", "sleep", "reward", "old_log_prob", "values", "adv", "update_critic",
+                "update_actor", "update_weights"}
+    assert set(mem["phase"]) == expected
+    for phase, g in mem.groupby("phase"):
+        assert set(g["event"]) == {"start", "end"}, phase
+    assert (mem["step"] == 1).all() and set(mem["metric"]) >= {"host_rss"}  # CPU: host memory only
+    assert res.metrics["perf/cpu_memory_used_gb"] > 0
+    assert res.metrics["timing_s/memory_snapshots"] < res.metrics["timing_s/step"]
+    assert set(exp.memory["step"].dropna()) == {1}
+    with pytest.raises(ValueError, match="no GPU memory snapshots"):
+        exp.memory_balance()  # CPU: nothing to balance, and it says so

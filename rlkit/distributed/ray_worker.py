@@ -13,7 +13,7 @@ import os
 REMOTE_METHODS = (
     "generate", "compute_log_prob", "compute_ref_log_prob", "compute_values", "update_critic", "update_actor",
     "wake_rollout", "sleep_rollout", "sync_rollout_weights", "reset_after_interrupt", "state_dict",
-    "load_state_dict", "set_total_training_steps", "memory_snapshot", "take_init_snapshots",
+    "load_state_dict", "set_total_training_steps", "take_snapshots",
 )
 # Forwarded into the actor: SGLang's and NCCL's switches must reach the engine's processes.
 FORWARDED_ENV_PREFIXES = ("SGL_", "SGLANG_", "NCCL_", "TORCH_", "NVSHMEM_", "HF_", "TRANSFORMERS_", "TRITON_",
@@ -58,6 +58,8 @@ class RayWorker:
         worker_kwargs: passed on to PPOWorker (e.g. the memory-diagnostics hooks).
     """
 
+    remote = True  # calls cross a process boundary
+
     def __init__(self, cfg, num_gpus: int | None = None, **worker_kwargs):
         ray = _import_ray()
         self._ray = ray
@@ -98,6 +100,11 @@ class RayWorker:
                 "model); the controller survives. GPU memory now: " + "; ".join(gpu_memory_lines()) +
                 ". Check the worker's log above; lower actor_rollout_ref.rollout.gpu_memory_utilization if "
                 "memory ran out, then create a new Experiment.") from e
+
+    def memory_snapshot(self, step, phase: str, event: str) -> None:
+        """Fire and forget: the actor runs it between the calls around it; take_snapshots() collects."""
+        if self._actor is not None:
+            self._actor.memory_snapshot.remote(step, phase, event)
 
     def shutdown(self) -> None:
         """Stop the engine and end the actor's process (its GPU memory is freed)."""

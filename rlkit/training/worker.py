@@ -68,7 +68,8 @@ class PPOWorker:
         # memory diagnostics are handed in by the controller (they live in a layer below this one):
         # snapshot_fn(rank, step, phase, event, devices) -> MemorySnapshot; preflight_fn(snapshots, mode, config)
         self.snapshot_fn, self.preflight_fn = snapshot_fn, preflight_fn
-        self.init_snapshots: list[dict] = []
+        self.snapshots: list[dict] = []
+        self.snapshot_seconds = 0.0
         self.load_time: float | None = None
         arr = cfg.actor_rollout_ref
         self.device = resolve_device(cfg.trainer.get("device", "cuda"))
@@ -124,30 +125,34 @@ class PPOWorker:
                                       max_batch_size=arr.rollout.get("max_num_seqs") or None)
 
     # ------------------------------------------------------------------ memory
-    def memory_snapshot(self, step: int | None, phase: str, event: str) -> dict | None:
-        """This worker's GPUs and host memory now (a MemorySnapshot as dict); peaks reset at each step start."""
+    def memory_snapshot(self, step: int | None, phase: str, event: str) -> None:
+        """Record this worker's GPUs and host memory now (kept until :meth:`take_snapshots`); torch's
+        peak counters reset at each step start. A remote controller sends this without waiting: the
+        worker runs calls in order, so the reading lands exactly between the phases around it."""
         if self.snapshot_fn is None:
-            return None
+            return
+        t0 = time.perf_counter()
         if phase == "step" and event == "start" and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        return self.snapshot_fn(rank=0, step=step, phase=phase, event=event).to_dict()
+        self.snapshots.append(self.snapshot_fn(rank=0, step=step, phase=phase, event=event).to_dict())
+        self.snapshot_seconds += time.perf_counter() - t0
 
     def _init_snapshot(self, phase: str, event: str) -> None:
-        snap = self.memory_snapshot(None, phase, event)
-        if snap is not None:
-            self.init_snapshots.append(snap)
+        self.memory_snapshot(None, phase, event)
 
-    def take_init_snapshots(self) -> list[dict]:
-        """Snapshots taken while the worker started (engine start, model load), handed over once."""
-        out, self.init_snapshots = self.init_snapshots, []
-        return out
+    def take_snapshots(self) -> tuple[list[dict], float]:
+        """The snapshots recorded since the last call (MemorySnapshot dicts), handed over once, and
+        the seconds this worker spent taking them."""
+        out, secs = self.snapshots, self.snapshot_seconds
+        self.snapshots, self.snapshot_seconds = [], 0.0
+        return out, secs
 
     def engine_preflight(self, tp_size: int, mode: str) -> None:
         """SGLang's TP memory rule on live readings, before the engine starts (it would kill us)."""
         if self.preflight_fn is None or self.snapshot_fn is None:
             return preflight_tp_memory(tp_size, mode)
         snap = self.snapshot_fn(rank=0, phase="engine_preflight", event="start", devices=range(tp_size))
-        self.init_snapshots.append(snap.to_dict())
+        self.snapshots.append(snap.to_dict())
         if tp_size > 1:
             self.preflight_fn([snap], mode, config=self.cfg)
 

@@ -64,3 +64,17 @@ def test_dead_worker_is_reported_and_controller_survives(toy):
     again = Experiment(cfg, reward_fn=digit_fraction, worker=RayWorker(cfg))
     assert again.step().step == 1
     again.shutdown()
+
+
+def test_remote_snapshots_land_between_phases(toy):
+    """Snapshots are sent without waiting; the actor runs them in order, so each phase has start and end."""
+    cfg = PPOConfig.from_overrides(toy_overrides(*toy))
+    from rlkit.experiment import worker_hooks
+
+    exp = Experiment(cfg, reward_fn=digit_fraction, worker=RayWorker(cfg, **worker_hooks()))
+    res = exp.step()
+    order = res.memory.drop_duplicates(["phase", "event", "time"]).sort_values("time")
+    pairs = list(zip(order["phase"], order["event"]))
+    assert pairs[0] == ("step", "start") and pairs[-1] == ("step", "end")
+    assert pairs.index(("gen", "start")) < pairs.index(("gen", "end")) < pairs.index(("update_actor", "start"))
+    exp.shutdown()
