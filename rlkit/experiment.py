@@ -375,7 +375,8 @@ class Experiment:
         from rlkit.viz import plot_summary
 
         mem = self.memory
-        return plot_summary(self.history, mem if len(mem) else None, self.rollouts if self._rollouts else None)
+        has_gpu = len(mem) > 0 and (mem["metric"] == "used").any()  # a CPU run has host memory only
+        return plot_summary(self.history, mem if has_gpu else None, self.rollouts if self._rollouts else None)
 
     def show_rollouts(self, step: int | None = None, n: int = 5, filter=None, page: int = 0):
         """Page through rollouts as an HTML table: ``filter`` is "correct" | "wrong" | "truncated",
