@@ -32,6 +32,20 @@ _MARKER = "rlkit_checkpoint.json"
 KEEP_ROLLOUT_STEPS = 100  # rollout tables kept in memory for show_rollouts() / the dashboard
 
 
+class RolloutFrame(pd.DataFrame):
+    """A DataFrame of rollouts that renders in notebooks as a readable table (long text cut,
+    scores highlighted). Everything else is plain pandas."""
+
+    @property
+    def _constructor(self):
+        return RolloutFrame
+
+    def _repr_html_(self) -> str:
+        from rlkit.viz.tables import rollouts_html
+
+        return rollouts_html(pd.DataFrame(self), n=min(len(self), 20))
+
+
 @dataclass
 class StepResult:
     """What one ``Experiment.step()`` produced.
@@ -301,7 +315,7 @@ class Experiment:
 
     def _rollout_frame(self, step, items, n, responses_text, batch, finish_reasons, uids) -> pd.DataFrame:
         mask = batch["response_mask"]
-        return pd.DataFrame({
+        return RolloutFrame({
             "step": step,
             "uid": uids,
             "data_source": [it["data_source"] for it in items for _ in range(n)],
@@ -337,7 +351,7 @@ class Experiment:
     @property
     def rollouts(self) -> pd.DataFrame:
         """Rollouts of the last steps (up to KEEP_ROLLOUT_STEPS), one row per sample."""
-        return pd.concat(self._rollouts, ignore_index=True) if self._rollouts else pd.DataFrame()
+        return RolloutFrame(pd.concat(self._rollouts, ignore_index=True)) if self._rollouts else RolloutFrame()
 
     @property
     def memory_records(self) -> list:

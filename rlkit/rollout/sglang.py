@@ -291,10 +291,26 @@ class SGLangRollout:
         self.weights_valid = False
         torch.cuda.empty_cache()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Stop the engine and wait (up to ``timeout`` s) for its processes to exit, so their GPU
+        memory is back before this returns."""
         engine, self.engine = getattr(self, "engine", None), None
-        if engine is not None:
-            engine.shutdown()
+        if engine is None:
+            return
+        try:
+            import psutil
+
+            children = psutil.Process().children(recursive=True)
+        except Exception:  # psutil missing: SGLang still stops its processes, we just don't wait
+            children = []
+        engine.shutdown()
+        if children:
+            import psutil
+
+            _, alive = psutil.wait_procs(children, timeout=timeout)
+            if alive:
+                warnings.warn(f"{len(alive)} SGLang process(es) still running {timeout:.0f} s after shutdown: "
+                              f"{[p.pid for p in alive]}", stacklevel=2)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
