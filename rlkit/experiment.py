@@ -235,8 +235,7 @@ class Experiment:
 
             # 3. score the responses; the scalar sits on the last response token (verl's convention)
             with timer.phase("reward"):
-                scores, extras = self._score(self.reward_fn, [s["data_source"] for s in samples], responses_text,
-                                             [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples])
+                scores, extras = self._score_samples(samples, responses_text)
                 batch["token_level_scores"] = _last_token_tensor(torch.tensor(scores, dtype=torch.float32), mask)
 
             # 4. old log-probs: recomputed by the actor, as verl does (not trusted from the engine)
@@ -307,6 +306,11 @@ class Experiment:
         rollouts = self._rollout_frame(step, items, n, responses_text, batch, finish_reasons, uids)
         return StepResult(step=step, rollouts=rollouts, metrics=metrics, timing=dict(timer.timing),
                           memory=memory_lib.trace_frame(step_records), batch=batch)
+
+    def _score_samples(self, samples: list[dict], texts: list[str]):
+        """Reward each response against its dataset row; (scores, extra reward columns)."""
+        return self._score(self.reward_fn, [s["data_source"] for s in samples], texts,
+                           [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples])
 
     def _decode(self, batch) -> list[str]:
         lengths = batch["response_mask"].sum(-1).long().tolist()
@@ -444,8 +448,7 @@ class Experiment:
             n = len(reasons) // len(items)
             texts = self._decode(batch)
             samples = [it for it in items for _ in range(n)]
-            scores, _ = self._score(self.reward_fn, [s["data_source"] for s in samples], texts,
-                                    [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples])
+            scores, _ = self._score_samples(samples, texts)
             for s, text, sc, r, L in zip(samples, texts, scores, reasons, batch["response_mask"].sum(-1).tolist()):
                 rows.append({"data_source": s["data_source"], "prompt": s["prompt_text"], "response": text,
                              "ground_truth": s["ground_truth"], "score": sc, "response_length": int(L), "finish_reason": r})

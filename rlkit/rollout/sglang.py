@@ -336,12 +336,8 @@ def _check_architecture(model_path: str) -> None:
 
 
 def _oom_message(when: str, fraction: float) -> str:
-    lines = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            f, t = torch.cuda.mem_get_info(i)
-            lines.append(f"GPU {i}: free {f / 2**30:.2f} GiB, used {(t - f) / 2**30:.2f} GiB")
-    return (f"out of GPU memory while {when} the SGLang engine ({'; '.join(lines)}). Lower "
+    table = _gpu_memory_table(torch.cuda.device_count())[1] if torch.cuda.is_available() else "  (no CUDA)"
+    return (f"out of GPU memory while {when} the SGLang engine:\n{table}\nLower "
             f"actor_rollout_ref.rollout.gpu_memory_utilization (now {fraction}), enable "
             "actor_rollout_ref.actor.fsdp_config.param_offload / optimizer_offload, or shorten "
             "data.max_response_length.")

@@ -1,7 +1,5 @@
-import math
 
 import pytest
-import torch
 
 from rlkit.training.optim import lr_multiplier, warmup_steps
 
