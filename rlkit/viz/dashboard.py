@@ -6,6 +6,14 @@
 
 Figures are rendered to PNG and put straight into ``Output.outputs`` (no ``with out:`` capture),
 so the dashboard also works, and can be tested, without a live kernel.
+
+Static fallback: displaying a dashboard emits one output that carries the widget view *and*
+``image/png`` (all figures stacked into one image), ``text/html`` (the figures as embedded PNGs
+plus the newest samples) and ``text/plain``. A live Jupyter with the widget front end shows the
+panel; an exported notebook, nbconvert HTML, GitHub's notebook view or a terminal IPython shows
+the images or the text. ``refresh()`` updates that output in place, so a saved notebook keeps the
+latest figures. ``dash.static()`` / ``dash.to_html()`` / ``dash.to_png()`` / ``dash.save(path)``
+give the same fallback explicitly.
 """
 from __future__ import annotations
 
@@ -71,6 +79,89 @@ def _set_outputs(out, *outputs: dict) -> None:
     out.outputs = tuple(outputs)
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def _output_parts(out) -> list[tuple[str, str]]:
+    """("png", base64) / ("text", message) for each display_data in an ``Output`` widget."""
+    parts = []
+    for o in getattr(out, "outputs", ()):
+        data = o.get("data", {})
+        if "image/png" in data:
+            parts.append(("png", data["image/png"]))
+        elif "text/plain" in data:
+            parts.append(("text", str(data["text/plain"])))
+    return parts
+
+
+def stack_pngs(pngs: list[bytes], gap: int = 8) -> bytes:
+    """One PNG with ``pngs`` stacked vertically (left-aligned, white background)."""
+    import numpy as np
+    from matplotlib import image as mpimg
+
+    if not pngs:
+        raise ValueError("stack_pngs needs at least one PNG")
+    if len(pngs) == 1:
+        return pngs[0]
+    arrays = []
+    for png in pngs:
+        a = mpimg.imread(io.BytesIO(png), format="png")  # float32 in [0, 1], RGB or RGBA
+        if a.ndim == 2:
+            a = np.stack([a] * 3, axis=-1)
+        if a.shape[-1] == 3:
+            a = np.concatenate([a, np.ones(a.shape[:2] + (1,), dtype=a.dtype)], axis=-1)
+        arrays.append(a)
+    width = max(a.shape[1] for a in arrays)
+    height = sum(a.shape[0] for a in arrays) + gap * (len(arrays) - 1)
+    canvas = np.ones((height, width, 4), dtype=np.float32)
+    y = 0
+    for a in arrays:
+        canvas[y:y + a.shape[0], :a.shape[1]] = a
+        y += a.shape[0] + gap
+    buf = io.BytesIO()
+    mpimg.imsave(buf, canvas, format="png")
+    return buf.getvalue()
+
+
+class StaticDashboard:
+    """The dashboard as plain images and HTML (what an exported notebook or GitHub shows).
+
+    ``png``: every figure stacked into one PNG (bytes, or None when there is no figure yet);
+    ``html``: the figures as embedded PNGs plus the newest samples; ``text``: one-line summary.
+    Displays as an image/HTML in any notebook front end; ``save(path)`` writes .html or .png.
+    """
+
+    def __init__(self, text: str, html: str, png: bytes | None):
+        self.text, self.html, self.png = text, html, png
+
+    def mimebundle(self) -> dict:
+        data = {"text/plain": self.text, "text/html": self.html}
+        if self.png is not None:
+            data["image/png"] = base64.b64encode(self.png).decode("ascii")
+        return data
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.mimebundle()
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def save(self, path) -> "Path":
+        """Write ``path``: ``.png`` the stacked figures, anything else a standalone HTML page."""
+        from pathlib import Path
+
+        path = Path(path)
+        if path.suffix.lower() == ".png":
+            if self.png is None:
+                raise ValueError("the dashboard has no figure yet (no training history or memory data); "
+                                 "save it as .html to keep the text")
+            path.write_bytes(self.png)
+        else:
+            path.write_text('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>rlkit dashboard</title>'
+                            f"</head><body>{self.html}</body></html>\n", encoding="utf-8")
+        return path
+
+
 def _ordered_unique(values) -> list:
     return list(dict.fromkeys(v for v in values if not pd.isna(v)))
 
@@ -105,6 +196,7 @@ class Dashboard:
         self._updating = False
         self.render_counts = {"training": 0, "memory": 0, "samples": 0}
         self.errors: dict[str, str] = {}
+        self._display_handles: list = []  # IPython DisplayHandles of the shown outputs (updated on refresh)
 
         # (a) training
         self.training_out = w.Output(layout=w.Layout(width="100%"))
@@ -167,13 +259,88 @@ class Dashboard:
         if changed["rollouts"]:
             self._render_samples()
         self._render_status()
+        if self._display_handles and any(changed.values()):
+            self._update_displays()
         return {"training": changed["history"] or changed["validation"], "memory": changed["memory"],
                 "samples": changed["rollouts"]}
+
+    # ------------------------------------------------------------------ display and static fallback
+    def static(self) -> StaticDashboard:
+        """The current figures as one stacked PNG plus an HTML page with them and the newest samples."""
+        sections, pngs = [], []
+        for title, outs in (("training", (self.training_out,)),
+                            ("GPU memory", (self.memory_out, self.timeline_out))):
+            body = []
+            for kind, value in (p for out in outs for p in _output_parts(out)):
+                if kind == "png":
+                    pngs.append(base64.b64decode(value))
+                    body.append(f'<img src="data:image/png;base64,{value}" alt="{html.escape(title)}" '
+                                f'style="max-width:100%">')
+                else:
+                    body.append(f'<p style="color:#777"><i>{html.escape(value)}</i></p>')
+            if title == "GPU memory" and self.step_dd.value is not None:
+                title += (f" (step {plots._fmt_step(self.step_dd.value)}, phase {self.phase_dd.value}, "
+                          f"event {self.event_dd.value})")
+            sections.append(f"<h4>{html.escape(title)}</h4>" + "".join(body))
+        sections.append("<h4>samples</h4>" + self.samples_html.value)
+        status = f'<p style="font-size:12px">{self.status.value}</p>' if self.status.value else ""
+        page = ('<div class="rlkit-dashboard"><p><b>rlkit dashboard</b> (static copy: run the notebook '
+                "with ipywidgets for the interactive panel)</p>" + status + "".join(sections) + "</div>")
+        return StaticDashboard(self._text_summary(n_figures=len(pngs)), page, stack_pngs(pngs) if pngs else None)
+
+    def to_html(self) -> str:
+        """The static fallback as an HTML fragment (figures embedded as base64 PNGs, newest samples)."""
+        return self.static().html
+
+    def to_png(self) -> bytes | None:
+        """Every current figure stacked into one PNG (None when there is no figure yet)."""
+        return self.static().png
+
+    def save(self, path):
+        """Write the static fallback: ``.png`` the stacked figures, anything else a standalone HTML page."""
+        return self.static().save(path)
+
+    def _text_summary(self, n_figures: int) -> str:
+        parts = []
+        h = self._data["history"]
+        if isinstance(h, pd.DataFrame) and len(h):
+            last = h.iloc[-1]
+            if "step" in h.columns:
+                parts.append(f"step {plots._fmt_step(last['step'])}")
+            for col, name in (("critic/score/mean", "score"), ("response_length/mean", "len")):
+                if col in h.columns and pd.notna(last[col]):
+                    parts.append(f"{name} {float(last[col]):.3g}")
+        parts += [f"{key}: {err}" for key, err in self.errors.items()]
+        head = "rlkit Dashboard" + (f" ({', '.join(parts)})" if parts else " (no data yet)")
+        return (f"{head}: {n_figures} figure(s): training curves, GPU memory, newest samples. "
+                "The interactive panel needs Jupyter with ipywidgets.")
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Widget view plus image/png, text/html and text/plain fallbacks."""
+        data = self.static().mimebundle()
+        widget = self._widget._repr_mimebundle_() or {}
+        if WIDGET_MIME in widget:
+            data[WIDGET_MIME] = widget[WIDGET_MIME]
+        if include:
+            data = {k: v for k, v in data.items() if k in include}
+        if exclude:
+            data = {k: v for k, v in data.items() if k not in exclude}
+        return data
 
     def _ipython_display_(self):
         from IPython.display import display
 
-        display(self._widget)
+        handle = display(self._repr_mimebundle_(), raw=True, display_id=True)
+        if handle is not None:
+            self._display_handles.append(handle)
+
+    def _update_displays(self) -> None:
+        bundle = self._repr_mimebundle_()
+        for handle in self._display_handles:
+            try:
+                handle.update(bundle, raw=True)
+            except Exception:  # no kernel any more (e.g. a closed front end): nothing to update
+                pass
 
     # ------------------------------------------------------------------ rendering
     def _render_status(self) -> None:

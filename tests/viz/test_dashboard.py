@@ -154,3 +154,93 @@ def test_validation_source_adds_panel():
     d = Dashboard(history_frame, get_validation=lambda: val)
     assert len(png_outputs(d.training_out)) == 1
     assert d.refresh() == {"training": False, "memory": False, "samples": False}
+
+
+# ---------------------------------------------------------------- static fallback (no widget front end)
+def is_png(b64: str) -> bool:
+    return base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(b64: str) -> tuple[int, int]:
+    import struct
+
+    raw = base64.b64decode(b64)
+    return struct.unpack(">II", raw[16:24])  # IHDR: width, height
+
+
+def test_mimebundle_has_widget_view_and_static_fallbacks():
+    d = Source().dashboard()
+    bundle = d._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == d.widget.model_id
+    assert is_png(bundle["image/png"])
+    # the three figures (training, memory bars, memory timeline) stacked into one image
+    heights = [png_size(o["data"]["image/png"])[1] for out in (d.training_out, d.memory_out, d.timeline_out)
+               for o in png_outputs(out)]
+    assert png_size(bundle["image/png"])[1] >= sum(heights)
+    html = bundle["text/html"]
+    assert html.count('<img src="data:image/png;base64,') == 3
+    assert "question 2-0" in html and "&lt;b&gt;2-0&lt;/b&gt;" in html  # newest samples, escaped
+    assert "rlkit Dashboard" in bundle["text/plain"] and "step 3" in bundle["text/plain"]
+    assert set(d._repr_mimebundle_(include={"image/png"})) == {"image/png"}
+    assert "image/png" not in d._repr_mimebundle_(exclude={"image/png"})
+
+
+def test_ipython_display_publishes_the_fallbacks():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    published = []
+    shell.display_pub.publish = lambda data, metadata=None, **kw: published.append((data, kw))
+    d = Source().dashboard()
+    shell.display_formatter.format(d)  # what IPython does with a cell's last value
+    assert published, "displaying a Dashboard published nothing"
+    data, kw = published[-1]
+    assert {"application/vnd.jupyter.widget-view+json", "image/png", "text/html", "text/plain"} <= set(data)
+    assert is_png(data["image/png"])
+    assert kw.get("transient", {}).get("display_id")  # refresh() can update this output in place
+
+
+def test_fallback_follows_refresh_and_updates_displayed_output():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    published = []
+    shell.display_pub.publish = lambda data, metadata=None, **kw: published.append((data, kw))
+    src = Source()
+    d = src.dashboard()
+    d._ipython_display_()
+    first, kw = published[-1]
+    display_id = kw["transient"]["display_id"]
+    n = len(published)
+    d.refresh()  # nothing changed: no update
+    assert len(published) == n
+    src.history = history_frame(5)
+    src.rollouts = rollouts_frame(steps=(1, 2, 3))
+    d.refresh()
+    assert len(published) == n + 1
+    data, kw = published[-1]
+    assert kw.get("update") and kw["transient"]["display_id"] == display_id
+    assert data["image/png"] != first["image/png"] and is_png(data["image/png"])
+    assert "step 5" in data["text/plain"] and "question 3-0" in data["text/html"]
+    assert d._repr_mimebundle_()["image/png"] == data["image/png"]
+
+
+def test_static_views_and_save(tmp_path):
+    d = Source().dashboard()
+    st = d.static()
+    assert st.png[:8] == b"\x89PNG\r\n\x1a\n" and st.png == d.to_png()
+    assert st.html == d.to_html() and "question 2-0" in st.html
+    assert repr(st) == st.text and set(st._repr_mimebundle_()) == {"text/plain", "text/html", "image/png"}
+    assert d.save(tmp_path / "dash.png").read_bytes() == st.png
+    page = d.save(tmp_path / "dash.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 3
+
+
+def test_static_fallback_without_data():
+    d = Dashboard(None, None, None)
+    bundle = d._repr_mimebundle_()
+    assert "image/png" not in bundle  # nothing to draw: text only
+    assert "no training history yet" in bundle["text/html"] and "no data yet" in bundle["text/plain"]
+    assert d.to_png() is None
+    with pytest.raises(ValueError, match="no figure yet"):
+        d.save("unused.png")
