@@ -5,6 +5,16 @@ loads the model and raises ``The memory capacity is unbalanced`` on each rank wh
 is more than the group's smallest free memory / 0.9 (``min_free < 0.9 * local_free``). The engine
 then sizes weights + KV cache as ``gpu_memory_utilization`` x that smallest free memory.
 
+Two different GPUs matter when the check fails, and the report names both:
+
+* the *short* GPU (the cause): the one with the least free memory, e.g. because another process
+  holds memory there. It passes its own check.
+* the *raising* rank(s): the ranks with much more free memory than the short GPU. SGLang raises
+  there, because the group's minimum is below 0.9 x their own free memory.
+
+For the whole group to pass, the short GPU needs ``0.9 x`` the largest free memory in the group;
+``TPGroupBalance.short_by_gib`` is how far it is from that.
+
 :func:`balance_report` applies the same rule to recorded :class:`~rlkit.diagnostics.memory.MemorySnapshot`
 objects (or plain free-byte readings) and gathers evidence for the four known causes:
 
@@ -125,6 +135,62 @@ class TPGroupBalance:
         """Per rank, the least the group minimum must be for SGLang to pass there (ratio x local free)."""
         return [self.ratio * f for f in self.free_bytes]
 
+    @property
+    def max_free(self) -> int:
+        return max(self.free_bytes)
+
+    @property
+    def most_free_ranks(self) -> list[int]:
+        """Ranks holding the group's largest free memory: their requirement (ratio x free) is the strictest."""
+        return [m for m, f in zip(self.ranks, self.free_bytes) if f == self.max_free]
+
+    @property
+    def required_bytes(self) -> float:
+        """The free memory the short GPU(s) need for SGLang to pass on every rank: ratio x the largest free."""
+        return self.ratio * self.max_free
+
+    @property
+    def short_by_gib(self) -> float:
+        """How much more free memory (GiB) the short GPU(s) need for the group to pass; 0 when it passes."""
+        return max(0.0, (self.required_bytes - self.min_free) / GiB) if self.failing else 0.0
+
+    def explanation(self) -> list[str]:
+        """Plain sentences: which GPU is short, which rank(s) raise and why (empty when the group passes)."""
+        if self.ok:
+            return []
+        label = dict(zip(self.ranks, self.labels))
+        free = dict(zip(self.ranks, self.free_bytes))
+        r = f"{self.ratio:g}"
+        short = [_gpu_of(m, label.get(m)) for m in self.short_ranks]
+        need = self.most_free_ranks
+        need_who = _ranks_words(need)
+        verb = "requires" if len(need) == 1 else "require"
+        short_words = _join(short)
+        lines = [
+            f"{_cap(short_words)} {'is' if len(short) == 1 else 'are'} short: {_gib(self.min_free)} free, "
+            f"{self.short_by_gib:.2f} GiB less than the {_gib(self.required_bytes)} ({r} x "
+            f"{self.max_free / GiB:.2f}) that {need_who} {verb}."
+        ]
+        raising = [f"rank {m}" + (f" ({label[m]})" if _has_gpu(label.get(m)) else "") for m in self.failing]
+        short_at = _join([label[m] if _has_gpu(label.get(m)) else f"the GPU of rank {m}" for m in self.short_ranks])
+        if len(self.failing) == 1:
+            m = self.failing[0]
+            most = " the rank with the most free memory," if m in need else " a rank with more free memory,"
+            lines.append(
+                f"SGLang raises on {raising[0]},{most} because the group's minimum free memory "
+                f"({_gib(self.min_free)}, on {short_at}) is below {r} x its own {_gib(free[m])} "
+                f"= {_gib(self.ratio * free[m])}.")
+        else:
+            own = ", ".join(f"{self.ratio * free[m] / GiB:.2f}" for m in self.failing)
+            lines.append(
+                f"SGLang raises on {_join(raising)}, the ranks with more free memory, because the group's minimum "
+                f"free memory ({_gib(self.min_free)}, on {short_at}) is below {r} x each one's own free memory "
+                f"({own} GiB respectively).")
+        lines.append(f"{_cap(short_words)} pass{'es' if len(short) == 1 else ''} "
+                     f"{'its' if len(short) == 1 else 'their'} own check: the error appears on "
+                     f"{_join(raising)}, not on the short GPU.")
+        return lines
+
     def to_dict(self) -> dict:
         return {
             "ranks": list(self.ranks), "labels": list(self.labels), "free_bytes": list(self.free_bytes),
@@ -132,7 +198,8 @@ class TPGroupBalance:
             "min_free_gib": self.min_free / GiB, "ratios": list(self.ratios),
             "threshold_gib": [t / GiB for t in self.threshold_bytes], "failing": list(self.failing),
             "short_ranks": list(self.short_ranks), "missing_gib": dict(self.missing_gib), "ratio": self.ratio,
-            "ok": self.ok,
+            "ok": self.ok, "required_gib": self.required_bytes / GiB, "short_by_gib": self.short_by_gib,
+            "explanation": self.explanation(),
         }
 
 
@@ -200,24 +267,51 @@ class BalanceReport:
         }
 
     # ------------------------------------------------------------------ text
+    def headline(self) -> str:
+        """One line: OK, or which GPU(s) are short and on which rank(s) SGLang raises."""
+        if self.ok:
+            return "TP memory balance: OK"
+        parts = []
+        for g in self.groups:
+            if g.ok:
+                continue
+            label = dict(zip(g.ranks, g.labels))
+            short = _join([_gpu_of(m, label.get(m)) for m in g.short_ranks])
+            raising = _join([f"rank {m}" + (f" ({label[m]})" if _has_gpu(label.get(m)) else "") for m in g.failing])
+            parts.append(f"{short} {'is' if len(g.short_ranks) == 1 else 'are'} short by {g.short_by_gib:.2f} GiB; "
+                         f"SGLang raises on {raising}")
+        return "TP memory balance: FAIL - " + "; ".join(parts)
+
+    def _row_status(self, g: TPGroupBalance, k: int) -> str:
+        rank = g.ranks[k]
+        many = len(g.ranks) > 1
+        if rank in g.failing:
+            return (f"RAISES: group min {g.min_free / GiB:.2f} < {g.threshold_bytes[k] / GiB:.2f} GiB "
+                    f"({g.ratio:g} x its free)")
+        if rank in g.short_ranks and many:
+            if g.ok:
+                return "ok (least free)"
+            return f"SHORT by {g.short_by_gib:.2f} GiB (least free; passes its own check)"
+        return "ok"
+
     def __str__(self) -> str:
-        verdict = "OK" if self.ok else "FAIL"
-        lines = [f"TP memory balance: {verdict} (SGLang's rule: the smallest free memory in a TP group must be at "
-                 f"least {self.ratio:g} x each rank's free memory)"]
+        lines = [self.headline(),
+                 f"SGLang's rule: every TP rank checks that the smallest free memory in its group is at least "
+                 f"{self.ratio:g} x its own free memory, so it raises on the rank(s) with MORE free memory; the "
+                 "short GPU (least free memory) is the cause."]
         by_rank = {r.rank: r for r in self.ranks}
         for gi, g in enumerate(self.groups):
+            verdict = "ok" if g.ok else "SGLang raises on rank(s) " + ", ".join(map(str, g.failing))
             lines.append(f"group {gi} (ranks {', '.join(map(str, g.ranks))}): min free {g.min_free / GiB:.2f} GiB"
-                         f" - {'ok' if g.ok else 'FAIL on rank(s) ' + ', '.join(map(str, g.failing))}")
+                         f" - {verdict}")
+            lines.extend(f"  {sentence}" for sentence in g.explanation())
             need = f"{self.ratio:g}xfree"
             header = f"  {'rank':>4}  {'gpu':<16} {'free GiB':>9} {'min/free':>9} {need:>10}  status"
             lines.append(header)
             for k, rank in enumerate(g.ranks):
                 label = by_rank[rank].label if rank in by_rank else "?"
-                status = (f"FAIL, short by {g.missing_gib[rank]:.2f} GiB" if rank in g.failing else "ok")
-                if rank in g.short_ranks and len(g.ranks) > 1:
-                    status += "  <- least free"
                 lines.append(f"  {rank:>4}  {label:<16} {g.free_bytes[k] / GiB:>9.2f} {g.ratios[k]:>9.3f} "
-                             f"{g.threshold_bytes[k] / GiB:>10.2f}  {status}")
+                             f"{g.threshold_bytes[k] / GiB:>10.2f}  {self._row_status(g, k)}")
         lines.append("Evidence:")
         for e in self.evidence:
             lines.append(f"  [{e.status}] {e.title}: {e.summary}")
@@ -232,24 +326,33 @@ class BalanceReport:
 
     def _repr_html_(self) -> str:
         esc = html.escape
-        verdict = ('<b style="color:#070">OK</b>' if self.ok else '<b style="color:#b00">FAIL</b>')
-        out = [f"<div><p>TP memory balance: {verdict} &mdash; SGLang's rule: the smallest free memory in a TP "
-               f"group must be at least {esc(f'{self.ratio:g}')} &times; each rank's free memory.</p>"]
+        if self.ok:
+            head = '<b style="color:#070">OK</b>'
+        else:
+            head = ('<b style="color:#b00">FAIL</b> &mdash; ' +
+                    esc(self.headline().split(" - ", 1)[1]))
+        out = [f"<div><p>TP memory balance: {head}</p>"
+               f"<p>SGLang's rule: every TP rank checks that the smallest free memory in its group is at least "
+               f"{esc(f'{self.ratio:g}')} &times; its own free memory, so it raises on the rank(s) with "
+               "<i>more</i> free memory; the short GPU (least free memory) is the cause.</p>"]
         by_rank = {r.rank: r for r in self.ranks}
         for gi, g in enumerate(self.groups):
             out.append(f"<p>group {gi}: min free {g.min_free / GiB:.2f} GiB</p>")
+            if not g.ok:
+                out.append("<ul>" + "".join(f"<li>{esc(x)}</li>" for x in g.explanation()) + "</ul>")
             out.append('<table><thead><tr><th>rank</th><th>gpu</th><th>free GiB</th><th>min/free</th>'
                        f'<th>{esc(f"{self.ratio:g}")} &times; free GiB</th><th>status</th></tr></thead><tbody>')
             for k, rank in enumerate(g.ranks):
                 label = by_rank[rank].label if rank in by_rank else "?"
-                failing = rank in g.failing
-                style = ' style="background:#fdd"' if failing else ""
-                status = f"FAIL, short by {g.missing_gib[rank]:.2f} GiB" if failing else "ok"
-                if rank in g.short_ranks and len(g.ranks) > 1:
-                    status += " (least free)"
-                out.append(f'<tr class="{"failing" if failing else "ok"}"{style}><td>{rank}</td><td>{esc(label)}</td>'
+                if rank in g.failing:
+                    cls, style = "failing", ' style="background:#fdd"'
+                elif rank in g.short_ranks and not g.ok:
+                    cls, style = "short", ' style="background:#ffe5cc"'
+                else:
+                    cls, style = "ok", ""
+                out.append(f'<tr class="{cls}"{style}><td>{rank}</td><td>{esc(label)}</td>'
                            f"<td>{g.free_bytes[k] / GiB:.2f}</td><td>{g.ratios[k]:.3f}</td>"
-                           f"<td>{g.threshold_bytes[k] / GiB:.2f}</td><td>{esc(status)}</td></tr>")
+                           f"<td>{g.threshold_bytes[k] / GiB:.2f}</td><td>{esc(self._row_status(g, k))}</td></tr>")
             out.append("</tbody></table>")
         out.append("<p>Evidence:</p><ul>")
         for e in self.evidence:
@@ -439,6 +542,31 @@ def _group(members: list[int], by_rank: dict[int, RankMemory], ratio: float) -> 
 
 def _gib(b: float) -> str:
     return f"{b / GiB:.2f} GiB"
+
+
+def _has_gpu(label: str | None) -> bool:
+    return bool(label) and not label.startswith("GPU of rank")
+
+
+def _gpu_of(rank: int, label: str | None) -> str:
+    """'node0:GPU 1 (rank 1)', or 'the GPU of rank 1' for plain readings."""
+    return f"{label} (rank {rank})" if _has_gpu(label) else f"the GPU of rank {rank}"
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _ranks_words(ranks: Sequence[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + _join([str(r) for r in ranks])
+
+
+def _cap(text: str) -> str:
+    """Sentence start: 'the GPU of rank 1' -> 'The GPU of rank 1'; GPU labels are left as they are."""
+    return "The" + text[3:] if text.startswith("the ") else text
 
 
 def _evidence_processes(groups: list[TPGroupBalance], by_rank: dict[int, RankMemory]) -> Evidence:

@@ -32,8 +32,10 @@ This module is pure data: stdlib, torch, and pandas / pynvml / psutil imported l
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -52,6 +54,7 @@ __all__ = [
     "MemoryRecorder",
     "save_trace",
     "load_trace",
+    "sanitize",
     "trace_frame",
     "peak_metrics",
     "TraceFormatError",
@@ -636,11 +639,133 @@ def _rlkit_version() -> str:
         return "unknown"
 
 
+# ------------------------------------------------------------------------------------- sanitising
+SANITIZED_NOTE = "absolute paths -> <path>/name, IP addresses -> nodeN (rlkit.diagnostics.memory.sanitize)"
+_PATH_MARK = "<path>"
+_SEG = r"[\w.@%+~-]*\w[\w.@%+~-]*"  # a path segment holds a letter or digit: "+/- 1" is no path
+# an absolute POSIX path: not inside a word, a relative path or a URL ("http://host/x" is left alone)
+_POSIX_PATH = re.compile(rf"(?<![\w.~/\\-])(?:/{_SEG})+/?")
+_WINDOWS_PATH = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\\\s\"'<>|:*?]+\\)*[^\\\s\"'<>|:*?]*")
+_IPV4 = re.compile(r"(?<![\w.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
+_IPV4_DASHED = re.compile(r"(?<![\w-])ip-(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})(?![\w-])")  # ip-10-0-0-5
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|\d{1,3}(?:\.\d{1,3}){3})"
+                             r"(?:%[\w.-]+)?(?![\w:])")
+_IP = re.compile(f"(?P<dashed>{_IPV4_DASHED.pattern})|(?P<v4>{_IPV4.pattern})|(?P<v6>{_IPV6_CANDIDATE.pattern})")
+_NODE_NAME = re.compile(r"node(\d+)")
+_HOME_USER = re.compile(r"(?<![\w~])~[A-Za-z_][\w.-]*")  # ~alice/... -> ~/...
+_HOMES = ("home", "users")
+_KEEP_FROM = ("rlkit",)  # paths into the package keep their package-relative part: <path>/rlkit/x.py
+_KEEP_AFTER = ("site-packages", "dist-packages")
+
+
+def _short_path(parts: list[str], sep: str) -> str:
+    parts = [p for p in parts if p]
+    if len(parts) <= 1:  # "/tmp", "/workspace": the folder itself says where the file was
+        return _PATH_MARK
+    if len(parts) == 2 and parts[0].lower() in _HOMES:  # /home/alice: the last part is a user name
+        return _PATH_MARK
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in _KEEP_AFTER:
+            return _PATH_MARK + sep + sep.join(parts[i + 1:])
+    for i in range(len(parts) - 2, -1, -1):  # the innermost: a checkout named rlkit holds the package rlkit
+        if parts[i] in _KEEP_FROM:
+            return _PATH_MARK + sep + sep.join(parts[i:])
+    return _PATH_MARK + sep + parts[-1]
+
+
+def _valid_ipv4(groups: Sequence[str]) -> bool:
+    return all(int(g) <= 255 for g in groups)
+
+
+def _valid_ipv6(text: str) -> bool:
+    addr = text.split("%", 1)[0]
+    if "::" not in addr and addr.count(":") != 7:  # "14:03:12" is a time, not an address
+        return False
+    try:
+        ipaddress.IPv6Address(addr)
+    except ValueError:
+        return False
+    return True
+
+
+class _Sanitizer:
+    def __init__(self, taken: set[str]):
+        self.names: dict[str, str] = {}
+        self.taken = taken
+
+    def node(self, ip: str) -> str:
+        if ip not in self.names:
+            k = len(self.names)
+            while f"node{k}" in self.taken:
+                k += 1
+            self.names[ip] = f"node{k}"
+            self.taken.add(self.names[ip])
+        return self.names[ip]
+
+    def _ip(self, m: re.Match) -> str:
+        text = m.group(0)
+        if m.group("dashed"):
+            octets = text[3:].split("-")
+            return self.node(".".join(octets)) if _valid_ipv4(octets) else text
+        if m.group("v4"):
+            return self.node(text) if _valid_ipv4(text.split(".")) else text
+        if _valid_ipv6(text):
+            return self.node(str(ipaddress.IPv6Address(text.split("%", 1)[0])))
+        return text
+
+    def text(self, s: str) -> str:
+        s = _IP.sub(self._ip, s)  # one pass: nodeN numbered in order of appearance
+        s = _WINDOWS_PATH.sub(lambda m: _short_path(m.group(0)[3:].split("\\"), "\\"), s)
+        s = _POSIX_PATH.sub(lambda m: _short_path(m.group(0).split("/"), "/"), s)
+        s = _HOME_USER.sub("~", s)
+        return s
+
+    def walk(self, v: Any) -> Any:
+        if isinstance(v, str):
+            return self.text(v)
+        if isinstance(v, dict):
+            return {self.walk(k) if isinstance(k, str) else k: self.walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [self.walk(x) for x in v]
+        return v
+
+
+def _strings(v: Any) -> Iterable[str]:
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            yield from _strings(k)
+            yield from _strings(x)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _strings(x)
+
+
+def sanitize(data: Any) -> Any:
+    """A copy of JSON-like ``data`` with machine-identifying text removed from every string (keys too).
+
+    * absolute paths (POSIX and ``C:\\...``) become ``<path>/<file name>`` (paths into a package keep their
+      package part: ``<path>/rlkit/rollout/sglang.py``, ``<path>/torch/cuda/__init__.py``); home directories
+      and the user names in them go with them (``/home/alice`` -> ``<path>``, ``~alice/x`` -> ``~/x``);
+    * IPv4 addresses (also AWS-style ``ip-10-0-0-5`` host names) and IPv6 addresses become ``node0``,
+      ``node1``, ... - the same address the same name everywhere in ``data``, never a name already used.
+
+    Numbers, booleans and None are kept; lists, tuples and dicts are copied (tuples become lists, as in
+    JSON). :func:`save_trace` applies it to the records and the metadata.
+    """
+    taken = {s for s in _strings(data) if _NODE_NAME.fullmatch(s)}
+    return _Sanitizer(taken).walk(data)
+
+
 def save_trace(path: str | os.PathLike, records: Iterable[MemorySnapshot | dict] | MemoryRecorder,
-               meta: dict | None = None) -> Path:
+               meta: dict | None = None, sanitized: bool = True) -> Path:
     """Write snapshots as a JSON memory trace, atomically (temporary file + ``os.replace``).
 
-    ``meta`` (JSON-able) is stored with ``rlkit_version`` and ``created`` added unless given.
+    ``meta`` (JSON-able) is stored with ``rlkit_version`` and ``created`` added unless given. With
+    ``sanitized=True`` (the default) records and meta go through :func:`sanitize` first, so a trace can be
+    shared: no absolute paths (user names in home directories included) and no IP addresses; every number is
+    kept. ``meta["sanitized"]`` says what was replaced.
     """
     path = Path(path)
     if isinstance(records, MemoryRecorder):
@@ -649,7 +774,12 @@ def save_trace(path: str | os.PathLike, records: Iterable[MemorySnapshot | dict]
     meta = dict(meta or {})
     meta.setdefault("rlkit_version", _rlkit_version())
     meta.setdefault("created", time.time())
-    doc = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "meta": meta, "records": [s.to_dict() for s in snaps]}
+    body = {"meta": meta, "records": [s.to_dict() for s in snaps]}
+    if sanitized:
+        json.dumps(body)  # a meta that is not JSON-able fails here, as it would unsanitised
+        body = sanitize(body)
+        body["meta"]["sanitized"] = SANITIZED_NOTE
+    doc = {"format": TRACE_FORMAT, "version": TRACE_VERSION, **body}
     text = json.dumps(doc)  # fails before touching the file when meta is not JSON-able
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))

@@ -124,9 +124,7 @@ def _snapshot_order(mem: pd.DataFrame) -> pd.DataFrame:
     d = mem[keys].copy()
     d["_row"] = np.arange(len(mem))
     if "time" in mem.columns:
-        t = pd.to_numeric(mem["time"], errors="coerce") if not pd.api.types.is_datetime64_any_dtype(
-            mem["time"]) else mem["time"].astype("int64") / 1e9
-        d["_t"] = t.to_numpy()
+        d["_t"] = _epoch_seconds(mem["time"])
     else:
         d["_t"] = np.nan
     snaps = d.groupby(keys, sort=False, dropna=False).agg(_t=("_t", "min"), _row=("_row", "min")).reset_index()
@@ -145,6 +143,43 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def _epoch_seconds(values: Any) -> np.ndarray:
+    """Snapshot times as float unix seconds (accepts floats or pandas datetimes)."""
+    ser = pd.Series(values)
+    if pd.api.types.is_datetime64_any_dtype(ser):
+        if getattr(ser.dt, "tz", None) is None:
+            ser = ser.dt.tz_localize("UTC")
+        return (ser - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=float)
+    return pd.to_numeric(ser, errors="coerce").to_numpy(dtype=float)
+
+
+def fmt_time(t: Any) -> str:
+    """Unix seconds (or a datetime) as ``YYYY-MM-DD HH:MM:SS UTC``; ``"-"`` when unknown."""
+    secs = _epoch_seconds([t])[0]
+    if np.isnan(secs):
+        return "-"
+    return pd.Timestamp(secs, unit="s", tz="UTC").strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _time_span(times: Any) -> str | None:
+    """'2026-11-26 14:03:12 to 14:06:01 UTC' (the date once when both ends share it); None without times."""
+    secs = _epoch_seconds(times)
+    secs = secs[~np.isnan(secs)]
+    if not len(secs):
+        return None
+    lo, hi = (pd.Timestamp(v, unit="s", tz="UTC") for v in (secs.min(), secs.max()))
+    if lo.date() == hi.date():
+        return f"{lo:%Y-%m-%d %H:%M:%S} to {hi:%H:%M:%S} UTC"
+    return f"{lo:%Y-%m-%d %H:%M:%S} to {hi:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _integer_ticks(axis) -> None:
+    """Integer tick positions only (steps, counts): never 1.5 steps."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _fmt_step(step: Any) -> str:
     if step is None or (not isinstance(step, (list, tuple)) and bool(pd.isna(step))):
         return "-"
@@ -161,8 +196,8 @@ def memory_snapshot_table(mem_df: pd.DataFrame, step=None, phase=None, event: st
 
     Returns ``(table, info)``: ``table`` indexed by GPU label with columns ``torch allocated``,
     ``reserved, not allocated``, ``other processes``, ``free``, ``used``, ``total`` (GiB) and
-    ``torch_missing`` (bool); ``info`` has the chosen ``step``, ``phase``, ``event`` and
-    ``host_rss`` ({label: GiB}).
+    ``torch_missing`` (bool); ``info`` has the chosen ``step``, ``phase``, ``event``,
+    ``host_rss`` ({label: GiB}) and ``time`` (unix seconds of the snapshot, None without a time column).
     """
     mem = _require_frame(mem_df, "mem_df", MEMORY_COLUMNS)
     steps = mem["step"].dropna().unique()
@@ -187,6 +222,11 @@ def memory_snapshot_table(mem_df: pd.DataFrame, step=None, phase=None, event: st
                          f"phases present: {phases}, events: {events}")
     event = sel_snaps["event"].iloc[-1]
     sel = at_step[(at_step["phase"] == phase) & (at_step["event"] == event)]
+    when = None
+    if "time" in sel.columns:
+        secs = _epoch_seconds(sel["time"])
+        secs = secs[~np.isnan(secs)]
+        when = float(secs.min()) if len(secs) else None
     sel = _with_labels(sel)
     host = sel[(sel["metric"] == "host_rss")]
     host_rss = {lab: float(b) / GIB for lab, b in zip(host["label"], pd.to_numeric(host["bytes"], errors="coerce"))}
@@ -220,7 +260,7 @@ def memory_snapshot_table(mem_df: pd.DataFrame, step=None, phase=None, event: st
         SEGMENT_LABELS[0]: alloc, SEGMENT_LABELS[1]: reserved_free, SEGMENT_LABELS[2]: other,
         SEGMENT_LABELS[3]: free.clip(lower=0.0), "used": used, "total": total, "torch_missing": torch_missing,
     })
-    return table, {"step": step, "phase": phase, "event": event, "host_rss": host_rss}
+    return table, {"step": step, "phase": phase, "event": event, "host_rss": host_rss, "time": when}
 
 
 def plot_memory_bars(mem_df: pd.DataFrame, step=None, phase=None, event: str = "end", ax=None):
@@ -231,6 +271,7 @@ def plot_memory_bars(mem_df: pd.DataFrame, step=None, phase=None, event: str = "
     Missing torch numbers (NaN: a GPU seen from another process) count as 0 and are noted on
     the figure. "other processes" is used minus torch-reserved: it includes memory of other
     processes (e.g. SGLang's KV pool in its scheduler process) and this process's CUDA context.
+    The title gives the snapshot's time (UTC) when the frame has a ``time`` column.
     """
     table, info = memory_snapshot_table(mem_df, step=step, phase=phase, event=event)
     if ax is None:
@@ -245,12 +286,13 @@ def plot_memory_bars(mem_df: pd.DataFrame, step=None, phase=None, event: str = "
         ax.bar(x, vals, bottom=bottom, color=color, label=label, width=0.7, edgecolor="white", linewidth=0.5)
         bottom = bottom + vals
     for xi, (u, t) in enumerate(zip(table["used"], table["total"])):
-        ax.text(xi, bottom[xi], f"{u:.1f}/{t:.0f}", ha="center", va="bottom", fontsize=8)
+        ax.text(xi, bottom[xi], f"{u:.1f}/{t:.0f} GiB", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
     ax.set_xticklabels(table.index.tolist(), rotation=30 if len(table) > 4 else 0, ha="right" if len(table) > 4 else "center")
-    ax.set_ylabel("GiB")
+    ax.set_ylabel("memory (GiB)")
     ax.set_ylim(0, float(np.nanmax(bottom)) * 1.12 if np.nanmax(bottom) > 0 else 1.0)
-    ax.set_title(f"GPU memory at step {_fmt_step(info['step'])}, {info['phase']} ({info['event']})")
+    when = f"\n{fmt_time(info['time'])}" if info.get("time") is not None else ""
+    ax.set_title(f"GPU memory at step {_fmt_step(info['step'])}, {info['phase']} ({info['event']}){when}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     notes = []
     if table["torch_missing"].any():
@@ -265,57 +307,91 @@ def plot_memory_bars(mem_df: pd.DataFrame, step=None, phase=None, event: str = "
 
 
 # ----------------------------------------------------------------------------- memory timeline
-def _draw_memory_timeline(ax, mem_df: pd.DataFrame, metric: str = "used", max_ticks: int = 40) -> None:
+TIMELINE_X = ("phase", "time")
+
+
+def _draw_memory_timeline(ax, mem_df: pd.DataFrame, metric: str = "used", max_ticks: int = 40,
+                          x: str = "phase") -> None:
     mem = _require_frame(mem_df, "mem_df", MEMORY_COLUMNS)
+    if x not in TIMELINE_X:
+        raise ValueError(f"x must be one of {TIMELINE_X}, got {x!r}")
     present = mem["metric"].dropna().unique().tolist()
     rows = mem[mem["metric"] == metric]
     if rows.empty:
         raise ValueError(f"metric {metric!r} not in the memory frame; metrics present: {sorted(present)}")
+    has_time = "time" in mem.columns and not np.isnan(_epoch_seconds(mem["time"])).all()
+    if x == "time" and not has_time:
+        raise ValueError("x='time' needs a 'time' column (unix seconds or datetimes) in the memory frame")
     snaps = _snapshot_order(mem)
-    snaps = snaps.assign(_x=np.arange(len(snaps)))
-    rows = _with_labels(rows).merge(snaps, on=["step", "phase", "event"], how="inner")
+    n = len(snaps)
+    if x == "time":
+        import matplotlib.dates as mdates
+
+        t = mem[["step", "phase", "event"]].assign(_t=_epoch_seconds(mem["time"]))
+        first = t.groupby(["step", "phase", "event"], sort=False, dropna=False)["_t"].min().reset_index()
+        snaps = snaps.merge(first, on=["step", "phase", "event"], how="left")
+        when = pd.to_datetime(snaps["_t"], unit="s", utc=True)
+        xs = mdates.date2num(when.dt.tz_localize(None).to_numpy())
+    else:
+        xs = np.arange(n, dtype=float)
+    snaps = snaps.assign(_x=np.arange(n))
+    rows = _with_labels(rows).merge(snaps[["step", "phase", "event", "_x"]], on=["step", "phase", "event"],
+                                    how="inner")
     rows = rows.assign(gib=pd.to_numeric(rows["bytes"], errors="coerce") / GIB)
     order = rows.sort_values(["node", "rank", "gpu"], kind="stable")["label"].drop_duplicates().tolist()
-    n = len(snaps)
     for lab in order:
         r = rows[rows["label"] == lab].groupby("_x")["gib"].last().reindex(range(n))
-        ax.plot(np.arange(n), r.to_numpy(dtype=float), marker="o" if n <= 60 else None, ms=3, lw=1.3, label=lab)
-    both = snaps["event"].nunique() > 1
-    labels = [p if (not both or e == "end") else f"{p} ({e})" for p, e in zip(snaps["phase"], snaps["event"])]
-    k = max(1, math.ceil(n / max_ticks))
-    ticks = list(range(0, n, k))
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([labels[i] for i in ticks], rotation=60, ha="right", fontsize=7)
-    # step separators (a LineCollection, so ax.lines holds only the per-GPU lines) and step labels
+        ax.plot(xs, r.to_numpy(dtype=float), marker="o" if n <= 60 else None, ms=3, lw=1.3, label=lab)
     steps = snaps["step"].tolist()
     bounds = [i for i in range(1, n) if not _same(steps[i], steps[i - 1])]
+    # step separators (a LineCollection, so ax.lines holds only the per-GPU lines) and step labels
     if bounds:
-        ax.vlines([b - 0.5 for b in bounds], 0, 1, transform=ax.get_xaxis_transform(),
+        ax.vlines([(xs[b - 1] + xs[b]) / 2 for b in bounds], 0, 1, transform=ax.get_xaxis_transform(),
                   colors="#888888", linestyles=":", linewidth=0.8)
     starts = [0] + bounds
     ends = bounds + [n]
     kk = max(1, math.ceil(len(starts) / 20))
-    for j, (s, e) in enumerate(zip(starts, ends)):
+    for j, (s0, e0) in enumerate(zip(starts, ends)):
         if j % kk == 0:
-            ax.text((s + e - 1) / 2, 1.01, f"step {_fmt_step(steps[s])}", transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=7, color="#555555")
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylabel("GiB")
+            ax.text((xs[s0] + xs[e0 - 1]) / 2, 1.01, f"step {_fmt_step(steps[s0])}",
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7, color="#555555")
+    if x == "time":
+        import matplotlib.dates as mdates
+
+        ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=max(3, min(max_ticks, 12))))
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d\n%H:%M:%S"))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("time (UTC)", fontsize=8)
+        pad = max((xs[-1] - xs[0]) * 0.02, 1.0 / 86400) if n else 0
+        ax.set_xlim(xs[0] - pad, xs[-1] + pad)
+    else:
+        both = snaps["event"].nunique() > 1
+        labels = [p if (not both or e == "end") else f"{p} ({e})" for p, e in zip(snaps["phase"], snaps["event"])]
+        k = max(1, math.ceil(n / max_ticks))
+        ticks = list(range(0, n, k))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([labels[i] for i in ticks], rotation=60, ha="right", fontsize=7)
+        ax.set_xlim(-0.5, n - 0.5)
+        span = _time_span(mem["time"]) if has_time else None
+        ax.set_xlabel("phase, in snapshot order" + (f" (recorded {span})" if span else ""), fontsize=8)
+    ax.set_ylabel(f"{metric} (GiB)")
     ax.set_ylim(bottom=0)
     if len(order) <= 16:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
-def plot_memory_timeline(mem_df: pd.DataFrame, metric: str = "used", max_ticks: int = 40):
+def plot_memory_timeline(mem_df: pd.DataFrame, metric: str = "used", max_ticks: int = 40, x: str = "phase"):
     """One line per GPU (GiB of ``metric``) across the sequence of (step, phase, event) snapshots.
 
-    x ticks name the phases (thinned to at most ``max_ticks``); dotted lines separate steps.
-    ``metric="host_rss"`` plots host memory per rank instead.
+    ``x="phase"`` (default): one x position per snapshot, ticks name the phases (thinned to at most
+    ``max_ticks``) and the x label gives the recording's dates (UTC). ``x="time"``: a date axis (UTC)
+    at the snapshots' times. Dotted lines separate steps. ``metric="host_rss"`` plots host memory per
+    rank instead.
     """
     fig = _new_figure((11.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
-    _draw_memory_timeline(ax, mem_df, metric=metric, max_ticks=max_ticks)
-    ax.set_title(f"memory '{metric}' per GPU across phases", pad=14)
+    _draw_memory_timeline(ax, mem_df, metric=metric, max_ticks=max_ticks, x=x)
+    ax.set_title(f"memory '{metric}' per GPU across phases (GiB)", pad=14)
     return fig
 
 
@@ -349,10 +425,37 @@ def _balance_groups(balance: dict) -> list[dict]:
             failing = [r for r, q in zip(ranks, ratios) if not np.isnan(q) and q < threshold]
         missing = {int(k): float(v) for k, v in (g.get("missing_gib") or {}).items()}
         labels = g.get("labels") or [f"rank {r}" for r in ranks]
-        out.append({"ranks": ranks, "free": free, "ratios": ratios, "failing": {int(r) for r in failing},
-                    "short": {int(r) for r in (g.get("short_ranks") or [])}, "missing": missing,
-                    "labels": list(labels)})
+        known = [f for f in free if not np.isnan(f)]
+        short = g.get("short_ranks")
+        if short is None:  # the least free GPU(s)
+            short = [r for r, f in zip(ranks, free) if known and f == min(known)]
+        failing = {int(r) for r in failing}
+        # what the short GPU needs for every rank to pass: ratio x the largest free memory in the group
+        required = float(g["required_gib"]) if g.get("required_gib") is not None else (
+            threshold * max(known) if known else np.nan)
+        if g.get("short_by_gib") is not None:
+            short_by = float(g["short_by_gib"])
+        else:
+            short_by = max(0.0, required - min(known)) if known and failing else 0.0
+        out.append({"ranks": ranks, "free": free, "ratios": ratios, "failing": failing,
+                    "short": {int(r) for r in short}, "missing": missing, "labels": list(labels),
+                    "required": required, "short_by": short_by})
     return out
+
+
+def _balance_headline(groups: list[dict], ok: Any) -> str:
+    """'GPU 1 is short by 16.7 GiB; SGLang raises on rank 0 (GPU 0)', per failing group."""
+    parts = []
+    for g in groups:
+        if not g["failing"]:
+            continue
+        lab = dict(zip((int(r) for r in g["ranks"]), g["labels"]))
+        short = ", ".join(lab[r] for r in sorted(g["short"]) if r in lab)
+        raising = ", ".join(f"rank {r}" + (f" ({lab[r]})" if not lab[r].startswith("rank ") else "")
+                            for r in sorted(g["failing"]))
+        verb = "is" if len(g["short"]) == 1 else "are"
+        parts.append(f"{short} {verb} short by {g['short_by']:.1f} GiB; SGLang raises on {raising}")
+    return "; ".join(parts)
 
 
 def _draw_balance(ax_ratio, ax_free, balance: dict) -> None:
@@ -363,26 +466,31 @@ def _draw_balance(ax_ratio, ax_free, balance: dict) -> None:
     for gi, g in enumerate(groups):
         xs = np.arange(x0, x0 + len(g["ranks"]))
         fail = [int(r) in g["failing"] for r in g["ranks"]]
+        short = [int(r) in g["short"] and bool(g["failing"]) for r in g["ranks"]]
         if ax_ratio is not None:
             colors = [FAIL_COLOR if f else OK_COLOR for f in fail]
             ax_ratio.bar(xs, np.nan_to_num(g["ratios"]), color=colors, width=0.7)
-            for x, r, q in zip(xs, g["ranks"], g["ratios"]):
+            for x, f, sh, q in zip(xs, fail, short, g["ratios"]):
                 txt = "n/a" if np.isnan(q) else f"{q:.2f}"
-                if int(r) in g["missing"]:
-                    txt += f"\nmissing {g['missing'][int(r)]:.1f} GiB"
+                if f:
+                    txt += f" < {threshold:g}\nSGLang raises here"
+                elif sh:
+                    txt += "\nshort GPU, passes"
                 ax_ratio.text(x, (0 if np.isnan(q) else q) + 0.02, txt, ha="center", va="bottom", fontsize=7)
         if ax_free is not None:
-            colors = [SHORT_COLOR if int(r) in g["short"] else (FAIL_COLOR if f else "#1f77b4")
-                      for r, f in zip(g["ranks"], fail)]
+            colors = [SHORT_COLOR if sh else (FAIL_COLOR if f else "#1f77b4") for f, sh in zip(fail, short)]
             ax_free.bar(xs, np.nan_to_num(g["free"]), color=colors, width=0.7)
-            for x, r, fr in zip(xs, g["ranks"], g["free"]):
-                txt = "n/a" if np.isnan(fr) else f"{fr:.1f}"
-                if int(r) in g["missing"]:
-                    txt += f"\n-{g['missing'][int(r)]:.1f}"
+            for x, f, sh, fr in zip(xs, fail, short, g["free"]):
+                txt = "n/a" if np.isnan(fr) else f"{fr:.1f} GiB"
+                if sh:
+                    txt += f"\nshort by {g['short_by']:.1f} GiB"
+                elif f:
+                    txt += "\nraises"
                 ax_free.text(x, 0 if np.isnan(fr) else fr, txt, ha="center", va="bottom", fontsize=7)
-            if not all(np.isnan(g["free"])):
-                need = threshold * float(np.nanmax(g["free"]))
-                ax_free.hlines(need, xs[0] - 0.4, xs[-1] + 0.4, colors="k", linestyles="--", linewidth=1)
+            if not np.isnan(g["required"]):
+                ax_free.hlines(g["required"], xs[0] - 0.4, xs[-1] + 0.4, colors="k", linestyles="--", linewidth=1)
+                ax_free.text(xs[-1] + 0.42, g["required"], f" {g['required']:.1f}", ha="left", va="center",
+                             fontsize=7)
         if len(groups) > 1:
             for a in (ax_ratio, ax_free):
                 if a is not None:
@@ -397,32 +505,40 @@ def _draw_balance(ax_ratio, ax_free, balance: dict) -> None:
                       ha="left", va="center", fontsize=8)
         top = max([threshold] + [q for g in groups for q in g["ratios"] if not np.isnan(q)])
         ax_ratio.set_ylim(0, top * 1.35)
-        ax_ratio.set_ylabel("min free / local free")
+        ax_ratio.set_ylabel("group min free / own free")
         ax_ratio.set_xticks(ticks)
         ax_ratio.set_xticklabels(ticklabels, rotation=30 if len(ticks) > 4 else 0, fontsize=8)
     if ax_free is not None:
-        ax_free.set_ylabel("free GiB")
+        ax_free.set_ylabel("free memory (GiB)")
         ax_free.set_xticks(ticks)
         ax_free.set_xticklabels(ticklabels, rotation=30 if len(ticks) > 4 else 0, fontsize=8)
         lo, hi = ax_free.get_ylim()
         ax_free.set_ylim(0, hi * 1.25)
-        ax_free.set_title(f"free memory (dashed: {threshold:g} x largest in group)", fontsize=9)
+        ax_free.set_title(f"free memory; dashed: what the least free GPU needs ({threshold:g} x the largest free)",
+                          fontsize=9)
 
 
 def plot_balance(balance_dict: dict, ax=None):
     """TP-group memory balance from ``BalanceReport.to_dict()``.
 
-    Top panel: per rank, min_free / local_free with a dashed line at the threshold (``ratio``,
-    0.9); failing ranks are red, missing GiB annotated. Bottom panel: free GiB per rank (short
-    ranks orange). ``ax``: one Axes draws the ratio panel only; a pair of Axes draws both.
+    SGLang's check runs on every rank: it raises on a rank when the group's smallest free memory is
+    below ``ratio`` (0.9) x that rank's own free memory, i.e. on the ranks with *more* free memory,
+    while the cause is the *short* GPU (least free memory). Top panel: per rank, group min free /
+    own free with a dashed line at the threshold; ranks where SGLang raises are red. Bottom panel:
+    free GiB per rank, the short GPU orange and annotated with how much it is short by, the dashed
+    line at what it needs (ratio x the largest free memory in its group). The title names the short
+    GPU and the raising rank(s). ``ax``: one Axes draws the ratio panel only; a pair of Axes draws both.
     """
-    _balance_groups(balance_dict)  # validate before creating anything
+    groups = _balance_groups(balance_dict)  # validate before creating anything
     ok = balance_dict.get("ok")
     status = "OK" if ok else ("FAILED" if ok is not None else "?")
     title = f"TP memory balance: {status} (threshold {float(balance_dict.get('ratio', 0.9)):g})"
+    headline = _balance_headline(groups, ok) if not ok else ""
+    if headline:
+        title += "\n" + headline
     if ax is None:
         n = sum(len(g.get("ranks") or g.get("free_bytes") or []) for g in balance_dict["groups"])
-        fig = _new_figure((max(5.0, 1.5 + 0.8 * n), 6.0))
+        fig = _new_figure((max(6.0, 1.5 + 0.8 * n), 6.4))
         ax_ratio, ax_free = fig.subplots(2, 1)
     elif isinstance(ax, (list, tuple, np.ndarray)):
         if len(ax) != 2:
@@ -491,6 +607,7 @@ def _draw_metric(ax, history: pd.DataFrame, cols: Sequence[str], title: str | No
                 ms=3, lw=1.3, label=lab if len(cols) > 1 else None)
     ax.set_title(title or cols[0], fontsize=9)
     ax.set_xlabel("step", fontsize=8)
+    _integer_ticks(ax.xaxis)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
     if len(cols) > 1:
@@ -568,6 +685,7 @@ def _draw_length_hist(ax, rollouts: pd.DataFrame, bins: int = 30, by_finish_reas
     ax.axvline(mean, color="k", linestyle="--", linewidth=1)
     ax.set_xlabel("response length (tokens)", fontsize=8)
     ax.set_ylabel("count", fontsize=8)
+    _integer_ticks(ax.yaxis)
     ax.tick_params(labelsize=7)
     where = f", {desc}" if desc else ""
     ax.set_title(f"response lengths{where} (n={len(lengths)}, mean {mean:.0f})", fontsize=9)

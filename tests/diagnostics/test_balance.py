@@ -261,3 +261,81 @@ def test_check_before_engine_off_and_balanced():
         assert check_before_engine(seen_snapshots()[:1], "error").ok  # one rank: nothing to compare
     with pytest.raises(ValueError, match="error, warn or off"):
         check_before_engine(SEEN, "maybe")
+
+
+# ------------------------------------------------------------------------ which GPU is short, which rank raises
+def recorded_tp2():
+    """The recorded TP=2 failure: 79.18 GiB free on GPU 0, 54.57 GiB on GPU 1 (another process holds 24.6 GiB)."""
+    return [snap(0, [gpu(0, 79.175537109375, alloc_gib=0.0, reserved_gib=0.0),
+                     gpu(1, 54.5743408203125, procs=[(696, "python", 24.595703125)], alloc_gib=0.0,
+                         reserved_gib=0.0)], pid=2893)]
+
+
+def test_gpu1_short_rank0_raises_text():
+    r = balance_report(recorded_tp2(), tp_groups=[[0, 1]])
+    g = r.groups[0]
+    # 0.9 x 79.1755 = 71.2580 GiB required; 71.2580 - 54.5743 = 16.6836 GiB short
+    assert g.failing == [0] and g.short_ranks == [1] and g.most_free_ranks == [0]
+    assert g.required_bytes / GiB == pytest.approx(71.25798, abs=1e-4)
+    assert g.short_by_gib == pytest.approx(16.68364, abs=1e-4)
+    text = str(r)
+    lines = text.splitlines()
+    assert lines[0] == ("TP memory balance: FAIL - node0:GPU 1 (rank 1) is short by 16.68 GiB; "
+                        "SGLang raises on rank 0 (node0:GPU 0)")
+    assert ("  node0:GPU 1 (rank 1) is short: 54.57 GiB free, 16.68 GiB less than the 71.26 GiB (0.9 x 79.18) "
+            "that rank 0 requires.") in lines
+    assert ("  SGLang raises on rank 0 (node0:GPU 0), the rank with the most free memory, because the group's "
+            "minimum free memory (54.57 GiB, on node0:GPU 1) is below 0.9 x its own 79.18 GiB = 71.26 GiB.") in lines
+    row0 = next(x for x in lines if x.strip().startswith("0  node0:GPU 0"))
+    row1 = next(x for x in lines if x.strip().startswith("1  node0:GPU 1"))
+    assert "RAISES" in row0 and "short" not in row0.lower() and "71.26" in row0
+    assert "SHORT by 16.68 GiB" in row1 and "least free" in row1
+    # the GPU with plenty of memory is never called short, anywhere in the report
+    for line in lines:
+        if "short" in line.lower() and "GPU 0" in line:
+            assert "GPU 1" in line and line.index("GPU 1") < line.lower().index("short"), line
+    assert "FAIL, short by" not in text  # the old wording that put the shortfall on rank 0
+
+
+def test_gpu0_short_rank1_raises():
+    r = balance_report([int(40 * GiB), int(70 * GiB)])  # 0.9 x 70 = 63 GiB required, 63 - 40 = 23 GiB short
+    g = r.groups[0]
+    assert g.failing == [1] and g.short_ranks == [0] and g.short_by_gib == pytest.approx(23.0)
+    assert g.missing_gib == {1: pytest.approx(23.0)}
+    lines = str(r).splitlines()
+    assert lines[0] == "TP memory balance: FAIL - the GPU of rank 0 is short by 23.00 GiB; SGLang raises on rank 1"
+    assert ("  The GPU of rank 0 is short: 40.00 GiB free, 23.00 GiB less than the 63.00 GiB (0.9 x 70.00) that "
+            "rank 1 requires.") in lines
+    assert any(x.startswith("  SGLang raises on rank 1, the rank with the most free memory") and
+               "(40.00 GiB, on the GPU of rank 0) is below 0.9 x its own 70.00 GiB = 63.00 GiB" in x for x in lines)
+    row0 = next(x for x in lines if x.strip().startswith("0  GPU of rank 0"))
+    row1 = next(x for x in lines if x.strip().startswith("1  GPU of rank 1"))
+    assert "SHORT by 23.00 GiB" in row0 and "RAISES" in row1 and "SHORT" not in row1
+
+
+def test_several_raising_ranks_one_short_gpu():
+    r = balance_report([80 * GiB, 79 * GiB, 80 * GiB, 60 * GiB])  # needs 0.9 x 80 = 72 on rank 3: 12 short
+    g = r.groups[0]
+    assert g.failing == [0, 1, 2] and g.short_ranks == [3] and g.most_free_ranks == [0, 2]
+    assert g.short_by_gib == pytest.approx(12.0)
+    text = str(r)
+    assert "the GPU of rank 3 is short by 12.00 GiB; SGLang raises on rank 0, rank 1 and rank 2" in text
+    assert "72.00 GiB (0.9 x 80.00) that ranks 0 and 2 require." in text
+    assert "(72.00, 71.10, 72.00 GiB respectively)" in text
+
+
+def test_html_and_dict_name_short_gpu_and_raising_rank():
+    r = balance_report(recorded_tp2(), tp_groups=[[0, 1]])
+    page = r._repr_html_()
+    assert "node0:GPU 1 (rank 1) is short by 16.68 GiB; SGLang raises on rank 0 (node0:GPU 0)" in page
+    assert "node0:GPU 1 (rank 1) is short: 54.57 GiB free, 16.68 GiB less than the 71.26 GiB" in page
+    rows = page.split("<tr")[2:]  # after the header row
+    assert rows[0].startswith(' class="failing"') and "RAISES" in rows[0] and "SHORT" not in rows[0]
+    assert rows[1].startswith(' class="short"') and "SHORT by 16.68 GiB" in rows[1]
+    g = r.to_dict()["groups"][0]
+    assert g["short_by_gib"] == pytest.approx(16.68364, abs=1e-4)
+    assert g["required_gib"] == pytest.approx(71.25798, abs=1e-4)
+    assert g["explanation"] == r.groups[0].explanation() and len(g["explanation"]) == 3
+    ok = balance_report([80 * GiB, 79 * GiB])
+    assert ok.groups[0].explanation() == [] and str(ok).splitlines()[0] == "TP memory balance: OK"
+    assert "SHORT" not in str(ok) and "RAISES" not in str(ok)

@@ -428,3 +428,94 @@ def test_modules_stay_free_of_plotting():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------ sanitising
+def leaky_snap():
+    """A snapshot as a Ray worker on a shared host would record it: IP host name, paths in the notes."""
+    s = make_snap()
+    s.node = "10.1.2.3"
+    s.notes = ["model loaded from /home/alice/models/Qwen2.5-0.5B (cwd /work/alice/run1)",
+               "worker on ip-10-1-2-3 reached 10.1.2.3:6379 and [fe80::1ff:fe23:4567:890a]:8265"]
+    return s
+
+
+def test_sanitize_paths_ips_and_user_names():
+    from rlkit.diagnostics.memory import sanitize
+
+    assert sanitize('File "/work/main/rlkit/training/worker.py", line 90') == \
+        'File "<path>/rlkit/training/worker.py", line 90'
+    assert sanitize("cwd=/home/alice/proj/run1 model /root/models/Qwen2.5-0.5B") == \
+        "cwd=<path>/run1 model <path>/Qwen2.5-0.5B"
+    assert sanitize("/home/alice") == "<path>" and sanitize("cd ~alice/x") == "cd ~/x"
+    assert sanitize("saved to /tmp/t.json, scratch in /tmp") == "saved to <path>/t.json, scratch in <path>"
+    assert sanitize(r"C:\Users\bob\runs\trace.json") == r"<path>\trace.json"
+    assert sanitize("/usr/lib/python3.12/site-packages/torch/cuda/__init__.py") == "<path>/torch/cuda/__init__.py"
+    # the same address gets the same name everywhere; dashed EC2 host names and IPv6 too
+    assert sanitize("(pid=2774, ip=192.0.2.2) then 192.0.2.2:6379, ip-10-0-0-5, 2001:db8::7334") == \
+        "(pid=2774, ip=node0) then node0:6379, node1, node2"
+    # names already in use are skipped
+    assert sanitize({"node": "10.0.0.5", "other": ["node0"]}) == {"node": "node1", "other": ["node0"]}
+    # left alone: relative paths, ratios, units, URLs, versions, times, GPU labels, numbers
+    kept = ("r0/gpu0", "57.14/77.14", "min free / local free", "tokens/s/GPU", "+/- 3", "http://example.com/a/b",
+            "SGLang 0.5.15.post1, driver 580.159.04", "14:03:12", "vm:GPU 1 (rank 1)", "n/a")
+    for text in kept:
+        assert sanitize(text) == text, text
+    assert sanitize({"a": [1, 2.5, None, True], 3: ("x",)}) == {"a": [1, 2.5, None, True], 3: ["x"]}
+
+
+def test_saved_trace_has_no_paths_or_ips_and_round_trips(tmp_path):
+    import re
+
+    recs = [leaky_snap(), make_snap(step=2, event="end", t=1002.5)]
+    meta = {"error": 'File "/home/alice/rlkit/rlkit/rollout/sglang.py", line 168 (ip=10.1.2.3)', "gib": 24.6}
+    path = save_trace(tmp_path / "trace.json", recs, meta=meta)
+    text = path.read_text()
+    for bad in ("/home", "/work", "/tmp", "alice", "10.1.2.3", "ip-10", "fe80"):
+        assert bad not in text, bad
+    assert not re.search(r"\d+\.\d+\.\d+\.\d+", text)
+    loaded, m = load_trace(path)
+    # the host's IP (also named in the notes and meta) -> node1, as the other record's node is node0
+    assert loaded[0].node == "node1" and loaded[1].node == "node0"
+    assert loaded[0].notes == ["model loaded from <path>/Qwen2.5-0.5B (cwd <path>/run1)",
+                               "worker on node1 reached node1:6379 and [node2]:8265"]
+    assert m["error"] == 'File "<path>/rlkit/rollout/sglang.py", line 168 (ip=node1)'
+    assert m["gib"] == 24.6 and "IP addresses" in m["sanitized"]
+    # every number survives: the frames match once the node name is mapped
+    want = trace_frame(recs).replace({"node": {"10.1.2.3": "node1"}})
+    assert trace_frame(loaded).equals(want)
+    assert loaded[1] == recs[1]  # nothing to strip: unchanged
+    # the caller's objects are not modified
+    assert recs[0].node == "10.1.2.3" and meta["error"].startswith('File "/home/alice')
+    # opting out keeps the readings as they were
+    raw = save_trace(tmp_path / "raw.json", recs, meta=meta, sanitized=False)
+    assert load_trace(raw)[0] == recs and "sanitized" not in load_trace(raw)[1]
+
+
+def test_old_unsanitised_trace_still_loads(tmp_path):
+    """A trace written before sanitising (no meta["sanitized"], raw node and notes) reads as before."""
+    recs = [leaky_snap()]
+    doc = {"format": "rlkit-memory-trace", "version": 1, "meta": {"rlkit_version": "0.1.0", "created": 5.0},
+           "records": [r.to_dict() for r in recs]}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(doc))
+    loaded, meta = load_trace(path)
+    assert loaded == recs and meta == {"rlkit_version": "0.1.0", "created": 5.0}
+    # saving it again strips it
+    again = save_trace(tmp_path / "new.json", loaded, meta=meta)
+    assert "10.1.2.3" not in again.read_text() and load_trace(again)[0][0].node == "node0"
+
+
+def test_shipped_trace_is_sanitised():
+    import re
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "data" / "gpu" / "tp2_imbalance_trace.json"
+    text = path.read_text()
+    # (rlkit/training/worker.py, kept package-relative, is no "/work" folder)
+    assert not re.search(r"/(home|root|work|tmp)\b", text), re.search(r".{40}/(home|root|work|tmp)\b.{40}", text)
+    assert not re.search(r"(?<![\w.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w])", text)
+    records, meta = load_trace(path)
+    assert len(records) == 49 and "sanitized" in meta
+    pre = [r for r in records if r.phase == "engine_preflight"][-1]
+    assert [g.free for g in pre.gpus] == [85014085632, 58598752256]  # the readings are kept

@@ -83,7 +83,7 @@ def rollouts_frame(steps=(1, 2), per_step=20):
 def balance_dict():
     return {"ok": False, "ratio": 0.9, "groups": [
         {"ranks": [0, 1], "free_bytes": [70 * GIB, 40 * GIB], "ratios": [40 / 70, 1.0], "failing": [0],
-         "short_ranks": [1], "missing_gib": {1: 23.0}, "labels": ["node0/gpu0", "node0/gpu1"]},
+         "short_ranks": [1], "missing_gib": {0: 23.0}, "labels": ["node0/gpu0", "node0/gpu1"]},
         {"ranks": [2, 3], "free_bytes": [70 * GIB, 69 * GIB], "ratios": [69 / 70, 1.0], "failing": [],
          "short_ranks": [], "missing_gib": {}},
     ], "evidence": ["..."], "advice": ["..."]}
@@ -127,7 +127,7 @@ def test_memory_bars_segments_and_legend():
     title = ax.get_title()
     assert "step 2" in title and "update_actor" in title and "end" in title
     assert [t.get_text() for t in ax.get_xticklabels()] == ["r0/gpu0", "r1/gpu1"]
-    assert ax.get_ylabel() == "GiB"
+    assert ax.get_ylabel() == "memory (GiB)"
     # stack of one bar sums to the GPU total (80 GiB)
     heights = [p.get_height() for p in ax.patches]
     assert sum(heights[0::2]) == pytest.approx(80.0)
@@ -135,7 +135,8 @@ def test_memory_bars_segments_and_legend():
 
 def test_memory_bars_values():
     table, info = plots.memory_snapshot_table(mem_frame(), step=1, phase="gen", event="start")
-    assert info == {"step": 1, "phase": "gen", "event": "start", "host_rss": {"r0/host": 3.0, "r1/host": 3.0}}
+    assert info == {"step": 1, "phase": "gen", "event": "start", "host_rss": {"r0/host": 3.0, "r1/host": 3.0},
+                    "time": 1.0}
     used = 11.0
     row = table.loc["r0/gpu0"]
     assert row["torch allocated"] == pytest.approx(0.5 * used)
@@ -230,7 +231,9 @@ def test_balance_threshold_line_and_red_failing_bars():
     colors = [to_hex(p.get_facecolor()) for p in ax_ratio.patches]
     assert colors[0] == plots.FAIL_COLOR and all(c != plots.FAIL_COLOR for c in colors[1:])
     assert ax_ratio.patches[0].get_height() == pytest.approx(40 / 70)
-    assert any("missing 23.0 GiB" in t.get_text() for t in ax_ratio.texts)
+    # rank 0 (70 GiB free) is where SGLang raises; GPU 1 (40 GiB) is short by 0.9 x 70 - 40 = 23 GiB
+    assert "0.57 < 0.9\nSGLang raises here" in [t.get_text() for t in ax_ratio.texts]
+    assert "40.0 GiB\nshort by 23.0 GiB" in [t.get_text() for t in ax_free.texts]
     assert [t.get_text() for t in ax_ratio.get_xticklabels()] == ["node0/gpu0", "node0/gpu1", "rank 2", "rank 3"]
     assert ax_free.patches[0].get_height() == pytest.approx(70)
     assert to_hex(ax_free.patches[1].get_facecolor()) == plots.SHORT_COLOR
@@ -352,3 +355,80 @@ def test_training_merges_validation_frame():
     assert len(fig.axes) == 8 and any("acc" in t for t in titles)
     acc = fig.axes[[i for i, t in enumerate(titles) if "acc" in t][0]]
     assert list(acc.lines[0].get_xdata()) == [0, 3]
+
+
+# ----------------------------------------------------------------------------- units, dates, integer steps
+def test_balance_names_short_gpu_and_raising_rank():
+    """GPU 1 has less free memory: it is the short one; SGLang raises on rank 0 (more free memory)."""
+    d = {"ok": False, "ratio": 0.9, "groups": [
+        {"ranks": [0, 1], "free_bytes": [int(79.18 * GIB), int(54.57 * GIB)], "labels": ["GPU 0", "GPU 1"],
+         "failing": [0], "short_ranks": [1], "missing_gib": {"0": 0.9 * 79.18 - 54.57}}]}
+    fig = plot_balance(d)
+    ax_ratio, ax_free = fig.axes
+    # 0.9 x 79.18 = 71.262 needed on GPU 1, which has 54.57: short by 16.692 GiB
+    assert ax_ratio.get_title().splitlines()[1] == "GPU 1 is short by 16.7 GiB; SGLang raises on rank 0 (GPU 0)"
+    free_texts = [t.get_text() for t in ax_free.texts]
+    assert free_texts[:2] == ["79.2 GiB\nraises", "54.6 GiB\nshort by 16.7 GiB"]
+    assert not any("short" in t for t in free_texts[:1])  # the GPU with plenty of memory is not called short
+    assert to_hex(ax_free.patches[0].get_facecolor()) == plots.FAIL_COLOR
+    assert to_hex(ax_free.patches[1].get_facecolor()) == plots.SHORT_COLOR
+    dashed = [c for c in ax_free.collections if isinstance(c, LineCollection)]
+    assert dashed[0].get_segments()[0][0][1] == pytest.approx(0.9 * 79.18, abs=1e-6)
+    assert ax_free.get_ylabel() == "free memory (GiB)"
+    ratio_texts = [t.get_text() for t in ax_ratio.texts]
+    assert "0.69 < 0.9\nSGLang raises here" in ratio_texts and "1.00\nshort GPU, passes" in ratio_texts
+
+
+def test_memory_labels_say_gib():
+    mem = mem_frame()
+    assert plot_memory_timeline(mem).axes[0].get_ylabel() == "used (GiB)"
+    assert plot_memory_timeline(mem, metric="host_rss").axes[0].get_ylabel() == "host_rss (GiB)"
+    bars = plot_memory_bars(mem).axes[0]
+    # step 2, update_actor, end: used = 10 + 5 x 2 + 2 + 1 = 23 GiB of 80
+    assert bars.get_ylabel() == "memory (GiB)" and "23.0/80 GiB" in [t.get_text() for t in bars.texts]
+
+
+def test_times_are_dates_not_epoch_seconds():
+    import matplotlib.dates as mdates
+
+    t0 = 1795706165.0  # 2026-11-26 15:16:05 UTC
+    mem = mem_frame().assign(time=lambda d: t0 + d["time"] * 30.0)  # snapshots 30 s apart
+    # snapshot bars: the snapshot's time as a UTC date in the title (step 2, update_actor, end: t = 12 x 30 s)
+    title = plot_memory_bars(mem).axes[0].get_title()
+    assert title.endswith("\n2026-11-26 15:22:05 UTC"), title
+    # phase axis: the recording span as dates
+    ax = plot_memory_timeline(mem).axes[0]
+    assert ax.get_xlabel() == "phase, in snapshot order (recorded 2026-11-26 15:16:35 to 15:22:05 UTC)"
+    # time axis: matplotlib dates at the snapshot times, tick labels are dates, never epoch floats
+    fig = plot_memory_timeline(mem, x="time")
+    ax = fig.axes[0]
+    assert isinstance(ax.xaxis.get_major_formatter(), mdates.DateFormatter)
+    x0 = ax.lines[0].get_xdata()[0]
+    assert mdates.num2date(x0).strftime("%Y-%m-%d %H:%M:%S") == "2026-11-26 15:16:35"
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all(l.startswith("2026-11-26\n15:") for l in labels), labels
+    assert ax.get_xlabel() == "time (UTC)"
+    assert len(ax.lines) == 2 and ax.lines[0].get_ydata()[0] == pytest.approx(11.0)
+    assert {"step 1", "step 2"} <= {t.get_text() for t in ax.texts}
+    assert plots.fmt_time(t0) == "2026-11-26 15:16:05 UTC"
+    with pytest.raises(ValueError, match="needs a 'time' column"):
+        plot_memory_timeline(mem.drop(columns=["time"]), x="time")
+    with pytest.raises(ValueError, match="x must be one of"):
+        plot_memory_timeline(mem, x="wallclock")
+
+
+def test_step_axes_have_integer_ticks():
+    h = history_frame(n=3)  # steps 1..3: matplotlib's default locator would put ticks at 1.25, 1.5, ...
+    fig = plot_training(h, metrics=["critic/score/mean"])
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1, 2, 3], ticks
+    summary = plot_summary(h)
+    summary.canvas.draw()
+    for a in summary.axes:
+        assert all(float(t).is_integer() for t in a.get_xticks()), a.get_xticks()
+    hist = plot_response_lengths(rollouts_frame(per_step=3)).axes[0]
+    hist.figure.canvas.draw()
+    assert all(float(t).is_integer() for t in hist.get_yticks())  # counts
