@@ -49,6 +49,9 @@ from omegaconf import II, DictConfig, ListConfig, OmegaConf
 __all__ = [
     "PPOConfig",
     "ConfigError",
+    "RuntimeRequirementError",
+    "check_runtime",
+    "runtime_problems",
     "validate",
     "to_yaml",
     "to_overrides",
@@ -384,7 +387,7 @@ class TrainerConfig:
     rollout_data_dir: Optional[str] = None  # dump rollouts here (jsonl); None = no dump
     validation_data_dir: Optional[str] = None  # dump validation generations here
     nnodes: int = 1  # machines
-    n_gpus_per_node: int = 8  # GPUs per machine (verl default; one-device rlkit runs set 1)
+    n_gpus_per_node: int = 1  # GPUs per machine (rlkit: 1, one device; verl: 8 - its commands set it)
     save_freq: int = -1  # checkpoint every N steps; -1 = never
     resume_mode: str = "auto"  # auto | disable | resume_path
     resume_from_path: Optional[str] = None  # checkpoint dir when resume_mode=resume_path
@@ -1273,6 +1276,69 @@ def _divisor_near(total: int, want: int) -> int:
     """The divisor of ``total`` closest to ``want`` (for 'e.g.' hints)."""
     divs = [d for d in range(1, total + 1) if total % d == 0] if total > 0 else [1]
     return min(divs, key=lambda d: (abs(d - want), d))
+
+
+# --------------------------------------------------------------------------- this machine
+
+class RuntimeRequirementError(RuntimeError):
+    """The config asks for something this machine lacks (a GPU, sglang, ray). ``problems`` lists
+    each missing piece with what to do; raised before anything loads, never after a long wait."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        body = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"this machine cannot run the config as given:\n{body}")
+
+
+def runtime_problems(cfg: Any, cuda_devices: Optional[int] = None,
+                     have: Optional[Mapping[str, bool]] = None) -> List[str]:
+    """What this machine lacks for ``cfg`` (empty when it can run).
+
+    ``rollout.name=sglang`` needs a CUDA GPU per TP rank, the ``sglang`` package and ``ray`` (the
+    engine runs in a Ray worker). ``cuda_devices`` and ``have`` (package -> installed) replace the
+    live readings, for tests; by default they come from ``torch.cuda.device_count()`` (no CUDA
+    context is created) and ``importlib.util.find_spec``.
+    """
+    import importlib.util
+
+    ro = cfg.actor_rollout_ref.rollout
+    if ro.name != "sglang":
+        return []
+    if have is None:
+        have = {m: importlib.util.find_spec(m) is not None for m in ("sglang", "ray")}
+    if cuda_devices is None:
+        import torch
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    tp = int(ro.tensor_model_parallel_size)
+    key = "actor_rollout_ref.rollout.name=sglang"
+    out: List[str] = []
+    if cuda_devices == 0:
+        out.append(f"{key} needs an NVIDIA GPU with CUDA, and this machine has none (torch sees no CUDA device). "
+                   "Fix: run on a CUDA machine, or use actor_rollout_ref.rollout.name=hf (transformers generate, "
+                   "runs on CPU).")
+    elif tp > cuda_devices:
+        out.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} needs {tp} GPUs, and this machine "
+                   f"has {cuda_devices}. Fix: set actor_rollout_ref.rollout.tensor_model_parallel_size="
+                   f"{cuda_devices} (and trainer.n_gpus_per_node={cuda_devices}) or run on a larger machine.")
+    if str(cfg.trainer.device) == "cpu":
+        out.append(f"{key} generates on GPUs, but trainer.device=cpu. Fix: trainer.device=cuda, or "
+                   "actor_rollout_ref.rollout.name=hf for a CPU run.")
+    missing = [m for m in ("sglang", "ray") if not have.get(m)]
+    if missing:
+        names = " and ".join(missing)
+        out.append(f"{key} needs the {names} package{'s' if len(missing) > 1 else ''}, not installed in this "
+                   f"Python. Fix: on a CUDA machine `pip install -e \".[sglang]\"` (SGLang 0.5.15.post1 and Ray are "
+                   "the tested versions), or use actor_rollout_ref.rollout.name=hf.")
+    return out
+
+
+def check_runtime(cfg: Any) -> None:
+    """Raise :class:`RuntimeRequirementError` when this machine cannot run ``cfg`` (see
+    :func:`runtime_problems`); call it before validating the cluster shape or loading anything."""
+    problems = runtime_problems(cfg)
+    if problems:
+        raise RuntimeRequirementError(problems)
 
 
 # --------------------------------------------------------------------------- printing

@@ -7,11 +7,10 @@ tensors between its calls and does the cheap math (rewards, KL penalty, advantag
 """
 from __future__ import annotations
 
-import json
 import os
-import random
-import shutil
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,14 +21,31 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlkit import algos
-from rlkit.config import PPOConfig, validate
+from rlkit import checkpoint as ckpt_lib
+from rlkit.config import PPOConfig, check_runtime, validate
 from rlkit.diagnostics import balance as memory_balance_lib
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.diagnostics.timing import PhaseTimer
 
-CHECKPOINT_FORMAT = 1
-_MARKER = "rlkit_checkpoint.json"
 KEEP_ROLLOUT_STEPS = 100  # rollout tables kept in memory for show_rollouts() / the dashboard
+
+
+class NoLearningSignalWarning(UserWarning):
+    """Every response of a step got the same score: the reward cannot tell them apart."""
+
+
+def _warn_if_no_signal(step: int, rollouts: pd.DataFrame) -> None:
+    scores = rollouts["score"]
+    if len(scores) < 2 or scores.nunique() > 1:
+        return
+    hint = ""
+    if rollouts["data_source"].astype(str).str.contains("gsm8k").any():
+        hint = (" GSM8K's 0/1 score rarely rewards a small model; give credit for a well-formed answer with "
+                "+custom_reward_function.reward_kwargs.format_score=0.1 (and .method=flexible to accept the "
+                "last number in the response), or train longer responses (data.max_response_length).")
+    warnings.warn(f"step {step}: all {len(scores)} responses scored {scores.iloc[0]:g}, so the reward gives this "
+                  f"step nothing to learn from (advantages come only from the critic's values).{hint}",
+                  NoLearningSignalWarning, stacklevel=3)
 
 
 class RolloutFrame(pd.DataFrame):
@@ -111,69 +127,63 @@ class Experiment:
     >>> result = exp.step(); result.rollouts.head()          # doctest: +SKIP
     """
 
-    def __init__(self, config=None, reward_fn: Callable | None = None, *, worker=None):
+    def __init__(self, config=None, reward_fn: Callable | None = None, *, worker=None, progress: bool = False):
         from rlkit import rewards
-        from rlkit.datasets.rl_dataset import PromptSampler, RLDataset
-        from rlkit.training.worker import PPOWorker
+        from rlkit.datasets.rl_dataset import PromptSampler
 
         self.config = cfg = _as_config(config)
+        self.worker = None  # set last: everything that can fail on the user's input fails before models load
+        if worker is None:
+            check_runtime(cfg)  # a GPU, sglang and ray for rollout.name=sglang: say so now, never hang
         self.reward_fn = reward_fn or self._configured_reward_fn(rewards)
         self._score = rewards.score_responses
         self.kl_ctrl = algos.get_kl_controller(cfg.algorithm.kl_ctrl.type, float(cfg.algorithm.kl_ctrl.kl_coef),
                                                float(cfg.algorithm.kl_ctrl.target_kl), int(cfg.algorithm.kl_ctrl.horizon))
-        # data first: a wrong path fails before any model loads
-        for key in ("train_files", "val_files"):
-            if not cfg.data.get(key):
-                raise ValueError(f"data.{key} is not set; prepare GSM8K with rlkit.datasets.gsm8k() and pass "
-                                 f"data.{key}=~/data/gsm8k/{'train' if key == 'train_files' else 'test'}.parquet")
-        self._train_files, self._val_files = _files(cfg.data.train_files), _files(cfg.data.val_files)
-        for f in self._train_files + self._val_files:
-            if not Path(f).expanduser().exists():
-                raise FileNotFoundError(f"data file {f} not found; run `python -m rlkit.datasets.gsm8k --local_dir DIR` "
-                                        "or point data.train_files / data.val_files at verl-schema parquet files")
-
-        self.worker = worker
-        if self.worker is None:
-            # the worker owns the tokenizer, which the datasets need. SGLang kills the process that
-            # starts its engine when the engine fails, so that worker runs in a Ray actor, never here.
-            hooks = worker_hooks()
-            if cfg.actor_rollout_ref.rollout.name == "sglang":
-                from rlkit.distributed.ray_worker import RayWorker
-
-                self.worker = RayWorker(cfg, **hooks)
-            else:
-                self.worker = PPOWorker(cfg, **hooks)
-        self.tokenizer = self.worker.tokenizer
+        # data first (files, schema, prompt lengths, batch vs dataset size), with the tokenizer alone
+        self.tokenizer = worker.tokenizer if worker is not None else _load_tokenizer(cfg)
+        self.train_dataset, self.val_dataset = _load_datasets(cfg, self.tokenizer)
         d = cfg.data
-        self.train_dataset = RLDataset(self._train_files, self.tokenizer, prompt_key=d.prompt_key,
-                                       max_prompt_length=int(d.max_prompt_length), truncation=d.truncation,
-                                       filter_overlong_prompts=bool(d.filter_overlong_prompts),
-                                       max_samples=int(d.get("train_max_samples", -1) or -1))
-        self.val_dataset = RLDataset(self._val_files, self.tokenizer, prompt_key=d.prompt_key,
-                                     max_prompt_length=int(d.max_prompt_length), truncation=d.truncation,
-                                     filter_overlong_prompts=bool(d.filter_overlong_prompts),
-                                     max_samples=int(d.get("val_max_samples", -1) or -1))
         self.sampler = PromptSampler(len(self.train_dataset), int(d.train_batch_size), shuffle=bool(d.shuffle),
                                      seed=int(d.get("seed", 1) or 1), drop_last=True)
         self.total_training_steps = int(cfg.trainer.get("total_training_steps") or
                                         self.sampler.batches_per_epoch * int(cfg.trainer.total_epochs))
-        self.worker.set_total_training_steps(self.total_training_steps)
         self.global_step = 0
         self._history: list[dict[str, Any]] = []
         self.val_history: list[dict[str, Any]] = []
         self.last_validation: pd.DataFrame | None = None
         self.phase_callbacks: list[Callable[[str, str], None]] = []
         self.memory_recorder = memory_lib.MemoryRecorder()
-        self.memory_recorder.extend(self.worker.take_snapshots()[0])  # engine start, model load
         self._rollouts: list[pd.DataFrame] = []
         self._dashboards: list = []
+        self.resumed_from: Path | None = None
+
+        if worker is None:
+            # SGLang kills the process that starts its engine when the engine fails, so that worker
+            # runs in a Ray actor, never here
+            hooks = dict(worker_hooks(), progress=progress, total_training_steps=self.total_training_steps)
+            if cfg.actor_rollout_ref.rollout.name == "sglang":
+                from rlkit.distributed.ray_worker import RayWorker
+
+                worker = RayWorker(cfg, **hooks)
+            else:
+                from rlkit.training.worker import PPOWorker
+
+                worker = PPOWorker(cfg, **hooks)
+        else:
+            worker.set_total_training_steps(self.total_training_steps)
+        self.worker = worker
+        self.memory_recorder.extend(self.worker.take_snapshots()[0])  # engine start, model load
 
     # ------------------------------------------------------------------ setup helpers
     def _configured_reward_fn(self, rewards):
         crf = self.config.get("custom_reward_function") or {}
+        kwargs = dict(crf.get("reward_kwargs") or {})
         if crf.get("path"):
-            return rewards.load_custom_reward_function(crf.path, crf.get("name") or "compute_score",
-                                                       dict(crf.get("reward_kwargs") or {}))
+            return rewards.load_custom_reward_function(crf.path, crf.get("name") or "compute_score", kwargs)
+        if kwargs:  # e.g. format_score=0.1 for the built-in GSM8K scorer
+            import functools
+
+            return functools.partial(rewards.default_compute_score, **kwargs)
         return rewards.default_compute_score
 
     # ------------------------------------------------------------------ the PPO iteration
@@ -184,6 +194,7 @@ class Experiment:
         function), the data position is rolled back and the worker reset, so the next ``step()``
         retries the same prompts. Parameter updates that completed before the interruption stay.
         """
+        self._require_worker("step()")
         sampler_state = self.sampler.state_dict()
         n_records = len(self.memory_recorder.records)
         try:
@@ -199,6 +210,7 @@ class Experiment:
             raise
         self.global_step += 1
         self._history.append({"step": self.global_step, **result.metrics})
+        _warn_if_no_signal(result.step, result.rollouts)
         self._rollouts = (self._rollouts + [result.rollouts])[-KEEP_ROLLOUT_STEPS:]
         return result
 
@@ -404,8 +416,13 @@ class Experiment:
         from rlkit.viz.tables import page_rollouts, rollouts_html
 
         if not self._rollouts:
-            raise ValueError("no rollouts yet: call step() first")
-        step = self.global_step if step is None else step
+            raise ValueError("no rollouts yet: call step() first (a resumed experiment starts with none)")
+        kept = [int(f["step"].iloc[0]) for f in self._rollouts if len(f)]
+        step = kept[-1] if step is None else step
+        if step not in kept:
+            shown = f"{kept[0]}..{kept[-1]}" if len(kept) > 1 else str(kept[0])
+            raise ValueError(f"no rollouts kept for step {step}; this experiment holds steps {shown} "
+                             f"(the last {KEEP_ROLLOUT_STEPS} steps of this session)")
         return HTML(rollouts_html(page_rollouts(self.rollouts, step=step, n=n, filter=filter, page=page), n=n))
 
     def dashboard(self):
@@ -456,69 +473,82 @@ class Experiment:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write a checkpoint that :meth:`resume` continues exactly.
+        """Write a checkpoint that :meth:`resume` continues exactly (layout: :mod:`rlkit.checkpoint`).
 
         Written into a temporary folder beside ``directory`` and renamed into place, so an
         interrupted save leaves the previous checkpoint intact. Refuses to replace a non-empty
-        folder that is not an rlkit checkpoint.
+        folder that is not an rlkit checkpoint. ``actor.checkpoint.save_contents`` picks what is
+        written (``model``, ``optimizer``, ``extra``); all three are needed to resume.
         """
-        target = Path(directory).expanduser().resolve()
-        if target.exists() and any(target.iterdir()) and not (target / _MARKER).exists():
-            raise FileExistsError(f"{target} exists and is not an rlkit checkpoint; choose an empty or new folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        state = {
-            "worker": self.worker.state_dict(),
+        self._require_worker("save()")
+        extra = {
             "sampler": self.sampler.state_dict(),
             "kl_ctrl": self.kl_ctrl.state_dict(),
             "global_step": self.global_step,
             "history": self._history,
             "val_history": self.val_history,
             "memory": [r.to_dict() for r in self.memory_recorder.records],
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
-        torch.save(state, tmp / "state.pt")
-        OmegaConf.save(self.config, tmp / "config.yaml")
-        (tmp / _MARKER).write_text(json.dumps({"format": CHECKPOINT_FORMAT, "global_step": self.global_step,
-                                                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-        return target
+        contents = list(self.config.actor_rollout_ref.actor.checkpoint.save_contents)
+        return ckpt_lib.write(directory, worker_state=self.worker.state_dict(), extra=extra,
+                              config_yaml=OmegaConf.to_yaml(self.config), global_step=self.global_step,
+                              contents=contents)
 
     @classmethod
-    def resume(cls, directory: str | os.PathLike, reward_fn: Callable | None = None) -> "Experiment":
-        """Rebuild an experiment from :meth:`save` output: models, optimizers, KL controller,
-        RNG and data position, so the next ``step()`` is the one the original run would have taken."""
-        src = Path(directory).expanduser()
-        marker = src / _MARKER
-        if not marker.exists():
-            raise FileNotFoundError(f"{src} is not an rlkit checkpoint (no {_MARKER})")
-        fmt = json.loads(marker.read_text()).get("format")
-        if fmt != CHECKPOINT_FORMAT:
-            raise ValueError(f"{src} has checkpoint format {fmt}; this rlkit reads format {CHECKPOINT_FORMAT}")
-        cfg = PPOConfig.from_yaml(src / "config.yaml")
-        exp = cls(cfg, reward_fn=reward_fn)
-        state = torch.load(src / "state.pt", map_location="cpu", weights_only=False)
-        exp.worker.load_state_dict(state["worker"])
-        exp.sampler.load_state_dict(state["sampler"])
-        exp.kl_ctrl.load_state_dict(state["kl_ctrl"])
-        exp.global_step = state["global_step"]
-        exp._history = list(state["history"])
-        exp.val_history = list(state["val_history"])
+    def resume(cls, directory: str | os.PathLike, reward_fn: Callable | None = None, *, config=None,
+               progress: bool = False, log: Callable[[str], None] | None = None) -> "Experiment":
+        """Rebuild an experiment from :meth:`save` output: models, optimizers, KL controller, the
+        run's random state and data position, so the next ``step()`` is the one the original run
+        would have taken.
+
+        ``config`` (a PPOConfig, dict or overrides; default: the saved one) may change what can
+        change on resume: step counts, logging, save/test frequency and validation settings are
+        applied; learning rates and other training settings are applied with a warning; keys that
+        define the saved run (model, training data, batch shape, estimator) are refused with a
+        :class:`~rlkit.checkpoint.CheckpointError` listing them. What is resumed and what changed
+        is reported through ``log`` (default: stderr) and kept in ``exp.resume_report``.
+        The checkpoint is checked (every file whole) before any model loads.
+        """
+        log = log or (lambda line: print(f"[rlkit] {line}", file=sys.stderr, flush=True))
+        ck = ckpt_lib.inspect(directory)
+        saved_cfg = PPOConfig.from_yaml(ck.config_path)
+        cfg, changes = saved_cfg, ckpt_lib.ResumeChanges()
+        if config is not None:
+            cfg = _as_config(config)
+            changes = ckpt_lib.compare_configs(saved_cfg, cfg)
+            if changes.refused:
+                raise ckpt_lib.CheckpointError(ckpt_lib.refusal_message(ck.path, changes))
+        extra = ck.load_extra()  # damaged files fail here, before the models load
+        state = ck.load_worker_state(["actor", "critic"])
+        if "actor" not in state:
+            raise ckpt_lib.CheckpointError(f"{ck.path} holds no actor weights (saved contents: {', '.join(ck.contents)}); "
+                                           "it cannot resume a run")
+        state["rng"] = extra.get("worker_rng")
+        exp = cls(cfg, reward_fn=reward_fn, progress=progress)
+        exp.worker.load_state_dict(state)
+        exp.sampler.load_state_dict(extra["sampler"])
+        exp.kl_ctrl.load_state_dict(extra["kl_ctrl"])
+        exp.global_step = int(extra["global_step"])
+        exp._history = list(extra["history"])
+        exp.val_history = list(extra["val_history"])
         exp.memory_recorder.clear()
-        exp.memory_recorder.extend(state.get("memory", []))
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        exp.memory_recorder.extend(extra.get("memory", []))
+        exp.resumed_from = ck.path
+        report = [f"resumed {ck.path} at step {exp.global_step} of {exp.total_training_steps} "
+                  f"(epoch {exp.sampler.epoch}; {ck.describe()})"]
+        if changes.applied or changes.warned:
+            report.append("changed on resume:")
+            report += changes.lines()
+        missing = [r for r in state if r != "rng" and state[r].get("optimizer") is None]
+        if missing:
+            report.append(f"warning: no optimizer state saved for {', '.join(missing)} "
+                          "(checkpoint.save_contents); AdamW starts fresh")
+        if exp.global_step >= exp.total_training_steps:
+            report.append(f"note: step {exp.global_step} already reaches trainer.total_training_steps="
+                          f"{exp.total_training_steps}; raise it to train further")
+        exp.resume_report = report
+        for line in report:
+            log(line)
         return exp
 
     def shutdown(self) -> None:
@@ -527,6 +557,21 @@ class Experiment:
             self.worker.shutdown()
             self.worker = None
 
+    def _require_worker(self, what: str) -> None:
+        if self.worker is None:
+            raise RuntimeError(f"{what} on an Experiment that was shut down (its models and engine are released); "
+                               "create a new rlkit.Experiment(config) or rlkit.Experiment.resume(checkpoint_dir)")
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        arr = cfg.actor_rollout_ref
+        state = "shut down" if self.worker is None else f"device={getattr(self.worker, 'device', '?')}"
+        last = self._history[-1] if self._history else {}
+        score = f", last score={last['critic/score/mean']:.4g}" if "critic/score/mean" in last else ""
+        return (f"Experiment(step {self.global_step}/{self.total_training_steps}, model={arr.model.path}, "
+                f"rollout={arr.rollout.name}, adv_estimator={cfg.algorithm.adv_estimator}, "
+                f"batch={cfg.data.train_batch_size}x{arr.rollout.n}, {state}{score})")
+
     def __enter__(self):
         return self
 
@@ -534,11 +579,62 @@ class Experiment:
         self.shutdown()
 
 
-# ---------------------------------------------------------------------- pure helpers
+# ---------------------------------------------------------------------- setup helpers
 def _files(value) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value]
+
+
+def _load_tokenizer(cfg):
+    """The actor's tokenizer, without loading any weights."""
+    from rlkit.training import models
+
+    m = cfg.actor_rollout_ref.model
+    model_dir = models.resolve_model_path(m.path, m.get("gguf_file"))
+    return models.load_tokenizer(model_dir, m.get("tokenizer_path"), m.get("trust_remote_code", False))
+
+
+def _load_datasets(cfg, tokenizer):
+    """Train and validation RLDatasets, checked now: files exist and follow verl's schema, every
+    prompt fits max_prompt_length (with truncation=error), a batch fits the training set."""
+    from rlkit.datasets.rl_dataset import PromptTooLongError, RLDataset
+
+    d = cfg.data
+    out = []
+    for key, max_key in (("train_files", "train_max_samples"), ("val_files", "val_max_samples")):
+        if not d.get(key):
+            raise ValueError(f"data.{key} is not set; prepare GSM8K with rlkit.datasets.gsm8k() and pass "
+                             f"data.{key}=~/data/gsm8k/{'train' if key == 'train_files' else 'test'}.parquet")
+        files = _files(d[key])
+        for f in files:
+            if not Path(f).expanduser().exists():
+                raise FileNotFoundError(f"data.{key}: {f} not found; run `python -m rlkit.datasets.gsm8k --local_dir DIR` "
+                                        "or point data.train_files / data.val_files at verl-schema parquet files")
+        ds = RLDataset(files, tokenizer, prompt_key=d.prompt_key, max_prompt_length=int(d.max_prompt_length),
+                       truncation=d.truncation, filter_overlong_prompts=bool(d.filter_overlong_prompts),
+                       max_samples=int(d.get(max_key, -1) or -1))
+        if len(ds) == 0:
+            raise ValueError(f"data.{key}: no prompts left in {', '.join(files)} (data.{max_key}, filtering)")
+        if d.truncation == "error" and not d.filter_overlong_prompts:
+            lengths = ds.prompt_lengths()
+            over = [i for i, n in enumerate(lengths) if n > int(d.max_prompt_length)]
+            if over:
+                raise PromptTooLongError(
+                    f"data.{key}: {len(over)} of {len(lengths)} prompts are longer than data.max_prompt_length="
+                    f"{d.max_prompt_length} (the longest has {max(lengths)} tokens; first: row {over[0]}). Fix: "
+                    f"data.max_prompt_length={max(lengths)}, data.truncation=left|right|middle, or "
+                    "data.filter_overlong_prompts=True")
+        out.append(ds)
+    train, val = out
+    if int(d.train_batch_size) > len(train):
+        raise ValueError(f"data.train_batch_size={d.train_batch_size} is larger than the training set "
+                         f"({len(train)} prompts in {', '.join(_files(d.train_files))}). Fix: "
+                         f"data.train_batch_size<={len(train)} or more data")
+    return train, val
+
+
+# ---------------------------------------------------------------------- pure helpers
 
 
 def _last_token_tensor(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

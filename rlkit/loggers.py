@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 LOGGERS = ("console", "jsonl", "tensorboard")
+# What `trainer.logger=['console']` prints per step, in this order (plus every val-core/ metric);
+# every metric goes to `jsonl` and `tensorboard`. RLKIT_CONSOLE=all prints them all on the console.
+CONSOLE_KEYS = (
+    "critic/score/mean", "critic/rewards/mean", "critic/advantages/max", "response_length/mean",
+    "response_length/clip_ratio", "actor/pg_loss", "actor/entropy", "actor/ppo_kl", "actor/kl_loss",
+    "actor/grad_norm", "critic/vf_loss", "critic/grad_norm", "timing_s/gen", "timing_s/update_actor", "timing_s/step",
+)
 
 
 def _fmt(v) -> str:
@@ -17,13 +24,22 @@ def _fmt(v) -> str:
 
 
 class ConsoleLogger:
-    """verl-like: one line per step, ``step:N - key:value - ...``."""
+    """verl-like: one line per step, ``step:N - key:value - ...``.
 
-    def __init__(self, stream=None):
+    ``keys``: the metrics to print, in that order (plus every ``val-core/`` metric); None prints all.
+    """
+
+    def __init__(self, stream=None, keys=None):
         self.stream = stream or sys.stdout
+        self.keys = tuple(keys) if keys is not None else None
 
     def log(self, metrics: dict, step: int) -> None:
-        parts = [f"step:{step}"] + [f"{k}:{_fmt(v)}" for k, v in metrics.items()]
+        if self.keys is None:
+            items = list(metrics.items())
+        else:
+            items = [(k, metrics[k]) for k in self.keys if k in metrics]
+            items += [(k, v) for k, v in metrics.items() if k.startswith("val-core/")]
+        parts = [f"step:{step}"] + [f"{k}:{_fmt(v)}" for k, v in items]
         print(" - ".join(parts), file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -72,7 +88,8 @@ class Tracking:
         self.loggers = []
         for name in names:
             if name == "console":
-                self.loggers.append(ConsoleLogger())
+                full = os.environ.get("RLKIT_CONSOLE") == "all"
+                self.loggers.append(ConsoleLogger(keys=None if full else CONSOLE_KEYS))
             elif name == "jsonl":
                 self.loggers.append(JsonlLogger(Path(log_dir) / "metrics.jsonl"))
             elif name == "tensorboard":

@@ -246,7 +246,7 @@ def test_defaults_match_verl_sample():
         "algorithm.kl_ctrl.horizon": 10000, "algorithm.kl_ctrl.target_kl": 0.1,
         "trainer.balance_batch": True, "trainer.total_epochs": 30, "trainer.total_training_steps": None,
         "trainer.experiment_name": "gsm8k", "trainer.log_val_generations": 0, "trainer.nnodes": 1,
-        "trainer.n_gpus_per_node": 8, "trainer.save_freq": -1, "trainer.resume_mode": "auto",
+        "trainer.save_freq": -1, "trainer.resume_mode": "auto",
         "trainer.val_before_train": True, "trainer.test_freq": -1, "trainer.critic_warmup": 0,
         "trainer.default_hdfs_dir": None, "trainer.del_local_ckpt_after_load": False,
         "trainer.max_actor_ckpt_to_keep": None, "trainer.ray_wait_register_center_timeout": 300,
@@ -267,6 +267,7 @@ def test_rlkit_specific_defaults():
     assert a.rollout.tp_memory_check == "error"
     assert list(cfg.trainer.logger) == ["console"] and cfg.trainer.project_name == "rlkit"
     assert cfg.trainer.default_local_dir == "checkpoints/rlkit/gsm8k"
+    assert cfg.trainer.n_gpus_per_node == 1  # verl: 8; rlkit's notebook default is one device
     assert cfg.critic.model.path == a.model.path  # None-like "same as actor": linked by interpolation
     assert cfg.algorithm.adv_estimator in ADV_ESTIMATORS
 

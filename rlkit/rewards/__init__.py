@@ -103,9 +103,12 @@ def _accepts_extra_info(fn: Callable) -> bool:
     return any(p.name == "extra_info" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def default_compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None):
+def default_compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict | None = None,
+                          **reward_kwargs):
     """Score one response with the scorer registered for ``data_source``.
 
+    ``reward_kwargs`` go to that scorer (``custom_reward_function.reward_kwargs`` without a
+    ``path``), e.g. ``format_score=0.1, method="flexible"`` for GSM8K.
     Returns a float (or the dict a registered scorer returned, as verl does).
     Unknown ``data_source`` -> :class:`NotImplementedError`.
     """
@@ -119,9 +122,9 @@ def default_compute_score(data_source: str, solution_str: str, ground_truth: Any
             "compute_score(data_source, solution_str, ground_truth, extra_info=None)."
         )
     if _accepts_extra_info(fn):
-        result = fn(solution_str, ground_truth, extra_info=extra_info)
+        result = fn(solution_str, ground_truth, extra_info=extra_info, **reward_kwargs)
     else:
-        result = fn(solution_str, ground_truth)
+        result = fn(solution_str, ground_truth, **reward_kwargs)
     if isinstance(result, dict):
         return result
     if isinstance(result, numbers.Real):

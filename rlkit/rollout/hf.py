@@ -41,6 +41,17 @@ class _RecordLogProbs:
         return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(last_tokens.shape[0], 0)
 
 
+class _Tick:
+    """Logits processor that advances a progress bar once per generated token position."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.bar.update(1)
+        return scores
+
+
 class HFRollout:
     """Rollout engine on a transformers ``PreTrainedModel``.
 
@@ -52,6 +63,7 @@ class HFRollout:
     """
 
     name = "hf"
+    progress = False  # a token-by-token progress bar per generate call (set by the worker)
 
     def __init__(self, module, pad_token_id: int, eos_token_ids: Iterable[int], max_batch_size: int | None = None):
         self.module = module
@@ -106,6 +118,14 @@ class HFRollout:
             use_cache=True,
         )
         recorder = _RecordLogProbs(1.0 if greedy else sampling.temperature)
+        processors = [recorder]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=sampling.max_new_tokens, desc=f"generate {len(prompt_ids)} responses", unit="tok",
+                       leave=False, dynamic_ncols=True)
+            processors.append(_Tick(bar))
         was_training = self.module.training
         self.module.eval()
         # generate() fills unset fields from the model's own generation_config (its eos, top_k=50,
@@ -117,11 +137,13 @@ class HFRollout:
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
                 generation_config=gen_cfg,
-                logits_processor=LogitsProcessorList([recorder]),
+                logits_processor=LogitsProcessorList(processors),
             )
         finally:
             self.module.generation_config = model_gen_cfg
             self.module.train(was_training)
+            if bar is not None:
+                bar.close()
         new = seqs[:, width:].cpu()  # (B*n, steps)
         lps = recorder.finish(seqs[:, -1]).cpu() if new.shape[1] else torch.zeros(new.shape)
         stops = set() if sampling.ignore_eos else set(stop_ids)

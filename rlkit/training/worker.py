@@ -63,20 +63,27 @@ class PPOWorker:
             controller may set it later with :meth:`set_total_training_steps`, before the first update.
     """
 
-    def __init__(self, cfg, total_training_steps: int = 1, snapshot_fn=None, preflight_fn=None):
+    def __init__(self, cfg, total_training_steps: int = 1, snapshot_fn=None, preflight_fn=None, progress: bool = False):
         self.cfg = cfg
         # memory diagnostics are handed in by the controller (they live in a layer below this one):
         # snapshot_fn(rank, step, phase, event, devices) -> MemorySnapshot; preflight_fn(snapshots, mode, config)
         self.snapshot_fn, self.preflight_fn = snapshot_fn, preflight_fn
         self.snapshots: list[dict] = []
         self.snapshot_seconds = 0.0
+        self.total_training_steps = total_training_steps
         self.load_time: float | None = None
         arr = cfg.actor_rollout_ref
         self.device = resolve_device(cfg.trainer.get("device", "cuda"))
         on_gpu = self.device.type == "cuda"
         # fp32 master weights everywhere; on GPU the math runs under bf16 autocast
         self.autocast_dtype = torch.bfloat16 if on_gpu else None
-        torch.manual_seed(int(cfg.data.get("seed", 1) or 1))
+        self.progress = progress
+        # the run's own random stream (sampling, initialisation): seeded from data.seed, saved in
+        # checkpoints, and never the global state of the process this worker lives in
+        self._rng_devices = [self.device.index or 0] if on_gpu else []
+        with torch.random.fork_rng(devices=self._rng_devices):
+            torch.manual_seed(int(cfg.data.get("seed", 1) or 1))
+            self._rng = self._rng_now()
 
         self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
         self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
@@ -93,6 +100,18 @@ class PPOWorker:
             self._init_snapshot("engine_start", "end")
         self._init_snapshot("load_models", "start")
 
+        with self._own_rng():
+            self._load_models(cfg, on_gpu)
+        self.load_time = time.time()
+        self._init_snapshot("load_models", "end")
+
+        if self.rollout is None:  # `hf`: generates with the actor's own module
+            self.rollout = engine_cls(self.actor, self.tokenizer.pad_token_id, self.eos_token_ids(),
+                                      max_batch_size=arr.rollout.get("max_num_seqs") or None)
+        self.rollout.progress = progress
+
+    def _load_models(self, cfg, on_gpu: bool) -> None:
+        arr = cfg.actor_rollout_ref
         override = dict(arr.model.get("override_config") or {})
         self.actor = models.load_causal_lm(
             self.model_dir, torch.float32, override, arr.model.enable_gradient_checkpointing,
@@ -116,13 +135,7 @@ class PPOWorker:
                 c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False)).to(self.device)
             self.critic_optim = build_optimizer(self.critic.parameters(), c.optim)
 
-        self.set_total_training_steps(total_training_steps)
-        self.load_time = time.time()
-        self._init_snapshot("load_models", "end")
-
-        if self.rollout is None:  # `hf`: generates with the actor's own module
-            self.rollout = engine_cls(self.actor, self.tokenizer.pad_token_id, self.eos_token_ids(),
-                                      max_batch_size=arr.rollout.get("max_num_seqs") or None)
+        self.set_total_training_steps(self.total_training_steps)
 
     # ------------------------------------------------------------------ memory
     def memory_snapshot(self, step: int | None, phase: str, event: str) -> None:
@@ -184,6 +197,28 @@ class PPOWorker:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def _rng_now(self) -> dict:
+        return {"cpu": torch.get_rng_state(),
+                "cuda": [torch.cuda.get_rng_state(d) for d in self._rng_devices]}
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        """Run with this worker's random stream; the process's global state is left as it was."""
+        with torch.random.fork_rng(devices=self._rng_devices):
+            torch.set_rng_state(self._rng["cpu"])
+            for d, state in zip(self._rng_devices, self._rng["cuda"]):
+                torch.cuda.set_rng_state(state, d)
+            try:
+                yield
+            finally:
+                self._rng = self._rng_now()
+
+    def _bar(self, total: int, desc: str):
+        """A progress bar over micro-batches or tokens, shown when the worker was built with progress=True."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False, disable=not self.progress, dynamic_ncols=True)
+
     def _to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -196,6 +231,15 @@ class PPOWorker:
         logits = out.logits[:, -R - 1 : -1].float()  # logits at position t predict token t+1
         temperature = float(self.cfg.actor_rollout_ref.rollout.temperature) or 1.0
         return logits / temperature
+
+    def _progress(self, items: list, desc: str):
+        bar = self._bar(len(items), desc)
+        try:
+            for item in items:
+                yield item
+                bar.update(1)
+        finally:
+            bar.close()
 
     def _micro_size(self, per_gpu, global_size, default: int) -> int:
         size = per_gpu or global_size or default
@@ -215,7 +259,8 @@ class PPOWorker:
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> tuple[Batch, list[str]]:
         """Sample responses; returns the batch tensors above plus one finish reason per sample."""
         sampling = self.sampling_params(validate)
-        out = self.rollout.generate(prompt_ids, sampling)
+        with self._own_rng():
+            out = self.rollout.generate(prompt_ids, sampling)
         prompts = [p for p in prompt_ids for _ in range(sampling.n)]
         return make_batch(prompts, out.response_ids, out.log_probs, self.tokenizer.pad_token_id), out.finish_reasons
 
@@ -267,8 +312,9 @@ class PPOWorker:
         was_training = model.training
         model.eval()
         lps, ents = [], []
+        chunks = list(iter_chunks(torch.arange(len(batch["responses"])), size))
         try:
-            for idx in iter_chunks(torch.arange(len(batch["responses"])), size):
+            for idx in self._progress(chunks, "ref log-probs" if model is self.ref else "old log-probs"):
                 mb = self._to_device(select(batch, idx))
                 logits = self._response_logits(model, mb)
                 lps.append(algos.logprobs_from_logits(logits, mb["responses"]).cpu())
@@ -289,7 +335,7 @@ class PPOWorker:
                                 c.get("forward_micro_batch_size"), len(batch["responses"]))
         self.critic.eval()
         vals = []
-        for idx in iter_chunks(torch.arange(len(batch["responses"])), size):
+        for idx in self._progress(list(iter_chunks(torch.arange(len(batch["responses"])), size)), "values"):
             vals.append(self._values(select(batch, idx)).cpu())
         self.critic.train()
         return torch.cat(vals)
@@ -318,9 +364,11 @@ class PPOWorker:
         agg = c.get("loss_agg_mode") or self.cfg.actor_rollout_ref.actor.loss_agg_mode
         stats: dict[str, list[float]] = {}
         self.critic.train()
+        bar = self._bar(epochs * -(-len(batch["responses"]) // micro), "update critic")
         for mini_idx in self._minibatches(len(batch["responses"]), mini, epochs, bool(c.get("shuffle", False)), step):
             self.critic_optim.zero_grad(set_to_none=True)
             for idx in iter_chunks(mini_idx, micro):
+                bar.update(1)
                 mb = self._to_device(select(batch, idx))
                 vpreds = self._values(mb)
                 loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
@@ -330,6 +378,7 @@ class PPOWorker:
                                 "critic/vpred_mean": m["vpred_mean"]})
             grad_norm = self._clip_and_step(self.critic, self.critic_optim, float(c.grad_clip))
             _append(stats, {"critic/grad_norm": grad_norm})
+        bar.close()
         self.critic_sched.step()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["critic/lr"] = self.critic_sched.get_last_lr()[0]
@@ -343,9 +392,11 @@ class PPOWorker:
         agg = a.loss_agg_mode
         stats: dict[str, list[float]] = {}
         self.actor.train()
+        bar = self._bar(int(a.ppo_epochs) * -(-len(batch["responses"]) // micro), "update actor")
         for mini_idx in self._minibatches(len(batch["responses"]), mini, int(a.ppo_epochs), bool(a.shuffle), step):
             self.actor_optim.zero_grad(set_to_none=True)
             for idx in iter_chunks(mini_idx, micro):
+                bar.update(1)
                 mb = self._to_device(select(batch, idx))
                 mask = mb["response_mask"]
                 logits = self._response_logits(self.actor, mb)
@@ -370,6 +421,7 @@ class PPOWorker:
                 _append(stats, row)
             grad_norm = self._clip_and_step(self.actor, self.actor_optim, float(a.grad_clip))
             _append(stats, {"actor/grad_norm": grad_norm})
+        bar.close()
         self.actor_sched.step()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out["actor/lr"] = self.actor_sched.get_last_lr()[0]
@@ -394,29 +446,50 @@ class PPOWorker:
         self.actor.train()
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"actor": self.actor.state_dict(), "actor_optim": self.actor_optim.state_dict(),
-                 "actor_sched": self.actor_sched.state_dict()}
+        """``{"actor": {"model", "optimizer"}, "critic": {...} (GAE only), "rng": this worker's random state}``;
+        "optimizer" holds the AdamW state and the lr schedule."""
+        state = {"actor": {"model": self.actor.state_dict(),
+                           "optimizer": {"optim": self.actor_optim.state_dict(), "sched": self.actor_sched.state_dict()}},
+                 "rng": self._rng}
         if self.critic is not None:
-            state.update(critic=self.critic.state_dict(), critic_optim=self.critic_optim.state_dict(),
-                         critic_sched=self.critic_sched.state_dict())
+            state["critic"] = {"model": self.critic.state_dict(),
+                               "optimizer": {"optim": self.critic_optim.state_dict(),
+                                             "sched": self.critic_sched.state_dict()}}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.actor_optim.load_state_dict(state["actor_optim"])
-        self.actor_sched.load_state_dict(state["actor_sched"])
+        """Load :meth:`state_dict` output. A role saved without its optimizer starts a fresh AdamW
+        (its schedule still continues from the saved step count, when there is one). The learning
+        rates are this worker's config's (a resumed run may change them)."""
+        roles = [("actor", self.actor, self.actor_optim, self.actor_sched, self.cfg.actor_rollout_ref.actor.optim)]
         if self.critic is not None:
             if "critic" not in state:
                 raise ValueError("checkpoint has no critic but this config trains one (algorithm.adv_estimator=gae)")
-            self.critic.load_state_dict(state["critic"])
-            self.critic_optim.load_state_dict(state["critic_optim"])
-            self.critic_sched.load_state_dict(state["critic_sched"])
+            roles.append(("critic", self.critic, self.critic_optim, self.critic_sched, self.cfg.critic.optim))
+        for role, model, optim, sched, optim_cfg in roles:
+            model.load_state_dict(state[role]["model"])
+            saved = state[role].get("optimizer")
+            if saved is not None:
+                optim.load_state_dict(saved["optim"])
+                sched.load_state_dict(saved["sched"])
+            _set_base_lr(optim, sched, float(optim_cfg.lr))
+        if state.get("rng") is not None:
+            self._rng = state["rng"]
         self.sync_rollout_weights()
 
     def shutdown(self) -> None:
         if self.rollout is not None:
             self.rollout.shutdown()
             self.rollout = None
+
+
+def _set_base_lr(optim, sched, lr: float) -> None:
+    """Make ``lr`` the schedule's base learning rate, keeping its position (step count)."""
+    sched.base_lrs = [lr] * len(optim.param_groups)
+    for group, fn in zip(optim.param_groups, sched.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * fn(sched.last_epoch)
+    sched._last_lr = [g["lr"] for g in optim.param_groups]
 
 
 def _append(stats: dict[str, list[float]], row: dict[str, float]) -> None:
