@@ -257,6 +257,7 @@ FREE_ON_RESUME = (
     "trainer.log_val_generations", "trainer.rollout_data_dir", "trainer.validation_data_dir",
     "data.val_files", "data.val_max_samples", "data.val_batch_size", "actor_rollout_ref.rollout.val_kwargs",
     "actor_rollout_ref.actor.checkpoint", "critic.checkpoint",
+    "reward_model",  # model-based reward is not supported: its keys steer nothing
 )
 LR_KEYS = ("actor_rollout_ref.actor.optim.lr", "critic.optim.lr")
 

@@ -7,19 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tiny import char_tokenizer, make_tiny_model
+from rewards_for_tests import digit_fraction  # the easy behaviour the learning test rewards
+from tiny import char_tokenizer, make_tiny_model, toy_parquet
 
 from rlkit import Experiment, PPOConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def digit_fraction(data_source, solution_str, ground_truth, extra_info=None):
-    """The easy behaviour the learning test rewards: answer with digits."""
-    return sum(c.isdigit() for c in solution_str) / max(len(solution_str), 1)
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +27,7 @@ def char_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     """verl-schema parquet with 32 short prompts."""
-    d = tmp_path_factory.mktemp("toy_data")
-    rows = [{"data_source": "toy/digits", "prompt": [{"role": "user", "content": f"count {i}"}], "ability": "toy",
-             "reward_model": {"style": "rule", "ground_truth": ""}, "extra_info": {"split": "train", "index": i}}
-            for i in range(32)]
-    pd.DataFrame(rows).to_parquet(d / "train.parquet")
-    pd.DataFrame(rows[:4]).to_parquet(d / "test.parquet")
-    return d
+    return toy_parquet(tmp_path_factory.mktemp("toy_data"))
 
 
 def toy_overrides(model_dir, data_dir, **extra):
@@ -256,3 +247,124 @@ def test_memory_recorded_at_every_phase_boundary(char_model, toy_data):
     assert set(exp.memory["step"].dropna()) == {1}
     with pytest.raises(ValueError, match="no GPU memory snapshots"):
         exp.memory_balance()  # CPU: nothing to balance, and it says so
+
+
+# ---------------------------------------------------------------------- the user's input is checked before models load
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fail the test if a worker (models) is built."""
+    from rlkit.training import worker
+
+    def refuse(*a, **k):
+        raise AssertionError("the worker was built before the input was checked")
+
+    monkeypatch.setattr(worker.PPOWorker, "__init__", refuse)
+
+
+def test_overlong_prompts_refused_before_models_load(char_model, toy_data, no_models):
+    from rlkit.datasets.rl_dataset import PromptTooLongError
+
+    ov = toy_overrides(char_model, toy_data, **{"data.max_prompt_length": 5})
+    with pytest.raises(PromptTooLongError, match=r"data.train_files: 32 of 32 prompts are longer than "
+                                                 r"data.max_prompt_length=5 .*data.truncation=left"):
+        Experiment(PPOConfig.from_overrides(ov), reward_fn=digit_fraction)
+
+
+def test_batch_larger_than_dataset_refused_before_models_load(char_model, toy_data, no_models):
+    ov = toy_overrides(char_model, toy_data, **{"data.train_batch_size": 64})
+    with pytest.raises(ValueError, match=r"data.train_batch_size=64 is larger than the training set \(32 prompts"):
+        Experiment(PPOConfig.from_overrides(ov), reward_fn=digit_fraction)
+
+
+def test_bad_parquet_schema_refused_before_models_load(char_model, tmp_path, no_models):
+    pd = pytest.importorskip("pandas")
+    pd.DataFrame({"question": ["q"], "answer": ["a"]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"question": ["q"], "answer": ["a"]}).to_parquet(tmp_path / "test.parquet")
+    with pytest.raises(KeyError, match="train.parquet"):
+        Experiment(PPOConfig.from_overrides(toy_overrides(char_model, tmp_path)), reward_fn=digit_fraction)
+
+
+def test_sglang_without_gpu_fails_at_once_naming_what_is_missing(char_model, toy_data, no_models):
+    """No GPU here: the first error names the GPU (and packages), not the TP size, and nothing waits."""
+    import time
+
+    from rlkit.config import RuntimeRequirementError
+
+    cfg = PPOConfig.from_overrides(toy_overrides(char_model, toy_data, **{
+        "actor_rollout_ref.rollout.name": "sglang", "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+        "trainer.device": "cuda"}))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeRequirementError, match="needs an NVIDIA GPU with CUDA, and this machine has none"):
+        Experiment(cfg, reward_fn=digit_fraction)
+    assert time.monotonic() - t0 < 10
+
+
+# ---------------------------------------------------------------------- small things a user meets
+def test_repr_and_use_after_shutdown(char_model, toy_data):
+    exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
+    assert repr(exp).startswith("Experiment(step 0/")
+    assert "rollout=hf" in repr(exp) and "batch=8x4" in repr(exp) and "device=cpu" in repr(exp)
+    exp.step()
+    assert "step 1/" in repr(exp) and "last score=" in repr(exp)
+    exp.shutdown()
+    assert "shut down" in repr(exp)
+    with pytest.raises(RuntimeError, match=r"step\(\) on an Experiment that was shut down.*Experiment.resume"):
+        exp.step()
+    with pytest.raises(RuntimeError, match="shut down"):
+        exp.save("unused")
+
+
+def test_show_rollouts_of_a_step_not_kept_says_so(char_model, toy_data):
+    pytest.importorskip("IPython")
+    exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
+    exp.run(2, progress=False)
+    assert "<table" in exp.show_rollouts(step=1).data
+    with pytest.raises(ValueError, match=r"no rollouts kept for step 99; this experiment holds steps 1\.\.2"):
+        exp.show_rollouts(step=99)
+
+
+def test_experiment_leaves_the_process_random_state_alone(char_model, toy_data, tmp_path):
+    """Creating, stepping and resuming an experiment never moves or resets the global RNGs."""
+    import random
+
+    import numpy as np
+    import torch
+
+    exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
+    exp.step()
+    ckpt = exp.save(tmp_path / "ckpt")
+    torch.manual_seed(1234)
+    random.seed(1234)
+    np.random.seed(1234)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(1234)
+    random.seed(1234)
+    np.random.seed(1234)
+    resumed = Experiment.resume(ckpt, reward_fn=digit_fraction)
+    resumed.step()
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1] and np.random.rand() == expected[2]
+
+
+def test_reward_kwargs_reach_the_builtin_gsm8k_scorer(qwen_tiny, gsm8k_files, tmp_path):
+    """custom_reward_function.reward_kwargs without a path go to the built-in scorer (verl's format_score)."""
+    ov = gsm8k_overrides(qwen_tiny, gsm8k_files, tmp_path) + [
+        "+custom_reward_function.reward_kwargs.format_score=0.1", "+custom_reward_function.reward_kwargs.method=flexible"]
+    exp = Experiment(PPOConfig.from_overrides(ov))
+    assert exp.reward_fn("openai/gsm8k", "so it is 41", "42") == 0.1  # a number, the wrong one: format credit
+    assert exp.reward_fn("openai/gsm8k", "so it is 42", "42") == 1.0
+    assert exp.reward_fn("openai/gsm8k", "no idea", "42") == 0.0
+
+
+def test_a_step_whose_scores_are_all_equal_warns(char_model, toy_data):
+    from rlkit.experiment import NoLearningSignalWarning
+
+    exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=lambda *a, **k: 0.0)
+    with pytest.warns(NoLearningSignalWarning, match="step 1: all 32 responses scored 0"):
+        exp.step()
+    varied = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoLearningSignalWarning)
+        varied.step()

@@ -34,3 +34,18 @@ def make_tiny_model(out_dir, tokenizer, hidden=32, layers=2, heads=4, kv_heads=2
 
     return save_tiny_random_model(out_dir, tokenizer, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
                                   intermediate=intermediate, seed=seed)
+
+
+def toy_parquet(out_dir, n_train: int = 32, n_test: int = 4):
+    """verl-schema train/test parquet with short prompts ``count i`` (data_source ``toy/digits``)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    out = Path(out_dir)
+    rows = [{"data_source": "toy/digits", "prompt": [{"role": "user", "content": f"count {i}"}], "ability": "toy",
+             "reward_model": {"style": "rule", "ground_truth": ""}, "extra_info": {"split": "train", "index": i}}
+            for i in range(n_train)]
+    pd.DataFrame(rows).to_parquet(out / "train.parquet")
+    pd.DataFrame(rows[:n_test]).to_parquet(out / "test.parquet")
+    return out

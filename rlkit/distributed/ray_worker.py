@@ -49,6 +49,19 @@ def gpu_memory_lines() -> list[str]:
         return [f"(GPU memory unavailable: {type(e).__name__})"]
 
 
+def check_cluster_gpus(resources: dict, num_gpus: int) -> None:
+    """Refuse at once when the Ray cluster has fewer GPUs than the worker asks for (Ray itself would
+    keep the request pending forever, printing an autoscaler line now and then)."""
+    have = resources.get("GPU", 0)
+    if num_gpus > have:
+        shown = ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items())
+                          if k in ("CPU", "GPU", "memory") or k.startswith("accelerator_type"))
+        raise RuntimeError(f"the rlkit worker needs {num_gpus} GPU(s) and the Ray cluster has {have:g} ({shown}). "
+                           "Fix: run on a machine with GPUs (connect to a GPU cluster with RAY_ADDRESS), lower "
+                           "actor_rollout_ref.rollout.tensor_model_parallel_size, or use "
+                           "actor_rollout_ref.rollout.name=hf")
+
+
 class RayWorker:
     """Controller-side handle with PPOWorker's interface; every call runs in the actor.
 
@@ -78,6 +91,7 @@ class RayWorker:
             else:
                 num_gpus = 1 if torch.cuda.is_available() and cfg.trainer.get("device", "cuda") != "cpu" else 0
         self.num_gpus = num_gpus
+        check_cluster_gpus(ray.cluster_resources(), num_gpus)  # Ray would wait forever for missing GPUs
         self._actor = ray.remote(num_gpus=num_gpus)(PPOWorker).remote(cfg, **worker_kwargs)
         info = self._call("describe", what="starting the worker (model load, engine start)")
         self.has_ref, self.has_critic = info["has_ref"], info["has_critic"]

@@ -20,18 +20,9 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    import pandas as pd
+    from tiny import char_tokenizer, make_tiny_model, toy_parquet
 
-    from tiny import char_tokenizer, make_tiny_model
-
-    model = make_tiny_model(tmp_path_factory.mktemp("m"), char_tokenizer())
-    d = tmp_path_factory.mktemp("d")
-    rows = [{"data_source": "toy/digits", "prompt": [{"role": "user", "content": f"count {i}"}], "ability": "toy",
-             "reward_model": {"style": "rule", "ground_truth": ""}, "extra_info": {"split": "train", "index": i}}
-            for i in range(32)]
-    pd.DataFrame(rows).to_parquet(d / "train.parquet")
-    pd.DataFrame(rows[:4]).to_parquet(d / "test.parquet")
-    return model, d
+    return make_tiny_model(tmp_path_factory.mktemp("m"), char_tokenizer()), toy_parquet(tmp_path_factory.mktemp("d"))
 
 
 def test_remote_worker_matches_in_process(toy):
@@ -78,3 +69,14 @@ def test_remote_snapshots_land_between_phases(toy):
     assert pairs[0] == ("step", "start") and pairs[-1] == ("step", "end")
     assert pairs.index(("gen", "start")) < pairs.index(("gen", "end")) < pairs.index(("update_actor", "start"))
     exp.shutdown()
+
+
+def test_missing_gpus_fail_at_once_instead_of_waiting(toy):
+    """Ray would keep a request for a GPU the cluster lacks pending forever; rlkit refuses at once."""
+    import time
+
+    cfg = PPOConfig.from_overrides(toy_overrides(*toy))
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"needs 1 GPU\(s\) and the Ray cluster has 0 \(CPU=2"):
+        RayWorker(cfg, num_gpus=1)
+    assert time.monotonic() - t0 < 10
