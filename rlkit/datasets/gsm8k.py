@@ -257,18 +257,24 @@ def _write_atomic(table, path: Path) -> None:
         raise
 
 
-def gsm8k(local_dir: str | os.PathLike = "~/data/gsm8k", source: str | os.PathLike | None = None) -> dict[str, str]:
+def gsm8k(local_dir: str | os.PathLike = "~/data/gsm8k", source: str | os.PathLike | None = None,
+          overwrite: bool = False) -> dict[str, str]:
     """Write GSM8K as verl-schema ``train.parquet``/``test.parquet`` into ``local_dir``.
 
-    ``source=None`` downloads ``openai/gsm8k`` (config ``main``) with the
-    ``datasets`` package and raises :class:`DatasetUnavailableError` when that
-    is impossible. Otherwise ``source`` is a local folder (see module doc).
-    Returns ``{"train": path, "test": path}`` (absolute path strings).
+    ``source=None``: when ``local_dir`` already holds both files in verl's schema they are used
+    as they are (no download; ``overwrite=True`` downloads again); otherwise ``openai/gsm8k``
+    (config ``main``) is downloaded with the ``datasets`` package, raising
+    :class:`DatasetUnavailableError` when that is impossible. A ``source`` folder (see module
+    doc) is always converted. Returns ``{"train": path, "test": path}`` (absolute path strings).
     """
     import pyarrow as pa
 
     out_dir = Path(local_dir).expanduser().resolve()
 
+    if source is None and not overwrite:
+        existing = _prepared(out_dir)
+        if existing is not None:
+            return existing
     if source is None:
         raw = _load_hub()
         tables = {split: None for split in SPLITS}
@@ -295,6 +301,27 @@ def gsm8k(local_dir: str | os.PathLike = "~/data/gsm8k", source: str | os.PathLi
     return paths
 
 
+def _prepared(out_dir: Path) -> dict[str, str] | None:
+    """Both splits already in ``out_dir`` in verl's schema, or None when a split is missing."""
+    import pyarrow.parquet as pq
+
+    paths = {split: out_dir / f"{split}.parquet" for split in SPLITS}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    for split, path in paths.items():
+        try:
+            meta = pq.ParquetFile(path)
+        except Exception as e:  # pyarrow raises several types for damaged files
+            raise SourceFormatError(f"{path} exists but cannot be read as parquet ({type(e).__name__}: {e}); "
+                                    "delete it or call gsm8k(..., overwrite=True)") from e
+        missing = {"data_source", "prompt", "reward_model"} - set(meta.schema_arrow.names)
+        if missing or meta.metadata.num_rows == 0:
+            raise SourceFormatError(f"{path} exists but is not GSM8K in verl's schema (missing columns: "
+                                    f"{sorted(missing) or 'none'}, rows: {meta.metadata.num_rows}); delete it or call "
+                                    "gsm8k(..., overwrite=True)")
+    return {split: str(p) for split, p in paths.items()}
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -308,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", "--local_dataset_path", dest="source", default=None,
                         help="local folder with train.jsonl/test.jsonl or train/test parquet; "
                              "default: download openai/gsm8k from the Hugging Face hub")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="download again even when local_dir already holds train/test parquet")
     args = parser.parse_args(argv)
     try:
-        paths = gsm8k(local_dir=args.local_dir, source=args.source)
+        paths = gsm8k(local_dir=args.local_dir, source=args.source, overwrite=args.overwrite)
     except (DatasetUnavailableError, SourceFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

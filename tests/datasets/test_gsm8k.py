@@ -323,6 +323,35 @@ def test_hub_path_with_fake_datasets(monkeypatch, tmp_path):
     }
 
 
+def test_prepared_folder_is_used_without_the_hub(monkeypatch, tmp_path):
+    """gsm8k(local_dir) with both files already there uses them (offline); overwrite=True asks the hub."""
+    calls = []
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(*args, **kwargs):
+        calls.append(args)
+        return {"train": [{"question": "A?", "answer": "#### 1"}], "test": [{"question": "C?", "answer": "#### 3"}]}
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    first = gsm8k_mod.gsm8k(local_dir=tmp_path / "out")
+    assert len(calls) == 1
+    mtime = Path(first["train"]).stat().st_mtime_ns
+    again = gsm8k_mod.gsm8k(local_dir=tmp_path / "out")
+    assert again == first and len(calls) == 1 and Path(first["train"]).stat().st_mtime_ns == mtime
+    gsm8k_mod.gsm8k(local_dir=tmp_path / "out", overwrite=True)
+    assert len(calls) == 2
+
+
+def test_prepared_folder_with_foreign_parquet_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for split in ("train", "test"):
+        pq.write_table(pa.table({"question": ["q"]}), out / f"{split}.parquet")
+    with pytest.raises(SourceFormatError, match="not GSM8K in verl's schema.*overwrite=True"):
+        gsm8k_mod.gsm8k(local_dir=out)
+
+
 # --------------------------------------------------------------------- CLI / imports
 
 
