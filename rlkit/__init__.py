@@ -1,10 +1,11 @@
 """rlkit: notebook-first PPO / GRPO post-training of language models, verl-compatible.
 
-    import rlkit
-    cfg = rlkit.PPOConfig.from_overrides(["data.train_files=~/data/gsm8k/train.parquet", ...])
-    exp = rlkit.Experiment(cfg)
-    result = exp.step()          # one PPO iteration; result.rollouts, result.metrics
+>>> import rlkit
+>>> cfg = rlkit.PPOConfig.from_overrides(["data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=4"])
+>>> cfg.data.train_batch_size, cfg.trainer.n_gpus_per_node
+(8, 1)
 
+``rlkit.Experiment(cfg).step()`` runs one PPO iteration (the README's quick start is complete).
 ``import rlkit`` is light: torch, transformers and the engines load on first use.
 """
 from __future__ import annotations

@@ -759,6 +759,7 @@ class _ValueParser:
 def parse_override_value(text: str) -> Any:
     """Parse the right-hand side of ``key=value`` the way Hydra does.
 
+    >>> from rlkit.config import parse_override_value
     >>> parse_override_value("1e-6"), parse_override_value("['console']"), parse_override_value("null")
     (1e-06, ['console'], None)
     """

@@ -123,8 +123,8 @@ class Experiment:
         worker: an already-built worker to drive (e.g. :class:`~rlkit.distributed.ray_worker.RayWorker`);
             by default a PPOWorker in this process for ``hf`` and a Ray worker for ``sglang``.
 
-    >>> exp = Experiment(PPOConfig.from_overrides([...]))   # doctest: +SKIP
-    >>> result = exp.step(); result.rollouts.head()          # doctest: +SKIP
+    The README's quick start is a complete example: build, ``step()``, ``run(n)``, ``validate()``,
+    ``save()`` and ``resume()``.
     """
 
     def __init__(self, config=None, reward_fn: Callable | None = None, *, worker=None, progress: bool = False):

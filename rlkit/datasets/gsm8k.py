@@ -8,11 +8,17 @@ Each output row has verl's schema::
     reward_model = {"style": "rule", "ground_truth": "<number after ####, commas removed>"}
     extra_info   = {"split": "train"|"test", "index": i, "answer": answer, "question": question}
 
-Usage::
+``gsm8k(local_dir="~/data/gsm8k")`` downloads from the Hugging Face hub (or reuses that folder
+when it already holds both files); ``source=`` converts local files, here a one-question copy:
 
-    from rlkit.datasets import gsm8k
-    paths = gsm8k(local_dir="~/data/gsm8k")                      # Hugging Face hub
-    paths = gsm8k(local_dir="~/data/gsm8k", source="/data/gsm8k")  # local files
+>>> import json, pathlib, tempfile
+>>> from rlkit.datasets import gsm8k
+>>> src = pathlib.Path(tempfile.mkdtemp())
+>>> for split in ("train", "test"):
+...     _ = (src / f"{split}.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "1+1=2\\n#### 2"}) + "\\n")
+>>> paths = gsm8k(local_dir=src / "out", source=src)
+>>> sorted(paths), paths["train"].endswith("train.parquet")
+(['test', 'train'], True)
 
 or ``python -m rlkit.datasets.gsm8k --local_dir DIR [--source DIR]``.
 
@@ -23,8 +29,8 @@ grade-school-math files), or ``train.parquet``/``test.parquet`` (the raw
 parquet files that were already converted to the verl schema (these are
 validated and copied through unchanged).
 
-Files are written atomically (temporary file + ``os.replace``); existing
-outputs are overwritten.
+Files are written atomically (temporary file + ``os.replace``); with a ``source`` (or
+``overwrite=True``) existing outputs are overwritten.
 
 The module object itself is callable, so ``from rlkit.datasets import gsm8k;
 gsm8k(...)`` works whether ``gsm8k`` resolves to this module or to the

@@ -2,13 +2,14 @@
 
 One :class:`MemorySnapshot` holds, for the calling process at one moment, every visible GPU's
 NVML total/used/free, the processes using each GPU, this process's ``torch.cuda`` allocator
-counters and the host RSS::
+counters and the host RSS:
 
-    from rlkit.diagnostics.memory import MemoryRecorder, snapshot
-    snap = snapshot(rank=0, step=3, phase="gen", event="start")
-    rec = MemoryRecorder()
-    rec.record(step=3, phase="gen", event="start")
-    rec.to_frame()          # tidy: step, phase, event, node, rank, gpu, metric, bytes, time
+>>> from rlkit.diagnostics.memory import MemoryRecorder, snapshot
+>>> snap = snapshot(rank=0, step=3, phase="gen", event="start")
+>>> rec = MemoryRecorder()
+>>> _ = rec.record(step=3, phase="gen", event="start")
+>>> list(rec.to_frame().columns)
+['step', 'phase', 'event', 'node', 'rank', 'gpu', 'metric', 'bytes', 'time']
 
 Readings degrade instead of failing, and say why in ``notes``:
 

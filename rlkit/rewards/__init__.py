@@ -67,9 +67,12 @@ def register_reward(data_source: str | Iterable[str]) -> Callable[[Callable], Ca
     replaces the old scorer (re-running a notebook cell is fine); replacing a
     *different* function warns.
 
+    >>> from rlkit.rewards import default_compute_score, register_reward
     >>> @register_reward("my/dataset")
     ... def score(solution_str, ground_truth):
     ...     return float(solution_str.strip() == ground_truth)
+    >>> default_compute_score("my/dataset", " 42 ", "42")
+    1.0
     """
     names = [data_source] if isinstance(data_source, str) else list(data_source)
     if not names or not all(isinstance(n, str) and n for n in names):

