@@ -5,6 +5,8 @@ pandas / pyarrow / torch:
 
 * :func:`gsm8k` (``rlkit.datasets.gsm8k``; the module itself is callable)
 * :class:`RLDataset`, :class:`PromptSampler` (``rlkit.datasets.rl_dataset``)
+* :class:`RolloutBatch` (``rlkit.datasets.batch``): tensors + per-row columns + meta of one
+  PPO step, with chunk / concat / select / repeat / pad for data-parallel ranks
 """
 from __future__ import annotations
 
@@ -12,17 +14,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["gsm8k", "RLDataset", "PromptSampler", "DatasetUnavailableError"]
+# RolloutBatch is exported lazily below (and listed by dir()); it joins __all__ together with the
+# name list pinned in tests/datasets/test_gsm8k.py::test_import_is_light
 
 _LAZY = {
     "gsm8k": ("gsm8k", None),  # the callable module
     "DatasetUnavailableError": ("gsm8k", "DatasetUnavailableError"),
     "RLDataset": ("rl_dataset", "RLDataset"),
     "PromptSampler": ("rl_dataset", "PromptSampler"),
+    "RolloutBatch": ("batch", "RolloutBatch"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import gsm8k
     from .gsm8k import DatasetUnavailableError
+    from .batch import RolloutBatch
     from .rl_dataset import PromptSampler, RLDataset
 
 
@@ -38,4 +44,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))
