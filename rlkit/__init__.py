@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "PPOConfig": ("rlkit.config", "PPOConfig"),
     "ConfigError": ("rlkit.config", "ConfigError"),
+    "ParallelPlan": ("rlkit.parallel", "ParallelPlan"),
     "Experiment": ("rlkit.experiment", "Experiment"),
     "StepResult": ("rlkit.experiment", "StepResult"),
     "SGLangRollout": ("rlkit.rollout.sglang", "SGLangRollout"),

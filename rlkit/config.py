@@ -31,7 +31,7 @@ Override syntax is Hydra's, as typed on a shell command line:
 Inside an open dict, ``key=value`` also adds a missing key, because verl versions
 differ in which keys they pre-populate there and there is no schema to protect.
 
-This module imports only the standard library and omegaconf.
+This module imports only the standard library, omegaconf and rlkit.parallel (standard library only).
 """
 from __future__ import annotations
 
@@ -46,9 +46,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from omegaconf import II, DictConfig, ListConfig, OmegaConf
 
+from rlkit.parallel import ParallelPlan
+
 __all__ = [
     "PPOConfig",
     "ConfigError",
+    "ParallelPlan",
     "RuntimeRequirementError",
     "check_runtime",
     "runtime_problems",
@@ -1027,7 +1030,7 @@ def validate(cfg: Any) -> None:
     use_critic = adv == "gae"
 
     # -- data
-    for k in ("data.train_batch_size", "data.max_prompt_length", "data.max_response_length"):
+    for k in ("data.max_prompt_length", "data.max_response_length"):  # train_batch_size: the plan's rules
         rule(k, lambda v: v > 0, "must be > 0", f"set a positive number{_example(k)}")
     rule("data.val_batch_size", lambda v: v > 0, "must be > 0 or null", "set it to null (verl ignores it)")
     rule("data.dataloader_num_workers", lambda v: v >= 0, "must be >= 0", "use 0 to load in the main process")
@@ -1042,17 +1045,14 @@ def validate(cfg: Any) -> None:
                 f"e.g. {k}=~/data/gsm8k/train.parquet or {k}=[a.parquet,b.parquet]")
     rule("data.prompt_key", lambda v: bool(v), "must name the prompt column", "e.g. data.prompt_key=prompt")
 
-    # -- cluster shape (accepted for verl compatibility; one-device rlkit uses 1x1)
-    rule("trainer.nnodes", lambda v: v >= 1, "must be >= 1", "use trainer.nnodes=1 on one machine")
-    rule("trainer.n_gpus_per_node", lambda v: v >= 1, "must be >= 1", "use trainer.n_gpus_per_node=1 for one device")
-    world = get("trainer.nnodes") * get("trainer.n_gpus_per_node") if ok("trainer.nnodes", "trainer.n_gpus_per_node") \
-        and get("trainer.nnodes") >= 1 and get("trainer.n_gpus_per_node") >= 1 else None
-    world_txt = f"nnodes*n_gpus_per_node = {get('trainer.nnodes')}*{get('trainer.n_gpus_per_node')} = {world} GPUs"
+    # -- cluster shape, SGLang TP groups, FSDP meshes and the batch arithmetic (verl counts batch sizes
+    # in prompts; each prompt yields rollout.n responses, split over nnodes*n_gpus_per_node ranks): the
+    # plan the workers run with checks them, so what validation accepts is what runs
+    problems.extend(ParallelPlan.from_values(vals).problems())
 
     # -- rollout
     n = get(f"{RO}.n")
-    rule(f"{RO}.n", lambda v: v >= 1, "must be >= 1 (responses per prompt)", f"{RO}.n=1 for PPO, e.g. 5 for GRPO")
-    n_ok = ok(f"{RO}.n") and n >= 1
+    n_ok = ok(f"{RO}.n") and n >= 1  # n itself is checked by the plan
     if ok(f"{RO}.name") and get(f"{RO}.name") not in ROLLOUT_NAMES:
         name = get(f"{RO}.name")
         extra = " (vllm is not supported by rlkit)" if name == "vllm" else ""
@@ -1072,12 +1072,6 @@ def validate(cfg: Any) -> None:
             f"set {RO}.val_kwargs.temperature>0 or {RO}.val_kwargs.do_sample=False for greedy validation")
     rule(f"{RO}.gpu_memory_utilization", lambda v: 0 < v <= 1, "must be in (0, 1] (fraction of GPU memory)",
          f"e.g. {RO}.gpu_memory_utilization=0.5")
-    tp = get(f"{RO}.tensor_model_parallel_size")
-    rule(f"{RO}.tensor_model_parallel_size", lambda v: v >= 1, "must be >= 1", f"use {RO}.tensor_model_parallel_size=1")
-    if get(f"{RO}.name") == "sglang" and world and ok(f"{RO}.tensor_model_parallel_size") and tp >= 1 and world % tp:
-        bad(f"{RO}.tensor_model_parallel_size",
-            f"the SGLang TP group must divide the {world_txt}",
-            f"pick a divisor of {world} (e.g. {RO}.tensor_model_parallel_size=1 on one GPU)")
     one_of(f"{RO}.dtype", DTYPES)
     for k in ("response_length", "prompt_length", "max_num_batched_tokens", "max_num_seqs",
               "update_weights_bucket_megabytes"):
@@ -1087,71 +1081,6 @@ def validate(cfg: Any) -> None:
         if get(f"{RO}.max_model_len") < need:
             bad(f"{RO}.max_model_len", f"shorter than max_prompt_length + max_response_length = {need}",
                 f"set {RO}.max_model_len=null or >= {need}")
-
-    # -- batch arithmetic (verl counts batch sizes in prompts; each prompt yields rollout.n responses)
-    tb = get("data.train_batch_size")
-    tb_ok = ok("data.train_batch_size") and tb > 0
-    if tb_ok and n_ok and world and (tb * n) % world:
-        bad("data.train_batch_size",
-            f"train_batch_size*rollout.n = {tb}*{n} = {tb * n} responses must split evenly over the {world_txt}",
-            f"make train_batch_size*rollout.n a multiple of {world}")
-
-    def minibatch_rules(sec: str, mini_key: str, micro_key: str, micro_gpu_key: str, dyn: Any) -> None:
-        mini = get(f"{sec}.{mini_key}")
-        micro, micro_gpu = get(f"{sec}.{micro_key}"), get(f"{sec}.{micro_gpu_key}")
-        if ok(f"{sec}.{micro_key}") and ok(f"{sec}.{micro_gpu_key}"):
-            bad(f"{sec}.{micro_key}",
-                f"set together with {sec}.{micro_gpu_key}={_fmt(micro_gpu)}; only one may be set "
-                f"({micro_key} is verl's deprecated global form)",
-                f"remove {sec}.{micro_key} (or set it to null) and keep {sec}.{micro_gpu_key}")
-        for k in (micro_key, micro_gpu_key):
-            rule(f"{sec}.{k}", lambda v: v >= 1, "must be >= 1 or null", f"e.g. {sec}.{k}=4")
-        if world and ok(f"{sec}.{micro_key}") and 1 <= micro < world:
-            bad(f"{sec}.{micro_key}",
-                f"the deprecated global micro-batch is split over the {world_txt}, leaving < 1 per GPU",
-                f"use >= {world}, or set {sec}.{micro_gpu_key} instead")
-        if mini_key is None:
-            return
-        rule(f"{sec}.{mini_key}", lambda v: v >= 1, "must be >= 1", f"e.g. {sec}.{mini_key}=64")
-        if not (ok(f"{sec}.{mini_key}") and mini >= 1 and n_ok):
-            return
-        if tb_ok and (tb * n) % (mini * n):
-            bad(f"{sec}.{mini_key}",
-                f"the mini-batch counted in responses ({mini_key}*rollout.n = {mini}*{n} = {mini * n}) must divide "
-                f"the batch counted in responses (train_batch_size*rollout.n = {tb}*{n} = {tb * n}); "
-                f"both sizes are given in prompts and each prompt yields rollout.n responses",
-                f"choose a divisor of data.train_batch_size={tb}, e.g. {sec}.{mini_key}={_divisor_near(tb, mini)}")
-        if world is None or dyn is True:
-            return
-        per_gpu = mini * n // world
-        if per_gpu < 1:
-            bad(f"{sec}.{mini_key}",
-                f"the mini-batch of {mini}*{n} = {mini * n} responses is smaller than the {world_txt}, "
-                "leaving a GPU with no data",
-                f"raise {sec}.{mini_key} to at least {-(-world // n)} or use fewer GPUs")
-            return
-        if ok(f"{sec}.{micro_key}") and micro >= 1:  # deprecated global micro-batch, split over GPUs
-            if mini % micro:
-                bad(f"{sec}.{micro_key}",
-                    f"must divide {sec}.{mini_key}={mini}",
-                    f"use a divisor of {mini}, or the per-GPU form {sec}.{micro_gpu_key}")
-            micro_gpu = micro // world if micro_gpu is None or micro_gpu is _MISSING else micro_gpu
-        if ok(f"{sec}.{micro_gpu_key}") and micro_gpu >= 1 and per_gpu % micro_gpu:
-            bad(f"{sec}.{micro_gpu_key}",
-                f"must divide the per-GPU mini-batch: {mini_key}*rollout.n/(nnodes*n_gpus_per_node) = "
-                f"{mini}*{n}/{world} = {per_gpu} responses per GPU",
-                f"use a divisor of {per_gpu} (e.g. {sec}.{micro_gpu_key}={_divisor_near(per_gpu, micro_gpu)}), "
-                f"or raise {sec}.{mini_key} so that {mini_key}*rollout.n/{world} is a multiple of {micro_gpu}")
-        elif ok(f"{sec}.{micro_key}") and micro >= world and micro_gpu >= 1 and per_gpu % micro_gpu:
-            bad(f"{sec}.{micro_key}",
-                f"{micro} split over {world} GPUs is {micro_gpu} per GPU, which must divide the per-GPU "
-                f"mini-batch {mini}*{n}/{world} = {per_gpu}",
-                f"use a multiple of {world} whose per-GPU share divides {per_gpu}")
-
-    minibatch_rules(A, "ppo_mini_batch_size", "ppo_micro_batch_size", "ppo_micro_batch_size_per_gpu",
-                    get(f"{A}.use_dynamic_bsz"))
-    minibatch_rules(R, None, "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu", None)  # type: ignore[arg-type]
-    minibatch_rules(RO, None, "log_prob_micro_batch_size", "log_prob_micro_batch_size_per_gpu", None)  # type: ignore[arg-type]
 
     # -- actor
     _optim_rules(A + ".optim", rule, one_of, ok, get, bad)
@@ -1177,8 +1106,6 @@ def validate(cfg: Any) -> None:
     # -- critic (used by gae only)
     if use_critic:
         _optim_rules(C + ".optim", rule, one_of, ok, get, bad)
-        minibatch_rules(C, "ppo_mini_batch_size", "ppo_micro_batch_size", "ppo_micro_batch_size_per_gpu",
-                        get(f"{C}.use_dynamic_bsz"))
         rule(f"{C}.cliprange_value", lambda v: v > 0, "must be > 0", f"e.g. {C}.cliprange_value=0.5")
         rule(f"{C}.grad_clip", lambda v: v > 0, "must be > 0", f"e.g. {C}.grad_clip=1.0")
         rule(f"{C}.ppo_epochs", lambda v: v >= 1, "must be >= 1", f"e.g. {C}.ppo_epochs=1")
@@ -1271,12 +1198,6 @@ def _token_budget_rules(vals: Dict[str, Any], problems: List[str], ok: Any, get:
         if get(dyn) is True and ok(budget) and get(budget) < seq:
             bad(budget, f"with {dyn.rsplit('.', 1)[-1]}=True each micro-batch must hold one full sequence "
                 f"(max_prompt_length + max_response_length = {seq} tokens)", f"set {budget}>={seq}")
-
-
-def _divisor_near(total: int, want: int) -> int:
-    """The divisor of ``total`` closest to ``want`` (for 'e.g.' hints)."""
-    divs = [d for d in range(1, total + 1) if total % d == 0] if total > 0 else [1]
-    return min(divs, key=lambda d: (abs(d - want), d))
 
 
 # --------------------------------------------------------------------------- this machine
