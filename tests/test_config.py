@@ -595,6 +595,18 @@ def test_sglang_tp_must_divide_gpu_count_hf_ignores_tp():
     PPOConfig.from_overrides(ONE_GPU)  # hf rollout with the default TP=2 on one GPU is fine
 
 
+def test_sglang_tp_group_fits_a_node_or_spans_whole_nodes():
+    sg = ["actor_rollout_ref.rollout.name=sglang", "data.train_batch_size=48",
+          "actor_rollout_ref.actor.ppo_mini_batch_size=12"]
+    # 2 nodes x 6 GPUs with TP 4: ranks 4-7 would straddle node 0 and node 1
+    _, msg = problems_of(sg + ["trainer.nnodes=2", "trainer.n_gpus_per_node=6",
+                               "actor_rollout_ref.rollout.tensor_model_parallel_size=4"])
+    assert "actor_rollout_ref.rollout.tensor_model_parallel_size=4" in msg and "straddle" in msg
+    # TP 12 over 2 nodes of 6 GPUs is one engine across both nodes (as verl's TP=16 on 2x8)
+    PPOConfig.from_overrides(sg + ["trainer.nnodes=2", "trainer.n_gpus_per_node=6",
+                                   "actor_rollout_ref.rollout.tensor_model_parallel_size=12"])
+
+
 # ----------------------------------------------------------------------------- many problems at once
 
 def test_all_problems_reported_together():
