@@ -13,9 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["gsm8k", "RLDataset", "PromptSampler", "DatasetUnavailableError"]
-# RolloutBatch is exported lazily below (and listed by dir()); it joins __all__ together with the
-# name list pinned in tests/datasets/test_gsm8k.py::test_import_is_light
+__all__ = ["gsm8k", "RLDataset", "PromptSampler", "DatasetUnavailableError", "RolloutBatch"]
 
 _LAZY = {
     "gsm8k": ("gsm8k", None),  # the callable module

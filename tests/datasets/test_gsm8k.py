@@ -385,4 +385,4 @@ def test_import_is_light():
         "print(sorted(d.__all__))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env_with_repo(), capture_output=True, text=True, check=True)
-    assert proc.stdout.splitlines() == ["[]", "['DatasetUnavailableError', 'PromptSampler', 'RLDataset', 'gsm8k']"]
+    assert proc.stdout.splitlines() == ["[]", "['DatasetUnavailableError', 'PromptSampler', 'RLDataset', 'RolloutBatch', 'gsm8k']"]
