@@ -185,12 +185,19 @@ def test_mimebundle_has_widget_view_and_static_fallbacks():
     assert "image/png" not in d._repr_mimebundle_(exclude={"image/png"})
 
 
-def test_ipython_display_publishes_the_fallbacks():
+def capture_displays(monkeypatch):
+    """What IPython's display machinery publishes (data, kwargs), without a front end."""
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
     published = []
-    shell.display_pub.publish = lambda data, metadata=None, **kw: published.append((data, kw))
+    monkeypatch.setattr(shell.display_pub, "publish",
+                        lambda data, metadata=None, **kw: published.append((data, kw)))
+    return shell, published
+
+
+def test_ipython_display_publishes_the_fallbacks(monkeypatch):
+    shell, published = capture_displays(monkeypatch)
     d = Source().dashboard()
     shell.display_formatter.format(d)  # what IPython does with a cell's last value
     assert published, "displaying a Dashboard published nothing"
@@ -200,12 +207,8 @@ def test_ipython_display_publishes_the_fallbacks():
     assert kw.get("transient", {}).get("display_id")  # refresh() can update this output in place
 
 
-def test_fallback_follows_refresh_and_updates_displayed_output():
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
-    published = []
-    shell.display_pub.publish = lambda data, metadata=None, **kw: published.append((data, kw))
+def test_fallback_follows_refresh_and_updates_displayed_output(monkeypatch):
+    _shell, published = capture_displays(monkeypatch)
     src = Source()
     d = src.dashboard()
     d._ipython_display_()
