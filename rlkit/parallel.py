@@ -279,9 +279,10 @@ class _Planner:
         for k, v in values.items():
             if k not in PLAN_KEYS:
                 continue
-            if k in _TEXT_KEYS or v is None or isinstance(v, bool) or isinstance(v, int):
+            flag = k.endswith("use_dynamic_bsz")
+            if k in _TEXT_KEYS or v is None or (isinstance(v, bool) if flag else type(v) is int):
                 self.vals[k] = v
-            # anything else (a float batch size, a leftover interpolation string) counts as unknown
+            # anything else (a float or bool batch size, a leftover interpolation string) counts as unknown
         self.problems: List[str] = []
 
     # -- helpers in validate()'s style

@@ -332,6 +332,13 @@ def test_from_config_accepts_partial_nested_dict():
     assert plan.world_size == 2 and plan.problems() == [] and plan.role("actor").batch_per_rank is None
 
 
+def test_values_of_the_wrong_type_count_as_unknown():
+    plan = ParallelPlan.from_values({"trainer.nnodes": 1, "trainer.n_gpus_per_node": True, "data.train_batch_size": 8.0,
+                                     f"{A}.use_dynamic_bsz": 1})
+    assert plan.world_size is None and plan.train_batch_size is None and not plan.role("actor").dynamic
+    assert plan.problems() == []
+
+
 def test_values_role_forward_micro():
     # critic forward: forward_micro_batch_size_per_gpu=8 over 64/4 = 16 responses per rank -> 2 forwards
     plan = plan_of(["trainer.n_gpus_per_node=4", "data.train_batch_size=64", f"{A}.ppo_mini_batch_size=16",
