@@ -38,14 +38,16 @@ def _warn_if_no_signal(step: int, rollouts: pd.DataFrame) -> None:
     scores = rollouts["score"]
     if len(scores) < 2 or scores.nunique() > 1:
         return
+    value = float(scores.iloc[0])
     hint = ""
-    if rollouts["data_source"].astype(str).str.contains("gsm8k").any():
-        hint = (" GSM8K's 0/1 score rarely rewards a small model; give credit for a well-formed answer with "
-                "+custom_reward_function.reward_kwargs.format_score=0.1 (and .method=flexible to accept the "
-                "last number in the response), or train longer responses (data.max_response_length).")
-    warnings.warn(f"step {step}: all {len(scores)} responses scored {scores.iloc[0]:g}, so the reward gives this "
-                  f"step nothing to learn from (advantages come only from the critic's values).{hint}",
-                  NoLearningSignalWarning, stacklevel=3)
+    if value == 0 and rollouts["data_source"].astype(str).str.contains("gsm8k").any():
+        hint = (" GSM8K's 0/1 score rarely rewards a small model; give credit for a readable answer with "
+                "+custom_reward_function.reward_kwargs.format_score=0.1 (and .method=flexible to read the last "
+                "number of the response), or train longer responses (data.max_response_length).")
+    why = ("with no reward anywhere the critic learns nothing and every advantage, loss and gradient stays 0"
+           if value == 0 else "advantages come only from differences in the critic's per-token values")
+    warnings.warn(f"step {step}: all {len(scores)} responses scored {value:g}, so the reward cannot tell them "
+                  f"apart ({why}).{hint}", NoLearningSignalWarning, stacklevel=3)
 
 
 class RolloutFrame(pd.DataFrame):
@@ -534,7 +536,7 @@ class Experiment:
         exp.memory_recorder.clear()
         exp.memory_recorder.extend(extra.get("memory", []))
         exp.resumed_from = ck.path
-        report = [f"resumed {ck.path} at step {exp.global_step} of {exp.total_training_steps} "
+        report = [f"resumed {_home_relative(ck.path)} at step {exp.global_step} of {exp.total_training_steps} "
                   f"(epoch {exp.sampler.epoch}; {ck.describe()})"]
         if changes.applied or changes.warned:
             report.append("changed on resume:")
@@ -584,6 +586,15 @@ def _files(value) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value]
+
+
+def _home_relative(path: Path) -> str:
+    """``~/...`` for a path under the home folder (logs and notebook outputs stay machine-neutral)."""
+    path = Path(path).expanduser().absolute()
+    try:
+        return str(Path("~") / path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
 
 
 def _load_tokenizer(cfg):

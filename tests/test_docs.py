@@ -95,6 +95,8 @@ def test_readme_main_job_runs_as_written_and_learns_something(fresh_home):
     assert [line.split(" - ")[0] for line in lines] == ["step:0", "step:1", "step:2", "step:3"]
     assert "val-core/openai/gsm8k/acc/mean:" in lines[-1]
     metrics = [dict(kv.split(":", 1) for kv in line.split(" - ")[1:]) for line in lines[1:]]
-    # the format score gives the reward something to say: rewards and gradients are not all zero
-    assert any(float(m["critic/score/mean"]) > 0 for m in metrics), lines
-    assert any(float(m["actor/grad_norm"]) > 0 for m in metrics), lines
+    # the format score gives the reward something to say: the critic learns from the first step and
+    # the actor's gradients are not zero (with GSM8K's plain 0/1 score both stay exactly 0)
+    assert all(float(m["critic/score/mean"]) > 0 for m in metrics), lines
+    assert float(metrics[0]["critic/vf_loss"]) > 0 and float(metrics[0]["critic/grad_norm"]) > 0, lines
+    assert any(float(m["actor/grad_norm"]) > 1e-3 for m in metrics[1:]), lines

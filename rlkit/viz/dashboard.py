@@ -300,7 +300,8 @@ class Dashboard:
         """Write the static fallback: ``.png`` the stacked figures, anything else a standalone HTML page."""
         return self.static().save(path)
 
-    def _text_summary(self, n_figures: int) -> str:
+    def _latest_parts(self) -> list[str]:
+        """'step N', 'score x', 'len y' of the newest history row (empty before the first step)."""
         parts = []
         h = self._data["history"]
         if isinstance(h, pd.DataFrame) and len(h):
@@ -310,6 +311,10 @@ class Dashboard:
             for col, name in (("critic/score/mean", "score"), ("response_length/mean", "len")):
                 if col in h.columns and pd.notna(last[col]):
                     parts.append(f"{name} {float(last[col]):.3g}")
+        return parts
+
+    def _text_summary(self, n_figures: int) -> str:
+        parts = self._latest_parts()
         parts += [f"{key}: {err}" for key, err in self.errors.items()]
         head = "rlkit Dashboard" + (f" ({', '.join(parts)})" if parts else " (no data yet)")
         return (f"{head}: {n_figures} figure(s): training curves, GPU memory, newest samples. "
@@ -344,15 +349,7 @@ class Dashboard:
 
     # ------------------------------------------------------------------ rendering
     def _render_status(self) -> None:
-        parts = []
-        h = self._data["history"]
-        if isinstance(h, pd.DataFrame) and len(h):
-            last = h.iloc[-1]
-            if "step" in h.columns:
-                parts.append(f"step {plots._fmt_step(last['step'])}")
-            for col, name in (("critic/score/mean", "score"), ("response_length/mean", "len")):
-                if col in h.columns and pd.notna(last[col]):
-                    parts.append(f"{name} {float(last[col]):.3g}")
+        parts = self._latest_parts()
         for key, err in self.errors.items():
             parts.append(f'<span style="color:#c00">{html.escape(key)}: {html.escape(err)}</span>')
         self.status.value = " &middot; ".join(parts)
