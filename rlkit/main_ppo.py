@@ -65,6 +65,9 @@ def run(overrides: list[str], progress: bool = False) -> int:
         exp = Experiment(cfg, progress=progress)
     logger = Tracking(list(t.logger), out_dir)
     try:
+        if t.val_only:  # verl: validate once and stop
+            logger.log(exp.validate(), step=exp.global_step)
+            return 0
         if resume_from is None and t.val_before_train and t.test_freq != 0:
             logger.log(exp.validate(), step=exp.global_step)
         while exp.global_step < exp.total_training_steps:

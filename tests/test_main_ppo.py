@@ -127,3 +127,11 @@ def test_progress_bars_and_a_readable_console_line(toy, tmp_path):
     assert "perf/total_num_tokens" not in line and len(line) < 600  # the rest goes to metrics.jsonl
     (row,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert "perf/total_num_tokens" in row
+
+
+def test_val_only_validates_and_stops(toy, tmp_path):
+    proc = main_ppo(args(toy, tmp_path / "run", **{"trainer.val_only": True}), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = step_lines(proc.stdout)
+    assert line.startswith("step:0 - val-core/toy/digits/acc/mean:")
+    assert not list((tmp_path / "run").glob("global_step_*"))
