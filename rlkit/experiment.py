@@ -95,12 +95,6 @@ class StepResult:
         return f"<p><code>{head}</code></p>" + rollouts_html(self.rollouts, n=8)
 
 
-def worker_hooks() -> dict:
-    """The memory-diagnostics hooks a worker takes (``PPOWorker(cfg, **worker_hooks())``, same for
-    ``RayWorker``): per-phase snapshots and the TP balance pre-flight before an engine starts."""
-    return dict(snapshot_fn=memory_lib.snapshot, preflight_fn=memory_balance_lib.check_before_engine)
-
-
 def _as_config(config) -> DictConfig:
     if config is None:
         return PPOConfig.default()
@@ -162,15 +156,15 @@ class Experiment:
         if worker is None:
             # SGLang kills the process that starts its engine when the engine fails, so that worker
             # runs in a Ray actor, never here
-            hooks = dict(worker_hooks(), progress=progress, total_training_steps=self.total_training_steps)
+            kwargs = dict(progress=progress, total_training_steps=self.total_training_steps)
             if cfg.actor_rollout_ref.rollout.name == "sglang":
                 from rlkit.distributed.ray_worker import RayWorker
 
-                worker = RayWorker(cfg, **hooks)
+                worker = RayWorker(cfg, **kwargs)
             else:
                 from rlkit.training.worker import PPOWorker
 
-                worker = PPOWorker(cfg, **hooks)
+                worker = PPOWorker(cfg, **kwargs)
         else:
             worker.set_total_training_steps(self.total_training_steps)
         self.worker = worker

@@ -10,7 +10,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "rlkit"
 # top to bottom; a module may import (at module level) only rlkit layers before its own
-ORDER = ["parallel", "config", "algos", "datasets", "rewards", "rollout", "training", "distributed", "diagnostics",
+ORDER = ["parallel", "config", "algos", "diagnostics", "datasets", "rewards", "rollout", "training", "distributed",
          "viz", "loggers", "checkpoint", "experiment", "main_ppo", "bench"]
 SAME_LEVEL = {"datasets": {"rewards"}, "rewards": {"datasets"}}
 

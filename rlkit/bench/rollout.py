@@ -95,6 +95,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="rollout_bench.json")
     args = p.parse_args(argv)
 
+    from rlkit.diagnostics.memory import snapshot
     from rlkit.rollout import SamplingParams
     from rlkit.rollout.hf import HFRollout
     from rlkit.rollout.sglang import SGLangRollout, import_sglang
@@ -165,9 +166,13 @@ def main(argv=None) -> dict:
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
     eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers
     _, res["update_weights_s_" + args.shape] = timed(eng.update_weights, actor.named_parameters())
-    free0 = torch.cuda.mem_get_info()[0]
+
+    def free_bytes() -> int:  # the current GPU's free memory
+        return snapshot(devices=[torch.cuda.current_device()]).gpus[0].free
+
+    free0 = free_bytes()
     _, res["sleep_s"] = timed(eng.sleep)
-    res["sleep_freed_gib"] = (torch.cuda.mem_get_info()[0] - free0) / 2**30
+    res["sleep_freed_gib"] = (free_bytes() - free0) / 2**30
     _, res["wake_s"] = timed(eng.wake_up, actor.named_parameters())
     save()
     eng.shutdown()

@@ -1,1 +1,2 @@
-"""Pure-data diagnostics: phase timing (and, later, memory snapshots and TP balance)."""
+"""Pure-data diagnostics, importable by every layer above them: memory snapshots (``memory``: the one
+GPU-memory reader), SGLang's TP balance rule and pre-flight (``balance``) and phase timing (``timing``)."""

@@ -24,9 +24,16 @@ objects (or plain free-byte readings) and gathers evidence for the four known ca
 3. offload settings differing between ranks (``param_offload`` / ``optimizer_offload``);
 4. workers that loaded their models at different times.
 
-:func:`check_before_engine` is the pre-flight on live readings (error / warn / off).
+SGLang's rule itself is :func:`tp_memory_imbalance` (with :data:`TP_MEMORY_RATIO`).
+:func:`check_before_engine` applies it, with the report, to given readings (error / warn / off);
+:func:`preflight_tp_memory` reads the TP group's GPUs now and checks them: ``SGLangRollout`` runs it
+before its engine starts.
 
-Pure data: imports stdlib, torch (through memory.py) and ``rlkit.rollout.sglang``; the plot is in
+>>> from rlkit.diagnostics.balance import tp_memory_imbalance
+>>> tp_memory_imbalance([80 * 2**30, 60 * 2**30])  # 60 < 0.9 x 80: SGLang raises on rank 0
+[0]
+
+Pure data: imports stdlib, torch and ``rlkit.diagnostics.memory``; the plot is in
 ``rlkit.viz.plots`` and loaded only by :meth:`BalanceReport.plot`.
 """
 from __future__ import annotations
@@ -37,12 +44,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from rlkit.diagnostics.memory import MemorySnapshot, _as_snapshot
-from rlkit.rollout.sglang import TP_MEMORY_RATIO, tp_memory_imbalance
+import torch
+
+from rlkit.diagnostics.memory import MemorySnapshot, _as_snapshot, snapshot
 
 __all__ = [
     "balance_report",
     "check_before_engine",
+    "preflight_tp_memory",
+    "tp_memory_imbalance",
+    "check_tp_memory_mode",
+    "TP_MEMORY_RATIO",
+    "TP_MEMORY_MODES",
     "BalanceReport",
     "TPGroupBalance",
     "RankMemory",
@@ -63,6 +76,8 @@ CAUSES = {
 }
 GPU_UTIL_KEY = "actor_rollout_ref.rollout.gpu_memory_utilization"
 TP_CHECK_KEY = "actor_rollout_ref.rollout.tp_memory_check"
+TP_MEMORY_RATIO = 0.9  # SGLang: fail when min free over the TP group < 0.9 x this rank's free memory
+TP_MEMORY_MODES = ("error", "warn", "off")  # rollout.tp_memory_check
 _OFFLOAD_PATHS = {
     "actor_rollout_ref.actor.fsdp_config.param_offload": ("actor_rollout_ref", "actor", "fsdp_config", "param_offload"),
     "actor_rollout_ref.actor.fsdp_config.optimizer_offload": ("actor_rollout_ref", "actor", "fsdp_config",
@@ -71,6 +86,24 @@ _OFFLOAD_PATHS = {
     "critic.model.fsdp_config.param_offload": ("critic", "model", "fsdp_config", "param_offload"),
     "critic.model.fsdp_config.optimizer_offload": ("critic", "model", "fsdp_config", "optimizer_offload"),
 }
+
+
+def tp_memory_imbalance(free_bytes: list[int], ratio: float = TP_MEMORY_RATIO) -> list[int]:
+    """Ranks on which SGLang's check fails: ``min(free) < ratio * free[rank]``.
+
+    free_bytes: free memory per TP rank, in rank order. Returns the failing ranks (empty when balanced).
+    """
+    if not free_bytes:
+        return []
+    group_min = min(free_bytes)
+    return [rank for rank, free in enumerate(free_bytes) if group_min < ratio * free]
+
+
+def check_tp_memory_mode(mode: str) -> str:
+    """``mode`` when it is a valid ``rollout.tp_memory_check`` (error | warn | off), else ValueError."""
+    if mode not in TP_MEMORY_MODES:
+        raise ValueError(f"{TP_CHECK_KEY} must be error, warn or off, got {mode!r}")
+    return mode
 
 
 class TPMemoryImbalanceError(RuntimeError):
@@ -767,9 +800,7 @@ def check_before_engine(free_bytes_by_rank: Any, mode: str, *, tp_groups: Sequen
     :class:`TPMemoryImbalanceError` (message = the report), ``warn`` warns with the report, ``off`` returns None
     without checking. Returns the report otherwise.
     """
-    if mode not in ("error", "warn", "off"):
-        raise ValueError(f"{TP_CHECK_KEY} must be error, warn or off, got {mode!r}")
-    if mode == "off":
+    if check_tp_memory_mode(mode) == "off":
         return None
     report = balance_report(free_bytes_by_rank, tp_groups=tp_groups, ratio=ratio, config=config,
                             load_times=load_times)
@@ -779,3 +810,22 @@ def check_before_engine(free_bytes_by_rank: Any, mode: str, *, tp_groups: Sequen
         raise TPMemoryImbalanceError(report)
     warnings.warn(str(report), TPMemoryImbalanceWarning, stacklevel=2)
     return report
+
+
+def preflight_tp_memory(tp_size: int, mode: str, *, config: Any = None, rank: int = 0) -> MemorySnapshot:
+    """The engine's pre-flight: read this process's first ``tp_size`` GPUs now and apply
+    :func:`check_before_engine` to them (when ``tp_size > 1``).
+
+    ``mode`` is the effective ``rollout.tp_memory_check`` (error raises :class:`TPMemoryImbalanceError`,
+    warn warns with the report, off skips the check); ``config`` is the run config (offload evidence,
+    ``gpu_memory_utilization`` in the advice). Returns the reading (phase ``engine_preflight``), taken
+    with :func:`~rlkit.diagnostics.memory.snapshot`, so it never creates a CUDA context.
+    """
+    check_tp_memory_mode(mode)
+    if tp_size > 1 and mode != "off" and torch.cuda.is_available() and torch.cuda.device_count() < tp_size:
+        raise RuntimeError(f"rollout.tensor_model_parallel_size={tp_size} but this worker sees "
+                           f"{torch.cuda.device_count()} GPU(s)")
+    snap = snapshot(rank=rank, phase="engine_preflight", event="start", devices=range(tp_size))
+    if tp_size > 1:
+        check_before_engine([snap], mode, config=config)
+    return snap

@@ -52,6 +52,7 @@ __all__ = [
     "GPUMemory",
     "MemorySnapshot",
     "snapshot",
+    "gpu_memory_lines",
     "MemoryRecorder",
     "save_trace",
     "load_trace",
@@ -449,6 +450,21 @@ def snapshot(rank: int = 0, step: int | None = None, phase: str | None = None, e
                      "(snapshot() never creates a CUDA context)")
     return MemorySnapshot(time=now, node=_hostname(), rank=int(rank), pid=pid, host_rss=host_rss, gpus=gpus,
                           source=source, notes=notes, step=step, phase=phase, event=event)
+
+
+def gpu_memory_lines(devices: Sequence[int] | None = None) -> list[str]:
+    """One line per GPU, ``GPU 0: free 70.10 GiB, used 9.08 GiB of 79.18 GiB``, from :func:`snapshot` (so it
+    never creates a CUDA context); one line saying why when nothing could be read. For error messages.
+
+    >>> from rlkit.diagnostics.memory import gpu_memory_lines
+    >>> isinstance(gpu_memory_lines(), list)
+    True
+    """
+    snap = snapshot(devices=devices)
+    if not snap.gpus:
+        return [f"(GPU memory unavailable: {' '.join(snap.notes) or 'no GPU'})"]
+    return [f"GPU {g.index}: free {g.free / GiB:.2f} GiB, used {g.used / GiB:.2f} GiB of {g.total / GiB:.2f} GiB"
+            for g in snap.gpus]
 
 
 _HOST: list[str] = []

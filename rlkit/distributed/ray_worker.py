@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from rlkit.diagnostics.memory import gpu_memory_lines
+
 # Methods of PPOWorker the controller may call; each becomes a blocking remote call.
 REMOTE_METHODS = (
     "generate", "compute_log_prob", "compute_ref_log_prob", "compute_values", "update_critic", "update_actor",
@@ -33,22 +35,6 @@ def _import_ray():
     return ray
 
 
-def gpu_memory_lines() -> list[str]:
-    """Per-GPU used/free from NVML, without creating a CUDA context in the controller."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        lines = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            m = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
-            lines.append(f"GPU {i}: used {m.used / 2**30:.2f} GiB, free {m.free / 2**30:.2f} GiB of {m.total / 2**30:.2f} GiB")
-        pynvml.nvmlShutdown()
-        return lines
-    except Exception as e:  # no NVML (CPU machine, missing nvidia-ml-py)
-        return [f"(GPU memory unavailable: {type(e).__name__})"]
-
-
 def check_cluster_gpus(resources: dict, num_gpus: int) -> None:
     """Refuse at once when the Ray cluster has fewer GPUs than the worker asks for (Ray itself would
     keep the request pending forever, printing an autoscaler line now and then)."""
@@ -68,7 +54,7 @@ class RayWorker:
     Args:
         cfg: validated rlkit config.
         num_gpus: GPUs for the actor (default: rollout.tensor_model_parallel_size for sglang, else 1).
-        worker_kwargs: passed on to PPOWorker (e.g. the memory-diagnostics hooks).
+        worker_kwargs: passed on to PPOWorker (``total_training_steps``, ``progress``).
     """
 
     remote = True  # calls cross a process boundary

@@ -21,12 +21,13 @@ from typing import Iterable
 
 import torch
 
+from rlkit.diagnostics.balance import check_tp_memory_mode, preflight_tp_memory
+from rlkit.diagnostics.memory import gpu_memory_lines
 from rlkit.rollout.base import GenerationOutput, SamplingParams
 
 SUPPORTED_SGLANG = ("0.5.15",)  # versions rlkit's GPU tests ran against (0.5.15.post1)
 TP_CHECK_ENV = "SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK"
 LEGACY_TP_CHECK_ENVS = ("SGL_DISABLE_TP_MEMORY_INBALANCE_CHECK", "SGLANG_DISABLE_TP_MEMORY_INBALANCE_CHECK")
-TP_MEMORY_RATIO = 0.9  # SGLang: fail when min free over the TP group < 0.9 x this rank's free memory
 
 
 def import_sglang():
@@ -62,59 +63,12 @@ def apply_tp_memory_check(mode: str, environ=None) -> str:
     Returns the effective mode.
     """
     env = os.environ if environ is None else environ
-    if mode not in ("error", "warn", "off"):
-        raise ValueError(f"rollout.tp_memory_check must be error, warn or off, got {mode!r}")
+    check_tp_memory_mode(mode)
     legacy_disable = any(_truthy(env.pop(name, None)) for name in LEGACY_TP_CHECK_ENVS)
     if legacy_disable and mode == "error":
         mode = "warn"
     env[TP_CHECK_ENV] = "true" if mode == "error" else "false"
     return mode
-
-
-def tp_memory_imbalance(free_bytes: list[int], ratio: float = TP_MEMORY_RATIO) -> list[int]:
-    """Ranks on which SGLang's check fails: ``min(free) < ratio * free[rank]``.
-
-    free_bytes: free memory per TP rank, in rank order. Returns the failing ranks (empty when balanced).
-    """
-    if not free_bytes:
-        return []
-    group_min = min(free_bytes)
-    return [rank for rank, free in enumerate(free_bytes) if group_min < ratio * free]
-
-
-def _gpu_memory_table(n: int) -> tuple[list[int], str]:
-    free = []
-    lines = []
-    for i in range(n):
-        f, t = torch.cuda.mem_get_info(i)
-        free.append(f)
-        lines.append(f"  GPU {i} (visible index): free {f / 2**30:.2f} GiB, used {(t - f) / 2**30:.2f} GiB of {t / 2**30:.2f} GiB")
-    return free, "\n".join(lines)
-
-
-def preflight_tp_memory(tp_size: int, mode: str) -> None:
-    """Apply SGLang's rule to live readings before the engine starts (it kills its launcher on failure)."""
-    if tp_size <= 1 or mode == "off" or not torch.cuda.is_available():
-        return
-    if torch.cuda.device_count() < tp_size:
-        raise RuntimeError(f"rollout.tensor_model_parallel_size={tp_size} but this worker sees "
-                           f"{torch.cuda.device_count()} GPU(s)")
-    free, table = _gpu_memory_table(tp_size)
-    bad = tp_memory_imbalance(free)
-    if not bad:
-        return
-    short = min(range(tp_size), key=lambda r: free[r])
-    msg = (f"TP memory imbalance: SGLang needs the smallest free memory in the TP group to be at least "
-           f"{TP_MEMORY_RATIO} x each rank's free memory; it fails on rank(s) {bad}. GPU {short} is short by "
-           f"{(TP_MEMORY_RATIO * max(free) - free[short]) / 2**30:.2f} GiB.\n{table}\n"
-           "Usual causes: another process on the short GPU, workers that loaded models at different times, "
-           "parameter offload on some ranks only. Fixes: free the short GPU (torch.cuda.empty_cache(), stop other "
-           "processes), start the engine before loading training state, or set "
-           "actor_rollout_ref.rollout.tp_memory_check=warn to start anyway (the KV cache is sized from the "
-           "smallest free memory).")
-    if mode == "error":
-        raise RuntimeError(msg)
-    warnings.warn(msg, stacklevel=2)
 
 
 def hf_param_name(name: str) -> str:
@@ -151,8 +105,11 @@ class SGLangRollout:
         tp_memory_check: error | warn | off (see :func:`apply_tp_memory_check`).
         bucket_megabytes: weight sync bucket size (``rollout.update_weights_bucket_megabytes``).
         free_cache_engine: release KV cache and weights in :meth:`sleep`.
-        preflight: ``preflight(tp_size, mode)`` run before the engine starts; raises to refuse
-            (default: :func:`preflight_tp_memory`; rlkit's worker passes the full balance report).
+        run_config: the run's config, for the pre-flight's balance report (offload evidence, advice).
+
+    Before the engine starts, :func:`rlkit.diagnostics.balance.preflight_tp_memory` applies SGLang's TP
+    memory rule to the GPUs now (SGLang kills its launcher when its own check fails); its reading is kept
+    in ``preflight_snapshot``.
     """
 
     name = "sglang"
@@ -161,11 +118,11 @@ class SGLangRollout:
                  enforce_eager: bool = False, load_format: str = "auto", dtype: str = "bfloat16",
                  attention_backend: str | None = "triton", sampling_backend: str | None = "pytorch",
                  engine_kwargs: dict | None = None, tp_memory_check: str = "error", bucket_megabytes: int = 512,
-                 free_cache_engine: bool = True, seed: int = 1, preflight=None):
+                 free_cache_engine: bool = True, seed: int = 1, run_config=None):
         sglang = import_sglang()
         _check_architecture(model_path)
         mode = apply_tp_memory_check(tp_memory_check)
-        (preflight or preflight_tp_memory)(tp_size, mode)
+        self.preflight_snapshot = preflight_tp_memory(tp_size, mode, config=run_config)
         kwargs = self.engine_kwargs(model_path, tp_size=tp_size, gpu_memory_utilization=gpu_memory_utilization,
                                     enforce_eager=enforce_eager, load_format=load_format, dtype=dtype,
                                     attention_backend=attention_backend, sampling_backend=sampling_backend,
@@ -212,7 +169,7 @@ class SGLangRollout:
             engine_kwargs=kw, tp_memory_check=str(r.get("tp_memory_check", "error")),
             bucket_megabytes=int(r.get("update_weights_bucket_megabytes", 512)),
             free_cache_engine=bool(r.get("free_cache_engine", True)), seed=int(worker.cfg.data.get("seed", 1) or 1),
-            preflight=getattr(worker, "engine_preflight", None),
+            run_config=worker.cfg,
         )
 
     # ------------------------------------------------------------------ generation
@@ -336,7 +293,7 @@ def _check_architecture(model_path: str) -> None:
 
 
 def _oom_message(when: str, fraction: float) -> str:
-    table = _gpu_memory_table(torch.cuda.device_count())[1] if torch.cuda.is_available() else "  (no CUDA)"
+    table = "\n".join("  " + line for line in gpu_memory_lines())
     return (f"out of GPU memory while {when} the SGLang engine:\n{table}\nLower "
             f"actor_rollout_ref.rollout.gpu_memory_utilization (now {fraction}), enable "
             "actor_rollout_ref.actor.fsdp_config.param_offload / optimizer_offload, or shorten "

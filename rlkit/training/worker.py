@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from rlkit import algos
+from rlkit.diagnostics import memory as memory_lib
 from rlkit.rollout.base import SamplingParams, get_rollout_class
-from rlkit.rollout.sglang import preflight_tp_memory
 from rlkit.training import models
 from rlkit.training.optim import build_optimizer, build_scheduler
 
@@ -61,13 +61,15 @@ class PPOWorker:
         cfg: a validated :class:`rlkit.PPOConfig`.
         total_training_steps: updates the lr schedule spans (warmup ratio, cosine decay); the
             controller may set it later with :meth:`set_total_training_steps`, before the first update.
+        progress: show progress bars while generating.
+
+    The worker records its memory (:func:`rlkit.diagnostics.memory.snapshot`) at engine start, model load
+    and every phase the controller names (:meth:`memory_snapshot`), plus the engine's TP pre-flight
+    reading; :meth:`take_snapshots` hands them over.
     """
 
-    def __init__(self, cfg, total_training_steps: int = 1, snapshot_fn=None, preflight_fn=None, progress: bool = False):
+    def __init__(self, cfg, total_training_steps: int = 1, progress: bool = False):
         self.cfg = cfg
-        # memory diagnostics are handed in by the controller (they live in a layer below this one):
-        # snapshot_fn(rank, step, phase, event, devices) -> MemorySnapshot; preflight_fn(snapshots, mode, config)
-        self.snapshot_fn, self.preflight_fn = snapshot_fn, preflight_fn
         self.snapshots: list[dict] = []
         self.snapshot_seconds = 0.0
         self.total_training_steps = total_training_steps
@@ -95,7 +97,10 @@ class PPOWorker:
             # every TP rank has the same free memory (SGLang's imbalance check), then sleeps until
             # the first generate, when wake_rollout() pushes the actor's weights into it
             self._init_snapshot("engine_start", "start")
-            self.rollout = engine_cls.from_worker(self)
+            self.rollout = engine_cls.from_worker(self)  # runs the TP memory pre-flight first
+            preflight = getattr(self.rollout, "preflight_snapshot", None)
+            if preflight is not None:
+                self.snapshots.append(preflight.to_dict())
             self.rollout.sleep()
             self._init_snapshot("engine_start", "end")
         self._init_snapshot("load_models", "start")
@@ -142,12 +147,10 @@ class PPOWorker:
         """Record this worker's GPUs and host memory now (kept until :meth:`take_snapshots`); torch's
         peak counters reset at each step start. A remote controller sends this without waiting: the
         worker runs calls in order, so the reading lands exactly between the phases around it."""
-        if self.snapshot_fn is None:
-            return
         t0 = time.perf_counter()
         if phase == "step" and event == "start" and self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.snapshots.append(self.snapshot_fn(rank=0, step=step, phase=phase, event=event).to_dict())
+        self.snapshots.append(memory_lib.snapshot(rank=0, step=step, phase=phase, event=event).to_dict())
         self.snapshot_seconds += time.perf_counter() - t0
 
     def _init_snapshot(self, phase: str, event: str) -> None:
@@ -159,15 +162,6 @@ class PPOWorker:
         out, secs = self.snapshots, self.snapshot_seconds
         self.snapshots, self.snapshot_seconds = [], 0.0
         return out, secs
-
-    def engine_preflight(self, tp_size: int, mode: str) -> None:
-        """SGLang's TP memory rule on live readings, before the engine starts (it would kill us)."""
-        if self.preflight_fn is None or self.snapshot_fn is None:
-            return preflight_tp_memory(tp_size, mode)
-        snap = self.snapshot_fn(rank=0, phase="engine_preflight", event="start", devices=range(tp_size))
-        self.snapshots.append(snap.to_dict())
-        if tp_size > 1:
-            self.preflight_fn([snap], mode, config=self.cfg)
 
     def set_total_training_steps(self, total: int) -> None:
         """(Re)build the lr schedules for ``total`` updates; only before the first update."""

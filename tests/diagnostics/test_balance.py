@@ -15,6 +15,7 @@ from rlkit.diagnostics.balance import (
     TPMemoryImbalanceWarning,
     balance_report,
     check_before_engine,
+    tp_memory_imbalance,
 )
 from rlkit.diagnostics.memory import GPUMemory, MemorySnapshot, ProcessMemory
 
@@ -46,6 +47,17 @@ def seen_snapshots():
 
 
 # --------------------------------------------------------------------------------------- the rule
+def test_imbalance_rule_matches_sglang():
+    # the seen failure: rank 0 free 77.14, rank 1 free 57.14 -> 57.14 < 0.9 * 77.14 = 69.43 on rank 0 only
+    assert tp_memory_imbalance([int(77.14 * GiB), int(57.14 * GiB)]) == [0]
+    # 10% difference is the edge: min 90 vs 0.9 * 100 = 90 is not "below"
+    assert tp_memory_imbalance([100 * GiB, 90 * GiB]) == []
+    assert tp_memory_imbalance([100 * GiB, 89 * GiB]) == [0]
+    # every rank holding more than min/0.9 fails
+    assert tp_memory_imbalance([50 * GiB, 80 * GiB, 80 * GiB, 52 * GiB]) == [1, 2]
+    assert tp_memory_imbalance([]) == []
+
+
 def test_seen_failure_numbers():
     r = balance_report(SEEN)
     assert not r.ok and r.failing == [0]

@@ -20,6 +20,7 @@ from rlkit.diagnostics.memory import (
     MemorySnapshot,
     ProcessMemory,
     TraceFormatError,
+    gpu_memory_lines,
     load_trace,
     save_trace,
     snapshot,
@@ -231,6 +232,23 @@ def test_cpu_degrades_to_source_none(monkeypatch):
     assert s.source == "none" and s.gpus == [] and s.host_rss > 0
     text = " ".join(s.notes)
     assert "pip install nvidia-ml-py" in text and "NVML" in text
+
+
+def test_gpu_memory_lines_come_from_the_snapshot(monkeypatch):
+    """The one reader behind error messages (engine OOM, a dead worker): NVML, never a new CUDA context."""
+    use_nvml(monkeypatch, TWO_GPUS)
+    forbid_cuda_init(monkeypatch)
+    assert gpu_memory_lines() == ["GPU 0: free 77.00 GiB, used 3.00 GiB of 80.00 GiB",
+                                  "GPU 1: free 59.00 GiB, used 21.00 GiB of 80.00 GiB"]
+    assert gpu_memory_lines(devices=[1]) == ["GPU 1: free 59.00 GiB, used 21.00 GiB of 80.00 GiB"]
+
+
+def test_gpu_memory_lines_say_why_nothing_was_read(monkeypatch):
+    no_nvml(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    forbid_cuda_init(monkeypatch)
+    (line,) = gpu_memory_lines()
+    assert line.startswith("(GPU memory unavailable: ") and "pip install nvidia-ml-py" in line
 
 
 def test_nvml_init_failure_is_noted(monkeypatch):

@@ -58,11 +58,13 @@ def test_dead_worker_is_reported_and_controller_survives(toy):
 
 
 def test_remote_snapshots_land_between_phases(toy):
-    """Snapshots are sent without waiting; the actor runs them in order, so each phase has start and end."""
+    """Snapshots are sent without waiting; the actor runs them in order, so each phase has start and end.
+    The worker records them itself: nothing is handed in by the controller."""
     cfg = PPOConfig.from_overrides(toy_overrides(*toy))
-    from rlkit.experiment import worker_hooks
-
-    exp = Experiment(cfg, reward_fn=digit_fraction, worker=RayWorker(cfg, **worker_hooks()))
+    worker = RayWorker(cfg)
+    exp = Experiment(cfg, reward_fn=digit_fraction, worker=worker)
+    assert [(r.phase, r.event) for r in exp.memory_recorder.records] == [
+        ("load_models", "start"), ("load_models", "end")]  # taken in the actor while it started
     res = exp.step()
     order = res.memory.drop_duplicates(["phase", "event", "time"]).sort_values("time")
     pairs = list(zip(order["phase"], order["event"]))

@@ -1,29 +1,26 @@
-"""SGLang engine logic that needs no GPU: the TP memory rule, the env switch, weight buckets."""
+"""SGLang engine logic that needs no GPU: the env switch, weight buckets, and the TP memory pre-flight
+and OOM messages on fake NVML readings with a fake ``sglang`` (SGLang's rule itself is tested in
+tests/diagnostics/test_balance.py)."""
 from __future__ import annotations
+
+import types
+import warnings
 
 import pytest
 import torch
 
+from rlkit.diagnostics import memory
+from rlkit.diagnostics.balance import TPMemoryImbalanceError, TPMemoryImbalanceWarning
+from rlkit.rollout import sglang as sglang_mod
 from rlkit.rollout.sglang import (
     TP_CHECK_ENV,
+    SGLangRollout,
     apply_tp_memory_check,
     hf_param_name,
-    tp_memory_imbalance,
     weight_buckets,
 )
 
 GiB = 2**30
-
-
-def test_imbalance_rule_matches_sglang():
-    # the seen failure: rank 0 free 77.14, rank 1 free 57.14 -> 57.14 < 0.9 * 77.14 = 69.43 on rank 0 only
-    assert tp_memory_imbalance([int(77.14 * GiB), int(57.14 * GiB)]) == [0]
-    # 10% difference is the edge: min 90 vs 0.9 * 100 = 90 is not "below"
-    assert tp_memory_imbalance([100 * GiB, 90 * GiB]) == []
-    assert tp_memory_imbalance([100 * GiB, 89 * GiB]) == [0]
-    # every rank holding more than min/0.9 fails
-    assert tp_memory_imbalance([50 * GiB, 80 * GiB, 80 * GiB, 52 * GiB]) == [1, 2]
-    assert tp_memory_imbalance([]) == []
 
 
 @pytest.mark.parametrize("mode,expected_env,effective", [
@@ -65,3 +62,112 @@ def test_weight_buckets_respect_size_and_cast():
     big = list(weight_buckets([("a", torch.ones(10)), ("big", torch.ones(4096)), ("c", torch.ones(10))], 100,
                               torch.float32, "cpu"))
     assert [[n for n, _ in b] for b in big] == [["a"], ["big"], ["c"]]  # an oversized tensor goes alone
+
+
+# ------------------------------------------------------------------ pre-flight and OOM messages (fakes)
+def nvml_gpus(*free_gib):
+    return [{"name": "NVIDIA H100 80GB HBM3", "uuid": f"GPU-{i:04d}-0000", "total": 80 * GiB,
+             "used": int((80 - f) * GiB)} for i, f in enumerate(free_gib)]
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """``fake_gpus(77, 57)``: NVML reports these free GiB per GPU; torch sees as many GPUs (no context)."""
+    from diagnostics.test_memory import use_nvml  # tests/ is on sys.path (conftest)
+
+    def install(*free_gib):
+        memory._reset_nvml_cache()
+        use_nvml(monkeypatch, nvml_gpus(*free_gib))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(free_gib))
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    yield install
+    memory._reset_nvml_cache()
+
+
+@pytest.fixture
+def fake_sglang(monkeypatch):
+    """A stand-in ``sglang`` whose ``Engine`` records its kwargs; TP switch variables restored afterwards."""
+    started = []
+
+    class Engine:
+        def __init__(self, **kwargs):
+            started.append(kwargs)
+
+        def release_memory_occupation(self, tags):
+            pass
+
+    monkeypatch.setattr(sglang_mod, "import_sglang", lambda: types.SimpleNamespace(Engine=Engine))
+    for name in (TP_CHECK_ENV, *sglang_mod.LEGACY_TP_CHECK_ENVS):
+        monkeypatch.delenv(name, raising=False)
+    return started
+
+
+def test_engine_refuses_to_start_on_imbalanced_tp_group(fake_gpus, fake_sglang, tmp_path):
+    """The engine runs the balance report's pre-flight itself, before SGLang could kill its launcher."""
+    fake_gpus(77.14, 57.14)
+    with pytest.raises(TPMemoryImbalanceError, match="GPU 1") as info:
+        SGLangRollout(str(tmp_path), tp_size=2, tp_memory_check="error")
+    assert fake_sglang == []  # SGLang never started
+    assert info.value.report.failing == [0] and info.value.report.groups[0].short_ranks == [1]
+
+
+def test_engine_warns_and_keeps_the_preflight_reading(fake_gpus, fake_sglang, tmp_path):
+    fake_gpus(77.14, 57.14)
+    with pytest.warns(TPMemoryImbalanceWarning, match="12.29"):
+        eng = SGLangRollout(str(tmp_path), tp_size=2, tp_memory_check="warn")
+    assert len(fake_sglang) == 1 and fake_sglang[0]["tp_size"] == 2
+    snap = eng.preflight_snapshot
+    assert (snap.phase, snap.event, snap.source) == ("engine_preflight", "start", "nvml")
+    assert [round(g.free / GiB, 2) for g in snap.gpus] == [77.14, 57.14]
+
+
+def test_engine_preflight_off_single_gpu_and_balanced(fake_gpus, fake_sglang, tmp_path):
+    fake_gpus(77.14, 57.14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(SGLangRollout(str(tmp_path), tp_size=2, tp_memory_check="off").preflight_snapshot.gpus) == 2
+        # TP=1: nothing to compare; only the engine's own GPU is read
+        assert [g.index for g in SGLangRollout(str(tmp_path), tp_size=1).preflight_snapshot.gpus] == [0]
+        fake_gpus(80, 79)
+        SGLangRollout(str(tmp_path), tp_size=2, tp_memory_check="error")
+    assert len(fake_sglang) == 3
+
+
+def test_engine_preflight_needs_tp_size_gpus(fake_gpus, fake_sglang, tmp_path):
+    fake_gpus(80)
+    with pytest.raises(RuntimeError, match=r"tensor_model_parallel_size=2 but this worker sees 1 GPU\(s\)"):
+        SGLangRollout(str(tmp_path), tp_size=2)
+    assert fake_sglang == []
+
+
+def test_oom_message_names_each_gpu(fake_gpus):
+    fake_gpus(77.14, 57.14)
+    msg = sglang_mod._oom_message("starting", 0.5)
+    assert "  GPU 0: free 77.14 GiB, used 2.86 GiB of 80.00 GiB\n  GPU 1: free 57.14 GiB, used 22.86 GiB" in msg
+    assert "gpu_memory_utilization (now 0.5)" in msg
+
+
+def test_worker_records_the_engine_preflight(fake_gpus, fake_sglang, tmp_path):
+    """The worker reads memory itself (no hooks): engine start, the engine's pre-flight, model load."""
+    from test_experiment import toy_overrides
+    from tiny import char_tokenizer, make_tiny_model, toy_parquet
+
+    from rlkit import PPOConfig
+    from rlkit.training.worker import PPOWorker
+
+    fake_gpus(77.14, 57.14)
+    (tmp_path / "d").mkdir()
+    model, data = make_tiny_model(tmp_path / "m", char_tokenizer()), toy_parquet(tmp_path / "d")
+    cfg = PPOConfig.from_overrides(toy_overrides(model, data, **{
+        "actor_rollout_ref.rollout.name": "sglang", "actor_rollout_ref.rollout.tensor_model_parallel_size": 2,
+        "actor_rollout_ref.rollout.tp_memory_check": "warn", "trainer.n_gpus_per_node": 2}))
+    with pytest.warns(TPMemoryImbalanceWarning, match="actor_rollout_ref.rollout.gpu_memory_utilization \\(now"):
+        worker = PPOWorker(cfg)  # the run config reaches the report's advice
+    records, _ = worker.take_snapshots()
+    assert [(r["phase"], r["event"]) for r in records] == [
+        ("engine_start", "start"), ("engine_preflight", "start"), ("engine_start", "end"),
+        ("load_models", "start"), ("load_models", "end")]
+    assert [round(g["free"] / GiB, 2) for g in records[1]["gpus"]] == [77.14, 57.14]
+    assert worker.take_snapshots() == ([], 0.0)
