@@ -81,7 +81,7 @@ class StepResult:
     metrics: dict[str, float]
     timing: dict[str, float]
     memory: pd.DataFrame = field(default=None, repr=False)
-    batch: dict[str, torch.Tensor] = field(default=None, repr=False)
+    batch: "RolloutBatch" = field(default=None, repr=False)  # rlkit.datasets.RolloutBatch
 
     def __repr__(self) -> str:
         keys = ["critic/score/mean", "critic/rewards/mean", "response_length/mean", "actor/pg_loss", "timing_s/step"]
@@ -228,22 +228,21 @@ class Experiment:
         with timer.phase("step"):
             # 1. next batch of prompts; one uid per prompt groups its n samples (GRPO/RLOO)
             items = [self.train_dataset[i] for i in self.sampler.next_batch()]
-            uids = [f"{step}-{i}" for i in range(len(items)) for _ in range(n)]
-            samples = [it for it in items for _ in range(n)]
 
             # 2. generate n responses per prompt; the engine takes the GPU (wake) and gives it back (sleep)
             with timer.phase("wake"):
                 worker.wake_rollout()
             with timer.phase("gen"):
-                batch, finish_reasons = worker.generate([it["prompt_ids"] for it in items])
+                batch = worker.generate([it["prompt_ids"] for it in items])  # a RolloutBatch, prompt-major
             with timer.phase("sleep"):
                 worker.sleep_rollout()
+            batch.update(_row_columns(items, n, uid_prefix=f"{step}-"))
             mask = batch["response_mask"]
             responses_text = self._decode(batch)
 
             # 3. score the responses; the scalar sits on the last response token (verl's convention)
             with timer.phase("reward"):
-                scores, extras = self._score_samples(samples, responses_text)
+                scores, extras = self._score_samples(batch, responses_text)
                 batch["token_level_scores"] = _last_token_tensor(torch.tensor(scores, dtype=torch.float32), mask)
 
             # 4. old log-probs: recomputed by the actor, as verl does (not trusted from the engine)
@@ -271,12 +270,12 @@ class Experiment:
                         self.kl_ctrl.value, cfg.algorithm.kl_penalty)
                     batch["token_level_rewards"] = rewards_t
                     metrics.update({"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": self.kl_ctrl.value})
-                    self.kl_ctrl.update(current_kl, len(items) * n)
+                    self.kl_ctrl.update(current_kl, len(batch))
                 else:
                     batch["token_level_rewards"] = batch["token_level_scores"]
                 adv, ret = algos.compute_advantage(
                     cfg.algorithm.adv_estimator, batch["token_level_rewards"], mask, values=batch.get("values"),
-                    index=uids, gamma=float(cfg.algorithm.gamma), lam=float(cfg.algorithm.lam),
+                    index=batch["uid"], gamma=float(cfg.algorithm.gamma), lam=float(cfg.algorithm.lam),
                     norm_adv_by_std_in_grpo=bool(cfg.algorithm.norm_adv_by_std_in_grpo))
                 batch["advantages"], batch["returns"] = adv, ret
 
@@ -311,33 +310,32 @@ class Experiment:
         step_records = self.memory_recorder.records[first_record:]
         metrics.update(memory_lib.peak_metrics(step_records))
         metrics["timing_s/memory_snapshots"] = snapshot_s[0]
-        rollouts = self._rollout_frame(step, items, n, responses_text, batch, finish_reasons, uids)
+        rollouts = self._rollout_frame(step, responses_text, batch)
         return StepResult(step=step, rollouts=rollouts, metrics=metrics, timing=dict(timer.timing),
                           memory=memory_lib.trace_frame(step_records), batch=batch)
 
-    def _score_samples(self, samples: list[dict], texts: list[str]):
-        """Reward each response against its dataset row; (scores, extra reward columns)."""
-        return self._score(self.reward_fn, [s["data_source"] for s in samples], texts,
-                           [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples])
+    def _score_samples(self, batch, texts: list[str]):
+        """Reward each response against its row's ground truth; (scores, extra reward columns)."""
+        return self._score(self.reward_fn, batch["data_source"], texts, batch["ground_truth"], batch["extra_info"])
 
     def _decode(self, batch) -> list[str]:
         lengths = batch["response_mask"].sum(-1).long().tolist()
         return [self.tokenizer.decode(ids[:L], skip_special_tokens=True)
                 for ids, L in zip(batch["responses"].tolist(), lengths)]
 
-    def _rollout_frame(self, step, items, n, responses_text, batch, finish_reasons, uids) -> pd.DataFrame:
+    def _rollout_frame(self, step, responses_text, batch) -> pd.DataFrame:
         mask = batch["response_mask"]
         return RolloutFrame({
             "step": step,
-            "uid": uids,
-            "data_source": [it["data_source"] for it in items for _ in range(n)],
-            "prompt": [it["prompt_text"] for it in items for _ in range(n)],
+            "uid": batch["uid"],
+            "data_source": batch["data_source"],
+            "prompt": batch["prompt_text"],
             "response": responses_text,
-            "ground_truth": [it["ground_truth"] for it in items for _ in range(n)],
+            "ground_truth": batch["ground_truth"],
             "score": batch["token_level_scores"].sum(-1).tolist(),
             "reward": batch["token_level_rewards"].sum(-1).tolist(),
             "response_length": mask.sum(-1).long().tolist(),
-            "finish_reason": finish_reasons,
+            "finish_reason": batch["finish_reason"],
         })
 
     # ------------------------------------------------------------------ loops and views
@@ -457,14 +455,15 @@ class Experiment:
         rows = []
         for start in range(0, len(self.val_dataset), bs):
             items = [self.val_dataset[i] for i in range(start, min(start + bs, len(self.val_dataset)))]
-            batch, reasons = self.worker.generate([it["prompt_ids"] for it in items], validate=True)
-            n = len(reasons) // len(items)
+            batch = self.worker.generate([it["prompt_ids"] for it in items], validate=True)
+            batch.update(_row_columns(items, len(batch) // len(items)))
             texts = self._decode(batch)
-            samples = [it for it in items for _ in range(n)]
-            scores, _ = self._score_samples(samples, texts)
-            for s, text, sc, r, L in zip(samples, texts, scores, reasons, batch["response_mask"].sum(-1).tolist()):
-                rows.append({"data_source": s["data_source"], "prompt": s["prompt_text"], "response": text,
-                             "ground_truth": s["ground_truth"], "score": sc, "response_length": int(L), "finish_reason": r})
+            scores, _ = self._score_samples(batch, texts)
+            lengths = batch["response_mask"].sum(-1).long().tolist()
+            for i, (text, score, length) in enumerate(zip(texts, scores, lengths)):
+                rows.append({"data_source": batch["data_source"][i], "prompt": batch["prompt_text"][i], "response": text,
+                             "ground_truth": batch["ground_truth"][i], "score": score, "response_length": length,
+                             "finish_reason": batch["finish_reason"][i]})
         return rows
 
     # ------------------------------------------------------------------ checkpoints
@@ -640,6 +639,17 @@ def _load_datasets(cfg, tokenizer):
 
 
 # ---------------------------------------------------------------------- pure helpers
+
+
+def _row_columns(items: list[dict], n: int, uid_prefix: str | None = None) -> dict[str, list]:
+    """Per-row columns for ``n`` samples of each dataset item (prompt-major, as generate returns
+    them); ``uid`` groups a prompt's samples (GRPO/RLOO baselines)."""
+    cols = {key: [it[src] for it in items for _ in range(n)]
+            for key, src in (("data_source", "data_source"), ("ground_truth", "ground_truth"),
+                             ("extra_info", "extra_info"), ("prompt_text", "prompt_text"))}
+    if uid_prefix is not None:
+        cols["uid"] = [f"{uid_prefix}{i}" for i in range(len(items)) for _ in range(n)]
+    return cols
 
 
 def _last_token_tensor(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

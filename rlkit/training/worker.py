@@ -1,18 +1,11 @@
 """The training worker: actor, critic, reference and rollout engine behind one narrow interface.
 
-The controller (:class:`rlkit.Experiment`) never touches a model. It sends prompts or a batch
-(a dict of tensors) and gets tensors and metric dicts back. Today the worker lives in the
-controller's process (``hf`` on one device); the same class runs inside a Ray actor when the
-engine must not share the notebook's process (SGLang) or training spans several GPUs.
-
-Batch tensors (B = prompts * rollout.n, P = prompt width, R = response width):
-    prompts          (B, P)   left-padded prompt ids
-    responses        (B, R)   right-padded response ids
-    input_ids        (B, P+R) prompts ++ responses
-    attention_mask   (B, P+R) 1 on real tokens
-    position_ids     (B, P+R) cumsum(attention_mask) - 1, clamped at 0
-    response_mask    (B, R)   1.0 on response tokens (eos included)
-    rollout_log_probs (B, R)  log-probs reported by the rollout engine
+The controller (:class:`rlkit.Experiment`) never touches a model. It sends prompts or a
+:class:`~rlkit.datasets.batch.RolloutBatch` (its module docstring has the shape table) and gets
+tensors and metric dicts back. Today the worker lives in the controller's process (``hf`` on one
+device); the same class runs inside a Ray actor when the engine must not share the notebook's
+process (SGLang). Micro- and mini-batch sizes come from :class:`~rlkit.parallel.ParallelPlan`, the
+same plan ``validate()`` checks.
 """
 from __future__ import annotations
 
@@ -24,12 +17,14 @@ from typing import Any
 import torch
 
 from rlkit import algos
+from rlkit.datasets.batch import RolloutBatch
 from rlkit.diagnostics import memory as memory_lib
+from rlkit.parallel import ParallelPlan
 from rlkit.rollout.base import SamplingParams, get_rollout_class
 from rlkit.training import models
 from rlkit.training.optim import build_optimizer, build_scheduler
 
-Batch = dict[str, torch.Tensor]
+Batch = RolloutBatch
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -44,10 +39,6 @@ def resolve_device(requested: str | None) -> torch.device:
 def iter_chunks(indices: torch.Tensor, size: int):
     for start in range(0, len(indices), size):
         yield indices[start : start + size]
-
-
-def select(batch: Batch, idx: torch.Tensor) -> Batch:
-    return {k: v[idx] for k, v in batch.items()}
 
 
 def needs_reference(cfg) -> bool:
@@ -73,6 +64,7 @@ class PPOWorker:
         self.snapshots: list[dict] = []
         self.snapshot_seconds = 0.0
         self.total_training_steps = total_training_steps
+        self.plan = ParallelPlan.from_config(cfg)  # per-rank batch sizes, the ones validate() checked
         self.load_time: float | None = None
         arr = cfg.actor_rollout_ref
         self.device = resolve_device(cfg.trainer.get("device", "cuda"))
@@ -213,9 +205,6 @@ class PPOWorker:
 
         return tqdm(total=total, desc=desc, leave=False, disable=not self.progress, dynamic_ncols=True)
 
-    def _to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device) for k, v in batch.items()}
-
     def _response_logits(self, model, mb: Batch) -> torch.Tensor:
         """(mb, R, V) logits predicting each response token, scaled by 1 / temperature."""
         R = mb["responses"].shape[1]
@@ -235,9 +224,10 @@ class PPOWorker:
         finally:
             bar.close()
 
-    def _micro_size(self, per_gpu, global_size, default: int) -> int:
-        size = per_gpu or global_size or default
-        return max(1, int(size))
+    def _micro(self, role: str, fallback: int) -> int:
+        """Responses per forward(/backward) of ``role`` on this rank (the plan's; a dynamic token
+        budget is not implemented yet, so then the mini-batch or whole batch is one micro-batch)."""
+        return max(1, int(self.plan.role(role).micro_batch_per_rank or fallback))
 
     # ------------------------------------------------------------------ rollout
     def sampling_params(self, validate: bool = False) -> SamplingParams:
@@ -250,13 +240,15 @@ class PPOWorker:
             stop_token_ids=self.eos_token_ids(),  # every engine stops on the same ids
         )
 
-    def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> tuple[Batch, list[str]]:
-        """Sample responses; returns the batch tensors above plus one finish reason per sample."""
+    def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
+        """Sample ``n`` responses per prompt (prompt-major): a RolloutBatch with the generation
+        tensors and a ``finish_reason`` column ("stop" | "length")."""
         sampling = self.sampling_params(validate)
         with self._own_rng():
             out = self.rollout.generate(prompt_ids, sampling)
         prompts = [p for p in prompt_ids for _ in range(sampling.n)]
-        return make_batch(prompts, out.response_ids, out.log_probs, self.tokenizer.pad_token_id), out.finish_reasons
+        return RolloutBatch.from_generation(prompts, out.response_ids, out.log_probs, self.tokenizer.pad_token_id,
+                                            columns={"finish_reason": out.finish_reasons})
 
     def wake_rollout(self) -> None:
         """Give the GPU to the engine: resume weights -> push the actor's -> resume the KV cache."""
@@ -301,15 +293,13 @@ class PPOWorker:
         return self._log_probs(self.ref, batch, with_entropy=False)["log_probs"]
 
     def _log_probs(self, model, batch: Batch, with_entropy: bool) -> dict[str, torch.Tensor]:
-        r = self.cfg.actor_rollout_ref.rollout
-        size = self._micro_size(r.get("log_prob_micro_batch_size_per_gpu"), r.get("log_prob_micro_batch_size"), len(batch["responses"]))
+        size = self._micro("ref" if model is self.ref else "rollout", len(batch))
         was_training = model.training
         model.eval()
         lps, ents = [], []
-        chunks = list(iter_chunks(torch.arange(len(batch["responses"])), size))
         try:
-            for idx in self._progress(chunks, "ref log-probs" if model is self.ref else "old log-probs"):
-                mb = self._to_device(select(batch, idx))
+            for mb in self._progress(batch.split(size), "ref log-probs" if model is self.ref else "old log-probs"):
+                mb = mb.to(self.device)
                 logits = self._response_logits(model, mb)
                 lps.append(algos.logprobs_from_logits(logits, mb["responses"]).cpu())
                 if with_entropy:
@@ -324,18 +314,16 @@ class PPOWorker:
     @torch.no_grad()
     def compute_values(self, batch: Batch) -> torch.Tensor:
         """values (B, R): V(s_t) at the state before each response token."""
-        c = self.cfg.critic
-        size = self._micro_size(c.get("forward_micro_batch_size_per_gpu") or c.get("ppo_micro_batch_size_per_gpu"),
-                                c.get("forward_micro_batch_size"), len(batch["responses"]))
+        size = self._micro("values", len(batch))
         self.critic.eval()
         vals = []
-        for idx in self._progress(list(iter_chunks(torch.arange(len(batch["responses"])), size)), "values"):
-            vals.append(self._values(select(batch, idx)).cpu())
+        for mb in self._progress(batch.split(size), "values"):
+            vals.append(self._values(mb).cpu())
         self.critic.train()
         return torch.cat(vals)
 
     def _values(self, mb: Batch) -> torch.Tensor:
-        mb = self._to_device(mb)
+        mb = mb.to(self.device)
         R = mb["responses"].shape[1]
         with self._autocast():
             v = self.critic(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
@@ -349,77 +337,79 @@ class PPOWorker:
             order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
             yield from iter_chunks(order, mini)
 
-    def update_critic(self, batch: Batch, step: int) -> dict[str, float]:
-        c = self.cfg.critic
-        n = int(self.cfg.actor_rollout_ref.rollout.n)
-        mini = int(c.get("ppo_mini_batch_size") or self.cfg.actor_rollout_ref.actor.ppo_mini_batch_size) * n
-        micro = self._micro_size(c.get("ppo_micro_batch_size_per_gpu"), c.get("ppo_micro_batch_size"), mini)
-        epochs = int(c.get("ppo_epochs") or self.cfg.actor_rollout_ref.actor.ppo_epochs)
-        agg = c.get("loss_agg_mode") or self.cfg.actor_rollout_ref.actor.loss_agg_mode
-        stats: dict[str, list[float]] = {}
-        self.critic.train()
-        bar = self._bar(epochs * -(-len(batch["responses"]) // micro), "update critic")
-        for mini_idx in self._minibatches(len(batch["responses"]), mini, epochs, bool(c.get("shuffle", False)), step):
-            self.critic_optim.zero_grad(set_to_none=True)
-            for idx in iter_chunks(mini_idx, micro):
-                bar.update(1)
-                mb = self._to_device(select(batch, idx))
-                vpreds = self._values(mb)
-                loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
-                                                   float(c.cliprange_value), agg)
-                (loss * len(idx) / len(mini_idx)).backward()
-                _append(stats, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
-                                "critic/vpred_mean": m["vpred_mean"]})
-            grad_norm = self._clip_and_step(self.critic, self.critic_optim, float(c.grad_clip))
-            _append(stats, {"critic/grad_norm": grad_norm})
-        bar.close()
-        self.critic_sched.step()
-        out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out["critic/lr"] = self.critic_sched.get_last_lr()[0]
-        return out
+    def _train(self, role: str, model, optim, sched, batch: Batch, step: int, shuffle: bool, grad_clip: float,
+               micro_loss) -> dict[str, float]:
+        """The epoch / mini-batch / micro-batch loop shared by the actor and the critic.
 
-    def update_actor(self, batch: Batch, step: int) -> dict[str, float]:
-        a = self.cfg.actor_rollout_ref.actor
-        n = int(self.cfg.actor_rollout_ref.rollout.n)
-        mini = int(a.ppo_mini_batch_size) * n  # verl: mini-batches are counted in prompts
-        micro = self._micro_size(a.get("ppo_micro_batch_size_per_gpu"), a.get("ppo_micro_batch_size"), mini)
-        agg = a.loss_agg_mode
+        ``micro_loss(mb) -> (loss, metrics)`` gives the mean loss of one micro-batch; it is scaled by
+        the micro-batch's share of the mini-batch, so the accumulated gradient is the mini-batch mean.
+        One optimizer step per mini-batch (sizes from the plan), one lr-schedule step per call.
+        """
+        sizes = self.plan.role(role)
+        mini = int(sizes.mini_batch_per_rank or len(batch))
+        micro = self._micro(role, mini)
+        epochs = int(sizes.epochs or 1)
         stats: dict[str, list[float]] = {}
-        self.actor.train()
-        bar = self._bar(int(a.ppo_epochs) * -(-len(batch["responses"]) // micro), "update actor")
-        for mini_idx in self._minibatches(len(batch["responses"]), mini, int(a.ppo_epochs), bool(a.shuffle), step):
-            self.actor_optim.zero_grad(set_to_none=True)
+        model.train()
+        bar = self._bar(epochs * -(-len(batch) // micro), f"update {role}")
+        for mini_idx in self._minibatches(len(batch), mini, epochs, shuffle, step):
+            optim.zero_grad(set_to_none=True)
             for idx in iter_chunks(mini_idx, micro):
                 bar.update(1)
-                mb = self._to_device(select(batch, idx))
-                mask = mb["response_mask"]
-                logits = self._response_logits(self.actor, mb)
-                log_prob = algos.logprobs_from_logits(logits, mb["responses"])
-                pg_loss, m = algos.compute_policy_loss(
-                    mb["old_log_probs"], log_prob, mb["advantages"], mask,
-                    clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
-                    clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
-                    clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
-                entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
-                # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
-                loss = pg_loss - float(a.entropy_coeff) * entropy
-                row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
-                       "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"],
-                       "actor/entropy": entropy.item()}
-                if a.use_kl_loss:
-                    kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
-                    kl_loss = algos.agg_loss(kl, mask, agg)
-                    loss = loss + float(a.kl_loss_coef) * kl_loss
-                    row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
+                loss, row = micro_loss(batch.select(idx).to(self.device))
                 (loss * len(idx) / len(mini_idx)).backward()
                 _append(stats, row)
-            grad_norm = self._clip_and_step(self.actor, self.actor_optim, float(a.grad_clip))
-            _append(stats, {"actor/grad_norm": grad_norm})
+            _append(stats, {f"{role}/grad_norm": self._clip_and_step(model, optim, grad_clip)})
         bar.close()
-        self.actor_sched.step()
+        sched.step()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out["actor/lr"] = self.actor_sched.get_last_lr()[0]
+        out[f"{role}/lr"] = sched.get_last_lr()[0]
         return out
+
+    def update_critic(self, batch: Batch, step: int) -> dict[str, float]:
+        """Clipped value loss towards ``returns``; metrics ``critic/vf_loss``, ``critic/grad_norm``, ..."""
+        c = self.cfg.critic
+        agg = c.get("loss_agg_mode") or self.cfg.actor_rollout_ref.actor.loss_agg_mode
+
+        def micro_loss(mb):
+            vpreds = self._values(mb)
+            loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
+                                               float(c.cliprange_value), agg)
+            return loss, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
+                          "critic/vpred_mean": m["vpred_mean"]}
+
+        return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
+                           bool(c.get("shuffle", False)), float(c.grad_clip), micro_loss)
+
+    def update_actor(self, batch: Batch, step: int) -> dict[str, float]:
+        """PPO clipped policy loss (+ entropy bonus, + KL loss); metrics ``actor/pg_loss``, ..."""
+        a = self.cfg.actor_rollout_ref.actor
+        agg = a.loss_agg_mode
+
+        def micro_loss(mb):
+            mask = mb["response_mask"]
+            logits = self._response_logits(self.actor, mb)
+            log_prob = algos.logprobs_from_logits(logits, mb["responses"])
+            pg_loss, m = algos.compute_policy_loss(
+                mb["old_log_probs"], log_prob, mb["advantages"], mask,
+                clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
+                clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
+                clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
+            entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
+            # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
+            loss = pg_loss - float(a.entropy_coeff) * entropy
+            row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
+                   "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"],
+                   "actor/entropy": entropy.item()}
+            if a.use_kl_loss:
+                kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
+                kl_loss = algos.agg_loss(kl, mask, agg)
+                loss = loss + float(a.kl_loss_coef) * kl_loss
+                row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
+            return loss, row
+
+        return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),
+                           float(a.grad_clip), micro_loss)
 
     @staticmethod
     def _clip_and_step(model, optim, grad_clip: float) -> float:
@@ -489,29 +479,3 @@ def _set_base_lr(optim, sched, lr: float) -> None:
 def _append(stats: dict[str, list[float]], row: dict[str, float]) -> None:
     for k, v in row.items():
         stats.setdefault(k, []).append(float(v))
-
-
-def make_batch(prompts: list[list[int]], responses: list[list[int]], log_probs: list[list[float]], pad_id: int) -> Batch:
-    """Pad prompts left and responses right into the batch tensors described at the top."""
-    B = len(prompts)
-    P = max(len(p) for p in prompts)
-    R = max(1, max((len(r) for r in responses), default=1))
-    prompt_t = torch.full((B, P), pad_id, dtype=torch.long)
-    prompt_m = torch.zeros((B, P), dtype=torch.long)
-    resp_t = torch.full((B, R), pad_id, dtype=torch.long)
-    resp_m = torch.zeros((B, R), dtype=torch.long)
-    lp_t = torch.zeros((B, R), dtype=torch.float32)
-    for i, (p, r, lp) in enumerate(zip(prompts, responses, log_probs)):
-        prompt_t[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-        prompt_m[i, P - len(p) :] = 1
-        if r:
-            resp_t[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            resp_m[i, : len(r)] = 1
-            lp_t[i, : len(r)] = torch.tensor(lp, dtype=torch.float32)
-    attention_mask = torch.cat([prompt_m, resp_m], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {
-        "prompts": prompt_t, "responses": resp_t, "input_ids": torch.cat([prompt_t, resp_t], dim=1),
-        "attention_mask": attention_mask, "position_ids": position_ids,
-        "response_mask": resp_m.float(), "rollout_log_probs": lp_t,
-    }

@@ -42,19 +42,6 @@ def test_from_generation_hand_computed():
     b.check()  # matches the shape table
 
 
-@pytest.mark.parametrize("responses,log_probs", [(RESPONSES, LOG_PROBS), ([[], [], []], [[], [], []]),
-                                                 ([[7], [8, 9], [1, 2, 3, 4]], [[-1.0], [-2.0, -3.0], [-4.0] * 4])])
-def test_from_generation_equals_worker_make_batch(responses, log_probs):
-    from rlkit.training.worker import make_batch
-
-    want = make_batch(PROMPTS, responses, log_probs, pad_id=99)
-    got = RolloutBatch.from_generation(PROMPTS, responses, log_probs, pad_id=99)
-    assert list(got.tensors) == list(want)
-    for k, v in want.items():
-        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
-        assert torch.equal(got[k], v), k
-
-
 def test_from_generation_columns_meta_and_errors():
     b = RolloutBatch.from_generation(PROMPTS, RESPONSES, None, pad_id=0, columns={"uid": ["a", "a", "b"]},
                                      meta={"temperature": 1.0})
