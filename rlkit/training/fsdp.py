@@ -1,0 +1,184 @@
+"""FSDP2 for rlkit's roles: device mesh, ``fully_shard`` per decoder layer, full state dicts, clipping.
+
+One rank process per GPU (or per CPU rank with gloo) calls these after ``init_process_group``:
+
+* :func:`device_mesh` - the 1-d mesh ``("shard",)`` over all ranks (``fsdp_size=-1``), or the 2-d
+  HSDP mesh ``("replicate", "shard")`` when ``fsdp_size`` divides the world (shapes from
+  :class:`rlkit.parallel.ParallelPlan`).
+* :func:`shard_model` - ``fully_shard`` on every decoder layer, then on the root (so the embedding,
+  the final norm, a tied lm_head and a value head form the root's group). Mixed precision:
+  ``MixedPrecisionPolicy(param_dtype, reduce_dtype)``; rlkit's roles pass bf16 compute on GPU and
+  fp32 on CPU (CPU bf16 matmuls are slow, and the N-rank == 1-rank tests need fp32); master
+  weights, optimizer state and the gradient reduction stay fp32. ``offload=True`` adds
+  ``CPUOffloadPolicy``: sharded parameters, gradients and the optimizer step live on the CPU and
+  each layer is copied to the GPU for its forward/backward (verl's ``fsdp_config.param_offload``).
+* :func:`clip_grad_norm` - the global gradient norm over every shard (``clip_grad_norm_`` on
+  DTensor gradients reduces across the mesh), as a float, identical on every rank.
+* :func:`full_state_dict` - the whole unsharded state dict (for checkpoints, tests and the ``hf``
+  engine's generation copy), on every rank or on rank 0 only.
+* :func:`offload_optimizer` / :func:`load_optimizer` - move AdamW's state (exp_avg, exp_avg_sq:
+  2x the sharded parameters) to the CPU between updates and back before the next step
+  (verl's ``optimizer_offload``). With ``offload=True`` the state is already on the CPU.
+
+Every function here except :func:`decoder_layers` is a collective when the model is sharded over
+more than one rank: all ranks must call it, in the same order.
+
+Not done here: weight sync to SGLang bucket by bucket, ``torch.distributed.checkpoint`` sharded
+checkpoints, FSDP1's ``wrap_policy`` (FSDP2 always wraps per decoder layer), ``forward_prefetch``.
+
+>>> import torch
+>>> from rlkit.training.fsdp import decoder_layers
+>>> class Block(torch.nn.Module):
+...     def __init__(self): super().__init__(); self.lin = torch.nn.Linear(2, 2)
+>>> class Net(torch.nn.Module):
+...     _no_split_modules = ["Block"]
+...     def __init__(self): super().__init__(); self.layers = torch.nn.ModuleList([Block(), Block()]); self.head = torch.nn.Linear(2, 1)
+>>> [type(m).__name__ for m in decoder_layers(Net())]
+['Block', 'Block']
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["device_mesh", "decoder_layers", "shard_model", "is_sharded", "clip_grad_norm", "full_state_dict",
+           "offload_optimizer", "load_optimizer", "optimizer_state_device"]
+
+
+def device_mesh(world_size: int, fsdp_size: int = -1, device_type: str = "cpu"):
+    """The FSDP mesh: 1-d ``("shard",)`` when ``fsdp_size`` is -1 or the world, else the HSDP mesh
+    ``("replicate", "shard")`` of shape ``(world // fsdp_size, fsdp_size)``. Needs an initialised
+    process group of ``world_size`` ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if fsdp_size in (-1, None) or fsdp_size >= world_size:
+        return init_device_mesh(device_type, (world_size,), mesh_dim_names=("shard",))
+    if fsdp_size < 1 or world_size % fsdp_size:
+        raise ValueError(f"fsdp_size={fsdp_size} must divide the world size {world_size} (or be -1)")
+    return init_device_mesh(device_type, (world_size // fsdp_size, fsdp_size), mesh_dim_names=("replicate", "shard"))
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks to shard one by one: modules whose class is in a transformers model's
+    ``_no_split_modules`` (``Qwen2DecoderLayer``, ...), else the entries of the largest
+    ``nn.ModuleList``. Searched through wrappers (the critic's ``ValueModel.backbone``)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    if names:
+        found = [m for m in model.modules() if type(m).__name__ in names]
+        # an outer match contains the inner ones: keep the outermost
+        outer = [m for m in found if not any(m is not o and any(m is x for x in o.modules()) for o in found)]
+        if outer:
+            return outer
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def shard_model(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None,
+                reduce_dtype: torch.dtype | None = torch.float32, offload: bool = False,
+                reshard_after_forward: bool = True) -> nn.Module:
+    """``fully_shard`` every decoder layer, then the root; returns ``model`` (now an FSDPModule).
+
+    Args:
+        mesh: from :func:`device_mesh` (1-d: FSDP; 2-d: HSDP, replicate x shard).
+        param_dtype: compute dtype of the unsharded parameters (``torch.bfloat16`` on GPU); None keeps
+            the stored dtype (fp32 on CPU).
+        reduce_dtype: dtype of the gradient reduce-scatter / all-reduce (fp32).
+        offload: ``CPUOffloadPolicy`` (sharded parameters, gradients and optimizer step on the CPU;
+            pinned memory when CUDA is available).
+        reshard_after_forward: free each layer's gathered parameters after its forward (ZeRO-3);
+            False keeps them until the backward (ZeRO-2-like, more memory, fewer all-gathers).
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    off = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
+    kwargs = dict(mesh=mesh, mp_policy=mp, offload_policy=off)
+    for layer in decoder_layers(model):
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
+    # the root's own parameters are used last in backward; keeping them gathered after the forward saves one all-gather
+    fully_shard(model, reshard_after_forward=False, **kwargs)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
+    """Clip the gradients of ``params`` to a global L2 norm of ``max_norm``; returns the norm before
+    clipping (a float, the same on every rank; inf/nan when a gradient is not finite, and then the
+    gradients are left as they are so the caller can skip the step).
+
+    DTensor gradients (FSDP2 shards) have their norm reduced over the mesh by ``clip_grad_norm_``;
+    plain tensors (one rank, no FSDP) work too.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False, foreach=None)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
+    """The unsharded state dict on the CPU (every key of ``model.state_dict()``, tied weights under
+    both names). ``rank0_only``: other ranks get ``{}`` and never hold a full copy. Collective."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    out: dict[str, torch.Tensor] = {}
+    # one parameter at a time: a full copy of one tensor on the device, never of the whole model
+    for name, t in model.state_dict().items():
+        if isinstance(t, DTensor):
+            if t.device_mesh.device_type != t.to_local().device.type:  # CPUOffloadPolicy: shards on the CPU
+                t = DTensor.from_local(t.to_local().to(t.device_mesh.device_type), t.device_mesh, t.placements,
+                                       shape=t.shape, stride=t.stride())
+            t = t.full_tensor()
+        if not rank0_only or rank == 0:
+            out[name] = t.detach().to("cpu", copy=True)
+    return out
+
+
+def optimizer_state_device(optim: torch.optim.Optimizer) -> str | None:
+    """Where the optimizer's state tensors are (``"cpu"``, ``"cuda"``), None before the first step."""
+    for state in optim.state.values():
+        for v in state.values():
+            if torch.is_tensor(v) and v.dim() > 0:
+                return _local(v).device.type
+    return None
+
+
+def _move_optimizer(optim: torch.optim.Optimizer, device: torch.device | str) -> None:
+    for state in optim.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.dim() > 0:  # "step" stays a CPU scalar
+                state[k] = v.to(device, non_blocking=True)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the copies above are non-blocking
+
+
+def offload_optimizer(optim: torch.optim.Optimizer) -> None:
+    """Move the optimizer state (AdamW's exp_avg / exp_avg_sq) to the CPU until :func:`load_optimizer`.
+    Local: each rank moves its own shard; no communication."""
+    _move_optimizer(optim, "cpu")
+
+
+def load_optimizer(optim: torch.optim.Optimizer, device: torch.device | str) -> None:
+    """Bring the optimizer state back to ``device`` before ``optim.step()``."""
+    _move_optimizer(optim, device)

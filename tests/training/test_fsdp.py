@@ -1,0 +1,97 @@
+"""rlkit.training.fsdp on CPU with gloo: one AdamW step of a sharded tiny Qwen2 over 1 and 2 ranks equals
+the same step of the plain model in this process.
+
+Tolerance: max |diff| < 1e-5 on every parameter (fp32). The sharded run sums the same per-token
+losses in a different order (per rank, then a reduce-scatter), so results differ by float rounding
+(~1e-7 on the gradients); AdamW's first step moves each weight by ~lr * sign(grad) = 1e-2, so a
+missing 1/world factor or a rank's rows counted twice would show up as differences of ~1e-3 or more.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlkit.distributed.addresses import free_port
+
+MAX_NORM = 0.5  # below the tiny model's gradient norm: clipping is active
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny import char_tokenizer, make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("m"), char_tokenizer())
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 90, (4, 12), generator=g)
+    mask = torch.ones(4, 11)
+    mask[1, 6:] = 0  # rows with different token counts: a per-rank mean would weigh them wrongly
+    mask[3, 2:] = 0
+    return ids, mask
+
+
+def reference(model_dir, ids, mask):
+    """The plain (unsharded) step in this process."""
+    from transformers import AutoModelForCausalLM
+
+    from fsdp_ranks import token_losses
+    from rlkit.training.fsdp import clip_grad_norm
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ((token_losses(model, ids) * mask).sum() / mask.sum()).backward()
+    norm = clip_grad_norm(model.parameters(), MAX_NORM)
+    optim.step()
+    return before, model.state_dict(), norm
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_sharded_step_equals_plain_step(tiny, tmp_path, world):
+    import torch.multiprocessing as mp
+
+    from fsdp_ranks import fsdp_step
+
+    ids, mask = batch()
+    mp.spawn(fsdp_step, args=(world, free_port(), tiny, ids, mask, MAX_NORM, str(tmp_path)), nprocs=world)
+    before, after, norm = reference(tiny, ids, mask)
+    assert norm > MAX_NORM
+    for rank in range(world):
+        res = torch.load(tmp_path / f"rank{rank}.pt")
+        for offload in (False, True):
+            got = res[offload]
+            assert list(got["after"]) == list(after)  # every key, tied lm_head included
+            assert all(torch.equal(got["before"][k], v) for k, v in before.items())  # gathered == loaded
+            diff = max((got["after"][k] - v).abs().max().item() for k, v in after.items())
+            moved = max((after[k] - v).abs().max().item() for k, v in before.items())
+            print(f"world {world} rank {rank} offload {offload}: max |sharded - plain| = {diff:.2e} "
+                  f"(update size {moved:.1e}), grad norm {got['norm']:.6f} vs {norm:.6f}")
+            assert diff < 1e-5
+            assert got["norm"] == pytest.approx(norm, rel=1e-5)
+            assert got["optim"] == "cpu"
+            assert got["rank0_only"] == (list(after) if rank == 0 else [])
+
+
+def test_decoder_layers_of_tiny_qwen2_and_critic(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training.fsdp import decoder_layers
+    from rlkit.training.models import load_value_model
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny)
+    assert [type(m).__name__ for m in decoder_layers(lm)] == ["Qwen2DecoderLayer"] * 2
+    critic = load_value_model(tiny, torch.float32)
+    assert [type(m).__name__ for m in decoder_layers(critic)] == ["Qwen2DecoderLayer"] * 2
+
+
+def test_clip_grad_norm_without_fsdp():
+    from rlkit.training.fsdp import clip_grad_norm
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([3.0, 4.0, 0.0])
+    assert clip_grad_norm([p], 1.0) == pytest.approx(5.0)
+    assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert clip_grad_norm([torch.nn.Parameter(torch.zeros(1))], 1.0) == 0.0  # no gradients at all
