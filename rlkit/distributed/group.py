@@ -1,0 +1,361 @@
+"""`WorkerGroup`: ``trainer.nnodes x trainer.n_gpus_per_node`` rank workers on Ray, driven as one.
+
+Layout: one Ray placement group per node, ``STRICT_PACK``, of ``n_gpus_per_node`` bundles
+(``{"GPU": 1, "CPU": 1}``, or ``{"CPU": 1}`` on a CPU-only run); global rank = node * gpus_per_node +
+local rank, as :meth:`rlkit.parallel.ParallelPlan.rank_info` numbers them. Each bundle holds one
+:class:`~rlkit.training.rank_worker.RankWorker` actor with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT`` in its environment; the address is rank 0's node (as Ray sees
+it) and a port free there, and every ``host:port`` is built by :mod:`rlkit.distributed.addresses`
+(IPv6 bracketed). The ranks then meet in ``init_process_group`` (NCCL on GPU, gloo on CPU).
+
+Dispatch modes (:mod:`rlkit.distributed.dispatch`): :meth:`~WorkerGroup.call_all`,
+:meth:`~WorkerGroup.call_rank0`, :meth:`~WorkerGroup.split_gather`, and the PPOWorker-shaped
+methods ``generate``, ``compute_log_prob``, ``compute_ref_log_prob``, ``compute_values``,
+``update_actor``, ``update_critic``.
+
+Failures never hang the notebook:
+
+* too few resources: refused before anything starts, listing what the cluster has; a placement
+  group not ready within ``ready_timeout_s`` (nodes busy, fragmented) is removed and reported;
+* a rank whose process dies (out of memory, a crash, a ``kill``) raises
+  :class:`~rlkit.distributed.ray_worker.WorkerDiedError` naming its node, rank, local rank and
+  GPU, with its last memory reading (every call returns one; the group keeps the latest per rank).
+  The other ranks, stuck in a collective with the dead one, are given ``grace_s`` to fail on their
+  own (gloo/NCCL notice the closed connection, or time out after ``timeout_s``) and then ended;
+* an exception inside a rank is raised as a RuntimeError naming the rank and carrying its traceback.
+
+After a failure the group is broken (the ranks' collectives are out of step): call
+:meth:`~WorkerGroup.shutdown` and build a new group. ``shutdown`` ends every actor and removes the
+placement groups, so a new group can start in the same process.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from rlkit.datasets.batch import RolloutBatch
+from rlkit.distributed import dispatch
+from rlkit.distributed.addresses import format_host_port
+from rlkit.distributed.ray_worker import FORWARDED_ENV_PREFIXES, WorkerDiedError, _import_ray
+
+__all__ = ["WorkerGroup", "check_cluster_resources", "describe_snapshot"]
+
+GiB = 1024**3
+
+
+def check_cluster_resources(resources: dict, nnodes: int, gpus_per_node: int, use_gpu: bool) -> None:
+    """Refuse at once when the cluster cannot hold the group (Ray would keep it pending forever).
+
+    >>> from rlkit.distributed.group import check_cluster_resources
+    >>> check_cluster_resources({"CPU": 2.0, "memory": 8e9}, 1, 4, use_gpu=False)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: the worker group needs 1 node x 4 = 4 bundles of {'CPU': 1} (4 CPU) and the Ray cluster has CPU=2, memory=8e+09. ...
+    """
+    world = nnodes * gpus_per_node
+    bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+    need = {k: v * world for k, v in bundle.items()}
+    short = {k: v for k, v in need.items() if resources.get(k, 0) < v}
+    if short:
+        shown = ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items())
+                          if k in ("CPU", "GPU", "memory") or k.startswith("accelerator_type")) or "nothing"
+        needs = ", ".join(f"{v:g} {k}" for k, v in need.items())
+        raise RuntimeError(
+            f"the worker group needs {nnodes} node{'s' if nnodes != 1 else ''} x {gpus_per_node} = {world} bundles of "
+            f"{bundle} ({needs}) and the Ray cluster has {shown}. Fix: lower trainer.nnodes / trainer.n_gpus_per_node, "
+            "connect to a larger cluster (RAY_ADDRESS), or set trainer.device=cpu for a CPU run")
+
+
+def describe_snapshot(snap: dict | None) -> str:
+    """One line from a MemorySnapshot dict: when, host RSS, each GPU's use and torch's counters.
+
+    >>> from rlkit.distributed.group import describe_snapshot
+    >>> describe_snapshot({"time": 0, "phase": "update_actor", "event": "end", "host_rss": 2 * 1024**3, "gpus": []})
+    'after update_actor: host RSS 2.00 GiB; no GPU readings'
+    """
+    if not snap:
+        return "no memory reading yet"
+    when = f"{'after' if snap.get('event') == 'end' else 'at'} {snap.get('phase') or 'start'}"
+    parts = [f"host RSS {snap.get('host_rss', 0) / GiB:.2f} GiB"]
+    for g in snap.get("gpus") or []:
+        line = f"GPU {g['index']}: used {g['used'] / GiB:.2f} of {g['total'] / GiB:.2f} GiB"
+        if g.get("torch_allocated") is not None:
+            line += (f" (torch allocated {g['torch_allocated'] / GiB:.2f}, peak "
+                     f"{(g.get('torch_peak_allocated') or 0) / GiB:.2f} GiB)")
+        parts.append(line)
+    if not snap.get("gpus"):
+        parts.append("no GPU readings")
+    return f"{when}: " + "; ".join(parts)
+
+
+def _node_address() -> tuple[str, int]:
+    """Run inside bundle 0: this node's address (as Ray knows it) and a TCP port free on it."""
+    import ray
+
+    from rlkit.distributed.addresses import free_port
+
+    ip = ray.util.get_node_ip_address()
+    return ip, free_port(ip)
+
+
+class WorkerGroup:
+    """N :class:`~rlkit.training.rank_worker.RankWorker` actors; see the module docstring.
+
+    Args:
+        cfg: validated config; ``trainer.nnodes``, ``trainer.n_gpus_per_node`` give the size, and
+            ``trainer.device`` (``cpu``, or a cluster without GPUs) makes CPU bundles and gloo.
+        total_training_steps: passed to every rank (lr schedules).
+        timeout_s: collective timeout inside the ranks (a stuck collective raises after this long).
+        ready_timeout_s: how long the placement groups may take to be placed.
+        grace_s: after one rank fails, how long the others get to finish or fail before they are ended.
+    """
+
+    remote = True
+
+    def __init__(self, cfg, total_training_steps: int = 1, *, timeout_s: float = 600, ready_timeout_s: float = 60,
+                 grace_s: float = 30, progress: bool = False):
+        ray = _import_ray()
+        self._ray = ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from rlkit.training.rank_worker import RankWorker
+
+        if not ray.is_initialized():
+            import os
+
+            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+            ray.init(ignore_reinit_error=True, include_dashboard=False, runtime_env={"env_vars": env})
+        self.cfg = cfg
+        self.nnodes = int(cfg.trainer.nnodes)
+        self.gpus_per_node = int(cfg.trainer.n_gpus_per_node)
+        self.world_size = self.nnodes * self.gpus_per_node
+        self.grace_s = float(grace_s)
+        self.actors: list = []
+        self.placement_groups: list = []
+        self.broken: str | None = None
+        resources = ray.cluster_resources()
+        self.use_gpu = str(cfg.trainer.get("device", "cuda") or "cuda") != "cpu" and resources.get("GPU", 0) > 0
+        check_cluster_resources(resources, self.nnodes, self.gpus_per_node, self.use_gpu)
+        bundle = {"GPU": 1, "CPU": 1} if self.use_gpu else {"CPU": 1}
+        try:
+            self.placement_groups = [placement_group([dict(bundle)] * self.gpus_per_node, strategy="STRICT_PACK")
+                                     for _ in range(self.nnodes)]
+            try:
+                ray.get([pg.ready() for pg in self.placement_groups], timeout=ready_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise RuntimeError(
+                    f"the Ray cluster could not place {self.nnodes} x {self.gpus_per_node} bundles of {bundle} (one "
+                    f"node each, STRICT_PACK) within {ready_timeout_s:g} s; the cluster has "
+                    f"{_shown(ray.cluster_resources())}, free now {_shown(ray.available_resources())}. Other work may "
+                    "hold the resources, or no single node has n_gpus_per_node free GPUs") from None
+
+            def strategy(rank: int):
+                return PlacementGroupSchedulingStrategy(self.placement_groups[rank // self.gpus_per_node],
+                                                        placement_group_bundle_index=rank % self.gpus_per_node)
+
+            self.master_addr, self.master_port = ray.get(
+                ray.remote(num_cpus=0)(_node_address).options(scheduling_strategy=strategy(0)).remote(),
+                timeout=ready_timeout_s)
+            self.master = format_host_port(self.master_addr, self.master_port)  # for messages
+            remote_cls = ray.remote(RankWorker)
+            for rank in range(self.world_size):
+                env = {"RANK": str(rank), "WORLD_SIZE": str(self.world_size),
+                       "LOCAL_RANK": str(rank % self.gpus_per_node), "MASTER_ADDR": self.master_addr,
+                       "MASTER_PORT": str(self.master_port), "RLKIT_DIST_TIMEOUT_S": str(timeout_s)}
+                self.actors.append(remote_cls.options(
+                    num_cpus=bundle["CPU"], num_gpus=bundle.get("GPU", 0), scheduling_strategy=strategy(rank),
+                    runtime_env={"env_vars": env}, max_restarts=0).remote(
+                        cfg, total_training_steps, progress=progress and rank == 0))
+            self.ranks: list[dict] = [{"rank": r, "node": "?", "device": "?"} for r in range(self.world_size)]
+            self.last_snapshot: list[dict | None] = [None] * self.world_size
+            self.ranks = self.call_all("describe", _what="starting the ranks (process group, model load)",
+                                       _timeout=timeout_s + 600)
+        except BaseException:
+            self.shutdown()
+            raise
+        info = self.ranks[0]
+        self.has_ref, self.has_critic = info["has_ref"], info["has_critic"]
+        self.model_dir, self.device, self.load_time = info["model_dir"], info["device"], info["load_time"]
+        self.tokenizer = self.call_rank0("get_tokenizer")
+
+    # ------------------------------------------------------------------ dispatch
+    def _submit(self, per_rank_args: Sequence[tuple], method: str, kwargs: dict) -> list:
+        return [a.run.remote(method, *args, **kwargs) for a, args in zip(self.actors, per_rank_args)]
+
+    def _collect(self, refs: list, method: str, what: str | None, timeout: float | None) -> list:
+        """Every rank's answer, in rank order; a failure raises (see the module docstring)."""
+        ray = self._ray
+        index = {r: i for i, r in enumerate(refs)}
+        results: list[Any] = [None] * len(refs)
+        dead: dict[int, Exception] = {}
+        failed: dict[int, Exception] = {}
+        pending = list(refs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        grace = None  # set when the first rank fails: the others get grace_s to finish or fail
+        while pending:
+            limits = [d for d in (deadline, grace) if d is not None]
+            wait = None if not limits else max(0.0, min(limits) - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=wait)
+            if not ready:
+                break  # out of time with ranks still running
+            for ref in ready:
+                i = index[ref]
+                try:
+                    results[i], self.last_snapshot[i] = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    # __init__ raising is an error in that rank, not a dead process
+                    (failed if "creation task" in str(e) else dead)[i] = e
+                except ray.exceptions.RayTaskError as e:
+                    failed[i] = e
+            if (dead or failed) and grace is None:
+                grace = time.monotonic() + self.grace_s
+        stuck = [index[r] for r in pending]
+        if not (dead or failed or stuck):
+            return results
+        self._break(dead, failed, stuck, method, what)
+
+    def _break(self, dead: dict, failed: dict, stuck: list, method: str, what: str | None) -> None:
+        doing = what or f"{method!r} ran"
+        if dead:
+            lines = [f"rank {i} ({self._where(i)}) died while {doing}. Its last memory reading, "
+                     f"{describe_snapshot(self.last_snapshot[i])}." for i in sorted(dead)]
+            cause = str(next(iter(dead.values())))
+            msg = (" ".join(lines) + (f" Ranks {stuck} were still waiting and were ended." if stuck else "") +
+                   f" The whole group is shut down; build a new one. (Out of memory? Check the node's log and "
+                   f"lower the micro-batch sizes or enable fsdp_config.param_offload.) Ray said: {cause[-1500:]}")
+            self.broken = msg
+            self.shutdown()
+            raise WorkerDiedError(msg) from next(iter(dead.values()))
+        if failed:
+            i = min(failed)
+            e = failed[i]
+            msg = (f"rank {i} ({self._where(i)}) raised while {doing}" +
+                   (f"; ranks {sorted(set(failed) - {i})} failed too" if len(failed) > 1 else "") +
+                   (f"; ranks {stuck} were still waiting (in a collective with the failed rank) and were ended" if stuck
+                    else "") + f". The group is shut down; build a new one.\n{e}")
+            self.broken = msg
+            self.shutdown()
+            raise RuntimeError(msg) from e
+        msg = (f"ranks {stuck} did not answer in time while {doing}; last memory readings: " +
+               "; ".join(f"rank {i} {describe_snapshot(self.last_snapshot[i])}" for i in stuck) +
+               ". The group is shut down; build a new one.")
+        self.broken = msg
+        self.shutdown()
+        raise TimeoutError(msg)
+
+    def _where(self, i: int) -> str:
+        r = self.ranks[i] if i < len(self.ranks) else {}
+        gpu = f"GPU {','.join(r['gpu_ids'])}" if r.get("gpu_ids") else r.get("device", "?")
+        return f"node {r.get('node', '?')}, local rank {r.get('local_rank', i % self.gpus_per_node)}, {gpu}"
+
+    def _check(self) -> None:
+        if self.broken:
+            raise RuntimeError(f"this worker group failed earlier and was shut down: {self.broken[:300]}")
+        if not self.actors:
+            raise RuntimeError("this worker group was shut down; build a new WorkerGroup")
+
+    def call_all(self, method: str, *args, _what: str | None = None, _timeout: float | None = None,
+                 **kwargs) -> list:
+        """``method(*args, **kwargs)`` on every rank; the answers in rank order."""
+        self._check()
+        return self._collect(self._submit([args] * self.world_size, method, kwargs), method, _what, _timeout)
+
+    def call_rank0(self, method: str, *args, **kwargs) -> Any:
+        """``method`` on every rank (they are collectives), rank 0's answer."""
+        return self.call_all(method, *args, **kwargs)[0]
+
+    def call_each(self, method: str, per_rank_args: Sequence[tuple], **kwargs) -> list:
+        """``method(*per_rank_args[r], **kwargs)`` on rank r; the answers in rank order."""
+        self._check()
+        if len(per_rank_args) != self.world_size:
+            raise ValueError(f"call_each: {len(per_rank_args)} argument tuples for {self.world_size} ranks")
+        return self._collect(self._submit(per_rank_args, method, kwargs), method, None, None)
+
+    def split_gather(self, method: str, batch: RolloutBatch, *args, **kwargs) -> Any:
+        """Pad ``batch`` to a multiple of the data-parallel size, give rank r the r-th equal part,
+        concatenate the answers in rank order and drop the padding."""
+        parts, pad = dispatch.split_batch(batch, self.world_size)
+        ray = self._ray
+        refs = [ray.put(p) for p in parts]  # each part once into the object store
+        return dispatch.gather(self.call_each(method, [(ref, *args) for ref in refs], **kwargs), pad)
+
+    # ------------------------------------------------------------------ PPOWorker's interface
+    def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
+        """Each rank samples a contiguous run of the prompts; one RolloutBatch, prompt-major."""
+        outs = self.call_each("generate_tokens", [(p, validate) for p in dispatch.split_list(prompt_ids, self.world_size)])
+        cat = {k: [x for o in outs for x in o[k]] for k in outs[0]}
+        return RolloutBatch.from_generation(cat["prompts"], cat["responses"], cat["log_probs"],
+                                            self.tokenizer.pad_token_id, columns={"finish_reason": cat["finish_reasons"]})
+
+    def compute_log_prob(self, batch: RolloutBatch) -> dict:
+        return self.split_gather("compute_log_prob", batch)
+
+    def compute_ref_log_prob(self, batch: RolloutBatch):
+        return self.split_gather("compute_ref_log_prob", batch)
+
+    def compute_values(self, batch: RolloutBatch):
+        return self.split_gather("compute_values", batch)
+
+    def _update(self, role: str, batch: RolloutBatch, step: int) -> dict:
+        from rlkit.training.rank_worker import update_shards
+
+        sec = self.cfg.critic if role == "critic" else self.cfg.actor_rollout_ref.actor
+        a = self.cfg.actor_rollout_ref.actor
+        n = int(self.cfg.actor_rollout_ref.rollout.n)
+        mini = int(sec.get("ppo_mini_batch_size") or a.ppo_mini_batch_size) * n  # verl counts prompts
+        epochs = int(sec.get("ppo_epochs") or a.ppo_epochs)
+        shuffle = bool(sec.get("shuffle", False))
+        shards = update_shards(batch, self.world_size, mini, epochs, shuffle, step)
+        refs = [self._ray.put(s) for s in shards]
+        return self.call_each(f"update_{role}", [(ref, step) for ref in refs])[0]  # every rank returns the same
+
+    def update_actor(self, batch: RolloutBatch, step: int) -> dict:
+        """PPO update over the whole group; the metrics of the global mini-batches (identical on all ranks)."""
+        return self._update("actor", batch, step)
+
+    def update_critic(self, batch: RolloutBatch, step: int) -> dict:
+        return self._update("critic", batch, step)
+
+    def memory_snapshot(self, step, phase: str, event: str) -> None:
+        """Fire and forget on every rank (each runs it between the calls around it)."""
+        for a in self.actors:
+            a.memory_snapshot.remote(step, phase, event)
+
+    def take_snapshots(self) -> tuple[list[dict], float]:
+        """Every rank's recorded snapshots (rank field set), and 0.0 seconds (PPOWorker's shape)."""
+        return [s for rank_snaps in self.call_all("take_snapshots") for s in rank_snaps], 0.0
+
+    # ------------------------------------------------------------------ teardown
+    def shutdown(self) -> None:
+        """End every rank's process and remove the placement groups (idempotent)."""
+        ray = self._ray
+        actors, self.actors = self.actors, []
+        if actors and not self.broken:
+            try:  # leave the process group cleanly where possible
+                ray.get([a.shutdown.remote() for a in actors], timeout=30)
+            except Exception:
+                pass
+        for a in actors:
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:
+                pass
+        from ray.util.placement_group import remove_placement_group
+
+        pgs, self.placement_groups = self.placement_groups, []
+        for pg in pgs:
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        state = "broken" if self.broken else ("shut down" if not self.actors else "running")
+        return (f"WorkerGroup({self.nnodes} node(s) x {self.gpus_per_node} = {self.world_size} ranks, "
+                f"{'GPU' if self.use_gpu else 'CPU'}, {state})")
+
+
+def _shown(resources: dict) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items())
+                     if k in ("CPU", "GPU", "memory") or k.startswith("accelerator_type")) or "nothing"

@@ -1,0 +1,576 @@
+"""`RankWorker`: one training process per GPU (or per CPU rank), its roles sharded with FSDP2.
+
+A group of N rank workers (:class:`rlkit.distributed.group.WorkerGroup` starts them on Ray, one per
+placement-group bundle) trains like one :class:`~rlkit.training.worker.PPOWorker` holding the whole
+batch. Each rank:
+
+1. joins the process group from ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT``
+   (``tcp://`` init method, IPv6 bracketed; NCCL on CUDA, gloo on CPU; collectives time out after
+   ``timeout_s`` instead of hanging when a peer is gone);
+2. loads actor, critic and reference with PPOWorker's loaders (``rlkit.training.models``) and
+   shards them with :func:`rlkit.training.fsdp.shard_model` (bf16 compute on GPU, fp32 on CPU;
+   ``fsdp_config.param_offload`` -> CPUOffloadPolicy; ``optimizer_offload`` -> AdamW state on the
+   CPU between updates; ``fsdp_size`` -> the HSDP mesh of :class:`~rlkit.parallel.ParallelPlan`);
+3. runs forward passes on its share of a batch (``compute_log_prob``, ``compute_ref_log_prob``,
+   ``compute_values``: any rows, micro-batches of the plan's per-rank size), and updates.
+
+Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
+
+* **Mini-batch layout.** :func:`update_shards` (called by the group, on the driver) draws one order
+  of the whole batch per epoch - ``torch.Generator`` seeded with the step, as PPOWorker does -
+  cuts it into global mini-batches and gives each rank an equal share of every mini-batch, in
+  order. Every rank therefore takes the same number of optimizer steps over the same global
+  mini-batches a single rank would take. A mini-batch that does not split evenly is padded with
+  copies of its rows whose ``response_mask`` is zero (they weigh nothing, but keep every rank's
+  forward/backward count equal, which FSDP's collectives need).
+* **Global normalisation.** A micro-batch loss is ``agg_loss`` over its own rows; it is scaled by
+  ``units / global_units`` where units are what the ``loss_agg_mode`` averages over (tokens for
+  ``token-mean``, non-empty sequences for ``seq-mean-*``) and ``global_units`` is the all-reduced
+  count over the whole mini-batch on all ranks; ``seq-mean-token-sum-norm`` is a sum and is not
+  rescaled. The result is multiplied by the world size because FSDP averages gradients over ranks.
+  So the accumulated gradient is exactly that of one loss over the global mini-batch, whatever the
+  split into ranks and micro-batches (PPOWorker weighs micro-batch means by rows instead: the two
+  agree when a mini-batch is one micro-batch).
+* **Clipping** uses the global norm over all shards (:func:`rlkit.training.fsdp.clip_grad_norm`);
+  a non-finite norm skips the step on every rank alike.
+* **Metrics** are weighted like the loss and all-reduced, so every rank returns the same numbers,
+  those of the global mini-batch (averaged over mini-batches, like PPOWorker).
+
+Generation (``hf`` engine): ranks generate different numbers of tokens, so a sharded module, whose
+every forward is a collective, cannot run ``generate``. Each rank keeps a plain (unsharded) copy of
+the actor, made before sharding; :meth:`RankWorker.generate` first gathers the actor's current
+weights into it (one all-gather per tensor, the same order on every rank), then generates its own
+prompts with no communication. Cost: one full model copy per rank, fine for the ``hf`` engine's
+model sizes; SGLang is the path for large models. Each rank samples with its own random stream
+(``data.seed + rank``).
+
+Not implemented yet: dynamic batch size (token-budget micro-batches; refused), Ulysses sequence
+parallelism, SGLang engines inside rank workers, sharded checkpoints (``state_dict``), weight sync
+to an engine bucket by bucket.
+
+The layout, checked by hand (8 rows, global mini-batch 4, 2 ranks, no shuffle)::
+
+    >>> import torch
+    >>> from rlkit.datasets import RolloutBatch
+    >>> from rlkit.training.rank_worker import update_shards
+    >>> b = RolloutBatch({"x": torch.arange(8), "response_mask": torch.ones(8, 1)})
+    >>> shards = update_shards(b, world=2, mini=4, epochs=1, shuffle=False, seed=0)
+    >>> [s["x"].tolist() for s in shards], shards[0].meta["mini_batch_sizes"]
+    ([[0, 1, 4, 5], [2, 3, 6, 7]], [2, 2])
+
+A mini-batch of 3 rows over 2 ranks gets one padding row with an empty mask::
+
+    >>> s = update_shards(b.select(range(3)), world=2, mini=4, epochs=1, shuffle=False, seed=0)
+    >>> [x["x"].tolist() for x in s], s[1]["is_pad"], s[1]["response_mask"].flatten().tolist()
+    ([[0, 1], [2, 0]], [False, True], [1.0, 0.0])
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import os
+import socket
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+
+from rlkit import algos
+from rlkit.datasets.batch import PAD_COLUMN, RolloutBatch
+from rlkit.diagnostics import memory as memory_lib
+from rlkit.parallel import ParallelPlan
+from rlkit.rollout.base import get_rollout_class
+from rlkit.training import fsdp, models
+from rlkit.training.optim import build_optimizer, build_scheduler
+from rlkit.training.worker import PPOWorker, needs_reference
+
+__all__ = ["RankWorker", "update_shards", "loss_units", "DEFAULT_TIMEOUT_S"]
+
+DEFAULT_TIMEOUT_S = 600  # a collective waiting longer than this raises instead of hanging
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def update_shards(batch: RolloutBatch, world: int, mini: int, epochs: int, shuffle: bool,
+                  seed: int) -> list[RolloutBatch]:
+    """Per rank, its share of every global mini-batch, in training order (epochs unrolled).
+
+    Args:
+        batch: the whole batch (B rows).
+        world: data-parallel ranks.
+        mini: rows per global mini-batch (``ppo_mini_batch_size * rollout.n``); the last may be short.
+        epochs, shuffle: ``ppo_epochs`` and ``shuffle``; one ``randperm`` per epoch from a generator
+            seeded with ``seed`` (PPOWorker's order on one rank).
+
+    Returns ``world`` batches; ``meta["mini_batch_sizes"]`` lists the per-rank rows of each
+    mini-batch (the same on every rank). Padding rows (``is_pad`` True) have a zero response_mask.
+    """
+    if world < 1 or mini < 1 or epochs < 1:
+        raise ValueError(f"update_shards needs world, mini and epochs >= 1 (got {world}, {mini}, {epochs})")
+    n = len(batch)
+    if n == 0:
+        raise ValueError("update_shards: empty batch")
+    gen = torch.Generator().manual_seed(int(seed))
+    rows: list[list[torch.Tensor]] = [[] for _ in range(world)]
+    pads: list[list[bool]] = [[] for _ in range(world)]
+    sizes: list[int] = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+        for start in range(0, n, mini):
+            idx = order[start : start + mini]
+            k = -(-len(idx) // world)  # rows per rank in this mini-batch
+            extra = k * world - len(idx)
+            full = torch.cat([idx, idx[torch.arange(extra) % len(idx)]])
+            flags = [False] * len(idx) + [True] * extra
+            for r in range(world):
+                rows[r].append(full[r * k : (r + 1) * k])
+                pads[r] += flags[r * k : (r + 1) * k]
+            sizes.append(k)
+    out = []
+    for r in range(world):
+        part = batch.select(torch.cat(rows[r]))
+        part[PAD_COLUMN] = pads[r]
+        if any(pads[r]) and "response_mask" in part.tensors:
+            keep = torch.tensor([not p for p in pads[r]], dtype=part["response_mask"].dtype)
+            part["response_mask"] = part["response_mask"] * keep.view(-1, *([1] * (part["response_mask"].dim() - 1)))
+        part.meta["mini_batch_sizes"] = list(sizes)
+        out.append(part)
+    return out
+
+
+def loss_units(mask: torch.Tensor, loss_agg_mode: str) -> float:
+    """What ``agg_loss(.., mask, loss_agg_mode)`` averages over in these rows: response tokens
+    (``token-mean``) or non-empty sequences (``seq-mean-token-sum``, ``seq-mean-token-mean``);
+    0.0 for ``seq-mean-token-sum-norm``, which sums instead of averaging.
+
+    >>> import torch
+    >>> from rlkit.training.rank_worker import loss_units
+    >>> m = torch.tensor([[1., 1., 0.], [0., 0., 0.], [1., 0., 0.]])
+    >>> loss_units(m, "token-mean"), loss_units(m, "seq-mean-token-mean"), loss_units(m, "seq-mean-token-sum-norm")
+    (3.0, 2.0, 0.0)
+    """
+    if loss_agg_mode == "token-mean":
+        return float(mask.sum())
+    if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
+        return float((mask.sum(-1) > 0).sum())
+    if loss_agg_mode == "seq-mean-token-sum-norm":
+        return 0.0
+    raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}")
+
+
+def _env_int(name: str, given: int | None, default: int | None = None) -> int:
+    if given is not None:
+        return int(given)
+    v = os.environ.get(name)
+    if v is None:
+        if default is None:
+            raise RuntimeError(f"{name} is not set: a rank worker needs RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT "
+                               "(WorkerGroup sets them; torchrun too)")
+        return default
+    return int(v)
+
+
+# ---------------------------------------------------------------------------------------------- worker
+class RankWorker:
+    """One rank of a training group; see the module docstring.
+
+    Args:
+        cfg: a validated :class:`rlkit.PPOConfig`; ``trainer.nnodes * trainer.n_gpus_per_node`` must be
+            the world size.
+        total_training_steps: updates the lr schedules span.
+        rank, world_size, local_rank, master_addr, master_port: default to the environment variables.
+        timeout_s: collective timeout (default ``RLKIT_DIST_TIMEOUT_S`` or 600).
+    """
+
+    # PPOWorker's own helpers, reused as they are (they read only cfg, tokenizer, model_dir, device)
+    eos_token_ids = PPOWorker.eos_token_ids
+    sampling_params = PPOWorker.sampling_params
+    _response_logits = PPOWorker._response_logits
+    _autocast = PPOWorker._autocast
+
+    def __init__(self, cfg, total_training_steps: int = 1, *, rank: int | None = None,
+                 world_size: int | None = None, local_rank: int | None = None, master_addr: str | None = None,
+                 master_port: int | None = None, timeout_s: float | None = None, progress: bool = False):
+        import torch.distributed as dist
+
+        from rlkit.distributed.addresses import bare_host, tcp_init_method  # pure stdlib; lazy: a layer below
+
+        self.cfg = cfg
+        self.progress = progress
+        # the critic's output is a view (squeeze); FSDP2 warns about in-place ops on it, and rlkit does none
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        self.rank = _env_int("RANK", rank)
+        self.world_size = _env_int("WORLD_SIZE", world_size)
+        self.local_rank = _env_int("LOCAL_RANK", local_rank, default=0)
+        addr = master_addr if master_addr is not None else os.environ.get("MASTER_ADDR")
+        port = _env_int("MASTER_PORT", master_port)
+        if not addr:
+            raise RuntimeError("MASTER_ADDR is not set (the rank 0 node's address)")
+        self.node = socket.gethostname()
+        self.timeout_s = float(timeout_s or os.environ.get("RLKIT_DIST_TIMEOUT_S") or DEFAULT_TIMEOUT_S)
+        self.snapshots: list[dict] = []
+        self.total_training_steps = total_training_steps
+
+        # device: under Ray a GPU actor sees only its own GPU (CUDA_VISIBLE_DEVICES), elsewhere LOCAL_RANK's
+        want_gpu = str(cfg.trainer.get("device", "cuda") or "cuda") != "cpu" and torch.cuda.is_available()
+        if want_gpu:
+            index = 0 if torch.cuda.device_count() == 1 else self.local_rank
+            self.device = torch.device("cuda", index)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        on_gpu = self.device.type == "cuda"
+        self.backend = "nccl" if on_gpu else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(self.backend, init_method=tcp_init_method(bare_host(addr), port), rank=self.rank,
+                                    world_size=self.world_size, timeout=datetime.timedelta(seconds=self.timeout_s))
+        # FSDP's MixedPrecisionPolicy computes in bf16 on GPU; no autocast on top (PPOWorker's helpers read this)
+        self.autocast_dtype = None
+        self.param_dtype = torch.bfloat16 if on_gpu else None
+
+        self.plan = ParallelPlan.from_config(cfg)
+        if self.plan.world_size != self.world_size:
+            raise ValueError(f"trainer.nnodes * trainer.n_gpus_per_node = {self.plan.world_size} but the group has "
+                             f"{self.world_size} ranks")
+        problems = self.plan.problems()
+        if problems:
+            raise ValueError("the config's parallel layout is broken: " + "; ".join(problems))
+        arr = cfg.actor_rollout_ref
+        for sec, name in ((arr.actor, "actor_rollout_ref.actor"), (cfg.critic, "critic")):
+            if sec.get("use_dynamic_bsz"):
+                raise NotImplementedError(f"{name}.use_dynamic_bsz=True is not supported yet by the rank workers")
+
+        # this rank's random stream: sampling in generate (data.seed + rank); the process's own state is untouched
+        self._rng = torch.Generator().manual_seed(int(cfg.data.get("seed", 1) or 1) + self.rank)
+        self._memory("load_models", "start")
+        self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
+        self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
+                                               arr.model.get("trust_remote_code", False))
+        self._load_models(cfg, on_gpu)
+        self.load_time = time.time()
+        self._memory("load_models", "end")
+
+    # ------------------------------------------------------------------ loading
+    def _mesh(self, role: str):
+        shape = self.plan.role(role).fsdp_mesh or (1, self.world_size)
+        fsdp_size = -1 if shape[0] == 1 else shape[1]
+        return fsdp.device_mesh(self.world_size, fsdp_size, self.device.type)
+
+    def _shard(self, model, role: str, fsdp_cfg):
+        off = bool(fsdp_cfg.get("param_offload", False) or fsdp_cfg.get("offload_policy", False))
+        model = model.to("cpu" if off else self.device)  # CPUOffloadPolicy wants the shards on the CPU
+        return fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
+                                offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
+
+    def _load_models(self, cfg, on_gpu: bool) -> None:
+        # TODO: share one loader with PPOWorker._load_models (same calls, here followed by sharding)
+        arr = cfg.actor_rollout_ref
+        override = dict(arr.model.get("override_config") or {})
+        trust = arr.model.get("trust_remote_code", False)
+        actor = models.load_causal_lm(self.model_dir, torch.float32, override,
+                                      arr.model.enable_gradient_checkpointing, trust)
+        self.gen_model = None
+        if arr.rollout.name == "hf":  # the unsharded copy that generates (see the module docstring)
+            self.gen_model = copy.deepcopy(actor).to(self.device).eval().requires_grad_(False)
+        elif arr.rollout.name != "hf":
+            raise NotImplementedError(f"rollout.name={arr.rollout.name!r} inside rank workers is not supported yet "
+                                      "(hf only)")
+        self.actor = self._shard(actor, "actor", arr.actor.fsdp_config)
+        self.actor_optim = build_optimizer(self.actor.parameters(), arr.actor.optim)
+        self.actor_offload_optim = bool(arr.actor.fsdp_config.get("optimizer_offload", False))
+
+        self.ref = None
+        if needs_reference(cfg):
+            ref = models.load_causal_lm(self.model_dir, torch.float32, override, trust_remote_code=trust)
+            self.ref = self._shard(ref.eval().requires_grad_(False), "ref", arr.ref.fsdp_config)
+
+        self.critic = None
+        if algos.estimator_needs_critic(cfg.algorithm.adv_estimator):
+            c = cfg.critic
+            critic_path = c.model.get("path") or arr.model.path
+            critic_dir = (self.model_dir if critic_path == arr.model.path and not c.model.get("gguf_file")
+                          else models.resolve_model_path(critic_path, c.model.get("gguf_file")))
+            critic = models.load_value_model(critic_dir, torch.float32, dict(c.model.get("override_config") or {}),
+                                             c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False))
+            self.critic = self._shard(critic, "critic", c.model.fsdp_config)
+            self.critic_optim = build_optimizer(self.critic.parameters(), c.optim)
+            self.critic_offload_optim = bool(c.model.fsdp_config.get("optimizer_offload", False))
+        self.set_total_training_steps(self.total_training_steps)
+
+    def set_total_training_steps(self, total: int) -> None:
+        """(Re)build the lr schedules for ``total`` updates; only before the first update."""
+        self.total_training_steps = total
+        self.actor_sched = build_scheduler(self.actor_optim, self.cfg.actor_rollout_ref.actor.optim, total)
+        if self.critic is not None:
+            self.critic_sched = build_scheduler(self.critic_optim, self.cfg.critic.optim, total)
+
+    # ------------------------------------------------------------------ identity and memory
+    @property
+    def has_ref(self) -> bool:
+        return self.ref is not None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def describe(self) -> dict:
+        """Where this rank runs and what it holds (the group's error messages name these)."""
+        gpus: list = []
+        try:
+            import ray
+
+            if ray.is_initialized():
+                gpus = [str(g) for g in ray.get_gpu_ids()]
+        except Exception:
+            pass
+        return {"rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank, "node": self.node,
+                "pid": os.getpid(), "device": str(self.device), "gpu_ids": gpus, "backend": self.backend,
+                "has_ref": self.has_ref, "has_critic": self.has_critic, "model_dir": self.model_dir,
+                "load_time": self.load_time}
+
+    def _memory(self, phase: str | None, event: str | None, step: int | None = None) -> dict:
+        snap = memory_lib.snapshot(rank=self.rank, step=step, phase=phase, event=event).to_dict()
+        self.snapshots.append(snap)
+        return snap
+
+    def memory_snapshot(self, step: int | None, phase: str, event: str) -> dict:
+        """Record this rank's memory now (kept until :meth:`take_snapshots`) and return it."""
+        if phase == "step" and event == "start" and self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self._memory(phase, event, step)
+
+    def take_snapshots(self) -> list[dict]:
+        out, self.snapshots = self.snapshots, []
+        return out
+
+    def run(self, method: str, *args, **kwargs) -> tuple[Any, dict]:
+        """``getattr(self, method)(*args, **kwargs)`` and this rank's memory right after: the group
+        keeps the latest reading of every rank for the message it raises if the rank dies."""
+        out = getattr(self, method)(*args, **kwargs)
+        return out, memory_lib.snapshot(rank=self.rank, phase=method, event="end").to_dict()
+
+    # ------------------------------------------------------------------ generation
+    def generate_tokens(self, prompt_ids: list[list[int]], validate: bool = False) -> dict[str, list]:
+        """This rank's prompts -> n responses each (prompt-major) as token lists: ``prompts`` (repeated
+        n times), ``responses``, ``log_probs``, ``finish_reasons``. Collective (the weight gather),
+        then local: ranks may generate different lengths, and a rank may have no prompts."""
+        if self.gen_model is None:
+            raise RuntimeError("no generation copy: only rollout.name=hf generates inside rank workers")
+        full = fsdp.full_state_dict(self.actor)
+        self.gen_model.load_state_dict(full)
+        del full
+        sampling = self.sampling_params(validate)
+        if not prompt_ids:
+            return {"prompts": [], "responses": [], "log_probs": [], "finish_reasons": []}
+        engine = get_rollout_class("hf")(self.gen_model, self.tokenizer.pad_token_id, self.eos_token_ids(),
+                                         max_batch_size=self.cfg.actor_rollout_ref.rollout.get("max_num_seqs") or None)
+        engine.progress = self.progress
+        with self._own_rng():
+            out = engine.generate(prompt_ids, sampling)
+        return {"prompts": [list(p) for p in prompt_ids for _ in range(sampling.n)], "responses": out.response_ids,
+                "log_probs": out.log_probs, "finish_reasons": out.finish_reasons}
+
+    def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
+        """:meth:`generate_tokens` as a RolloutBatch with a ``finish_reason`` column (PPOWorker.generate's
+        form). Needs at least one prompt."""
+        out = self.generate_tokens(prompt_ids, validate)
+        return RolloutBatch.from_generation(out["prompts"], out["responses"], out["log_probs"],
+                                            self.tokenizer.pad_token_id, columns={"finish_reason": out["finish_reasons"]})
+
+    @contextlib.contextmanager
+    def _own_rng(self):
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=self._rng)))
+            yield
+
+    # ------------------------------------------------------------------ forward passes
+    def _micro(self, role: str, fallback: int) -> int:
+        return max(1, int(self.plan.role(role).micro_batch_per_rank or fallback))
+
+    @torch.no_grad()
+    def compute_log_prob(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """old_log_probs (B, R) and entropys (B, R) of this rank's rows under the current actor."""
+        return self._log_probs(self.actor, "rollout", batch, with_entropy=True)
+
+    @torch.no_grad()
+    def compute_ref_log_prob(self, batch: RolloutBatch) -> torch.Tensor:
+        if self.ref is None:
+            raise RuntimeError("no reference model: it is loaded only with actor.use_kl_loss or algorithm.use_kl_in_reward")
+        return self._log_probs(self.ref, "ref", batch, with_entropy=False)["log_probs"]
+
+    def _log_probs(self, model, role: str, batch: RolloutBatch, with_entropy: bool) -> dict[str, torch.Tensor]:
+        was_training = model.training
+        model.eval()
+        lps, ents = [], []
+        try:
+            for mb in batch.split(self._micro(role, len(batch))):
+                mb = mb.to(self.device)
+                logits = self._response_logits(model, mb)
+                lps.append(algos.logprobs_from_logits(logits, mb["responses"]).cpu())
+                if with_entropy:
+                    ents.append(algos.entropy_from_logits(logits).cpu())
+        finally:
+            model.train(was_training)
+        out = {"log_probs": torch.cat(lps)}
+        if with_entropy:
+            out["entropys"] = torch.cat(ents)
+        return out
+
+    @torch.no_grad()
+    def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
+        """values (B, R) of this rank's rows: V(s_t) at the state before each response token."""
+        self.critic.eval()
+        try:
+            return torch.cat([self._values(mb.to(self.device)).cpu()
+                              for mb in batch.split(self._micro("values", len(batch)))])
+        finally:
+            self.critic.train()
+
+    def _values(self, mb: RolloutBatch) -> torch.Tensor:
+        R = mb["responses"].shape[1]
+        v = self.critic(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+        # the value of the state that generates response token t sits at position P - 1 + t
+        return v[:, -R - 1 : -1].float() * mb["response_mask"]
+
+    # ------------------------------------------------------------------ updates
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        t = t.to(self.device)
+        dist.all_reduce(t)
+        return t.cpu()
+
+    def _train(self, role: str, model, optim, sched, batch: RolloutBatch, step: int, shuffle: bool,
+               grad_clip: float, agg: str, offload_optim: bool,
+               micro_loss: Callable[[RolloutBatch], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
+        """The epoch / mini-batch / micro-batch loop of both roles, on this rank's update shard."""
+        sizes = self.plan.role(role)
+        if "mini_batch_sizes" not in batch.meta:  # called directly with the whole batch: lay it out for one rank
+            if self.world_size != 1:
+                raise ValueError(f"update_{role} on {self.world_size} ranks needs update_shards() output "
+                                 "(WorkerGroup.update_* lays the batch out)")
+            batch = update_shards(batch, 1, int(sizes.mini_batch_per_rank or len(batch)), int(sizes.epochs or 1),
+                                  shuffle, step)[0]
+        micro = int(sizes.micro_batch_per_rank or max(batch.meta["mini_batch_sizes"]))
+        stats: dict[str, list[float]] = {}
+        model.train()
+        start = 0
+        for k in batch.meta["mini_batch_sizes"]:
+            micros = batch.select(range(start, start + k)).split(micro)
+            start += k
+            units = [loss_units(mb["response_mask"], agg) for mb in micros]
+            rows = [float(sum(not p for p in mb[PAD_COLUMN])) for mb in micros]
+            total_units, total_rows = self._all_reduce(torch.tensor([sum(units), sum(rows)], dtype=torch.float64)).tolist()
+            optim.zero_grad(set_to_none=True)
+            keys, acc = None, None
+            for mb, u, n in zip(micros, units, rows):
+                loss, row = micro_loss(mb.to(self.device))
+                if agg == "seq-mean-token-sum-norm":  # a sum over rows: the micro-batch sums add up
+                    w_loss, w_metric = 1.0, n / max(total_rows, 1.0)
+                else:
+                    w_loss = w_metric = u / max(total_units, 1.0)
+                (loss * (w_loss * self.world_size)).backward()  # FSDP divides the gradient by the world size
+                if keys is None:
+                    keys = sorted(row)
+                    acc = torch.zeros(len(keys), dtype=torch.float64)
+                acc += torch.tensor([float(row[key]) for key in keys], dtype=torch.float64) * w_metric
+            acc = self._all_reduce(acc)  # the global mini-batch's metrics, the same on every rank
+            _append(stats, dict(zip(keys, acc.tolist())))
+            if offload_optim:
+                fsdp.load_optimizer(optim, self.device)
+            grad_norm = fsdp.clip_grad_norm(model.parameters(), grad_clip)
+            if torch.isfinite(torch.tensor(grad_norm)):
+                optim.step()
+            else:  # as verl: a non-finite gradient skips the update (on every rank: the norm is global)
+                optim.zero_grad(set_to_none=True)
+                grad_norm = float("nan")
+            if offload_optim:
+                fsdp.offload_optimizer(optim)
+            _append(stats, {f"{role}/grad_norm": grad_norm})
+        sched.step()
+        out = {k: sum(v) / len(v) for k, v in stats.items()}
+        out[f"{role}/lr"] = sched.get_last_lr()[0]
+        return out
+
+    def update_critic(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        """Clipped value loss towards ``returns`` on this rank's update shard; metrics of the global batch."""
+        c = self.cfg.critic
+        agg = c.get("loss_agg_mode") or self.cfg.actor_rollout_ref.actor.loss_agg_mode
+
+        def micro_loss(mb):
+            vpreds = self._values(mb)
+            loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
+                                               float(c.cliprange_value), agg)
+            return loss, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
+                          "critic/vpred_mean": m["vpred_mean"]}
+
+        return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
+                           bool(c.get("shuffle", False)), float(c.grad_clip), agg, self.critic_offload_optim, micro_loss)
+
+    def update_actor(self, batch: RolloutBatch, step: int) -> dict[str, float]:
+        """PPO clipped policy loss (+ entropy bonus, + KL loss) on this rank's update shard."""
+        a = self.cfg.actor_rollout_ref.actor
+        agg = a.loss_agg_mode
+
+        def micro_loss(mb):
+            mask = mb["response_mask"]
+            logits = self._response_logits(self.actor, mb)
+            log_prob = algos.logprobs_from_logits(logits, mb["responses"])
+            pg_loss, m = algos.compute_policy_loss(
+                mb["old_log_probs"], log_prob, mb["advantages"], mask,
+                clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
+                clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
+                clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
+            entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
+            # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref); every term aggregated over the same units
+            loss = pg_loss - float(a.entropy_coeff) * entropy
+            row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
+                   "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"],
+                   "actor/entropy": entropy.item()}
+            if a.use_kl_loss:
+                kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
+                kl_loss = algos.agg_loss(kl, mask, agg)
+                loss = loss + float(a.kl_loss_coef) * kl_loss
+                row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
+            return loss, row
+
+        return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),
+                           float(a.grad_clip), agg, self.actor_offload_optim, micro_loss)
+
+    # ------------------------------------------------------------------ state
+    def full_state_dict(self, rank0_only: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        """``{"actor": ..., "critic": ...}`` unsharded on the CPU (rank 0 only by default). Collective."""
+        out = {"actor": fsdp.full_state_dict(self.actor, rank0_only)}
+        if self.critic is not None:
+            out["critic"] = fsdp.full_state_dict(self.critic, rank0_only)
+        return out
+
+    def reset_after_interrupt(self) -> None:
+        self.actor_optim.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            self.critic_optim.zero_grad(set_to_none=True)
+        self.actor.train()
+
+    def ping(self) -> int:
+        return self.rank
+
+    def shutdown(self) -> None:
+        """Leave the process group (the process itself is ended by its owner)."""
+        import torch.distributed as dist
+
+        self.gen_model = None
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def _append(stats: dict[str, list[float]], row: dict[str, float]) -> None:
+    for k, v in row.items():
+        stats.setdefault(k, []).append(float(v))
