@@ -317,6 +317,30 @@ class WorkerGroup:
     def update_critic(self, batch: RolloutBatch, step: int) -> dict:
         return self._update("critic", batch, step)
 
+    def set_total_training_steps(self, total: int) -> None:
+        self.call_all("set_total_training_steps", total)
+
+    def reset_after_interrupt(self) -> None:
+        self.call_all("reset_after_interrupt")
+
+    # the hf generation copy takes the actor's weights at every generate: nothing to wake, sleep or sync
+    def wake_rollout(self) -> None:
+        pass
+
+    def sleep_rollout(self) -> None:
+        pass
+
+    def sync_rollout_weights(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError("checkpoints of a WorkerGroup are not supported yet (sharded "
+                                  "torch.distributed.checkpoint per rank is the plan); full_state_dict via "
+                                  "group.call_rank0('full_state_dict') gives the unsharded weights")
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError("resuming a WorkerGroup from a checkpoint is not supported yet")
+
     def memory_snapshot(self, step, phase: str, event: str) -> None:
         """Fire and forget on every rank (each runs it between the calls around it)."""
         for a in self.actors:
