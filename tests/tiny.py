@@ -43,6 +43,7 @@ def toy_parquet(out_dir, n_train: int = 32, n_test: int = 4):
     import pandas as pd
 
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     rows = [{"data_source": "toy/digits", "prompt": [{"role": "user", "content": f"count {i}"}], "ability": "toy",
              "reward_model": {"style": "rule", "ground_truth": ""}, "extra_info": {"split": "train", "index": i}}
             for i in range(n_train)]
