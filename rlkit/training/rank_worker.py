@@ -7,8 +7,9 @@ batch. Each rank:
 1. joins the process group from ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT``
    (``tcp://`` init method, IPv6 bracketed; NCCL on CUDA, gloo on CPU; collectives time out after
    ``timeout_s`` instead of hanging when a peer is gone);
-2. loads actor, critic and reference with PPOWorker's loaders (``rlkit.training.models``) and
-   shards them with :func:`rlkit.training.fsdp.shard_model` (bf16 compute on GPU, fp32 on CPU;
+2. loads actor, critic and reference with PPOWorker's loader
+   (:func:`rlkit.training.worker.load_role_models`), sharding each as it loads with
+   :func:`rlkit.training.fsdp.shard_model` (bf16 compute on GPU, fp32 on CPU;
    ``fsdp_config.param_offload`` -> CPUOffloadPolicy; ``optimizer_offload`` -> AdamW state on the
    CPU between updates; ``fsdp_size`` -> the HSDP mesh of :class:`~rlkit.parallel.ParallelPlan`);
 3. runs forward passes on its share of a batch (``compute_log_prob``, ``compute_ref_log_prob``,
@@ -82,9 +83,8 @@ from rlkit.datasets.batch import PAD_COLUMN, RolloutBatch
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.parallel import ParallelPlan
 from rlkit.rollout.base import get_rollout_class
-from rlkit.training import fsdp, models
+from rlkit.training import fsdp, models, worker as worker_lib
 from rlkit.training.optim import build_optimizer, build_scheduler
-from rlkit.training.worker import PPOWorker, needs_reference
 
 __all__ = ["RankWorker", "update_shards", "loss_units", "DEFAULT_TIMEOUT_S"]
 
@@ -183,12 +183,6 @@ class RankWorker:
         timeout_s: collective timeout (default ``RLKIT_DIST_TIMEOUT_S`` or 600).
     """
 
-    # PPOWorker's own helpers, reused as they are (they read only cfg, tokenizer, model_dir, device)
-    eos_token_ids = PPOWorker.eos_token_ids
-    sampling_params = PPOWorker.sampling_params
-    _response_logits = PPOWorker._response_logits
-    _autocast = PPOWorker._autocast
-
     def __init__(self, cfg, total_training_steps: int = 1, *, rank: int | None = None,
                  world_size: int | None = None, local_rank: int | None = None, master_addr: str | None = None,
                  master_port: int | None = None, timeout_s: float | None = None, progress: bool = False):
@@ -225,8 +219,7 @@ class RankWorker:
         if not dist.is_initialized():
             dist.init_process_group(self.backend, init_method=tcp_init_method(bare_host(addr), port), rank=self.rank,
                                     world_size=self.world_size, timeout=datetime.timedelta(seconds=self.timeout_s))
-        # FSDP's MixedPrecisionPolicy computes in bf16 on GPU; no autocast on top (PPOWorker's helpers read this)
-        self.autocast_dtype = None
+        # FSDP's MixedPrecisionPolicy computes in bf16 on GPU; no autocast on top
         self.param_dtype = torch.bfloat16 if on_gpu else None
 
         self.plan = ParallelPlan.from_config(cfg)
@@ -247,7 +240,8 @@ class RankWorker:
         self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
         self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
                                                arr.model.get("trust_remote_code", False))
-        self._load_models(cfg, on_gpu)
+        self.eos_ids = worker_lib.eos_token_ids(self.tokenizer, self.model_dir)
+        self._load_models(cfg)
         self.load_time = time.time()
         self._memory("load_models", "end")
 
@@ -263,39 +257,26 @@ class RankWorker:
         return fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
                                 offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
 
-    def _load_models(self, cfg, on_gpu: bool) -> None:
-        # TODO: share one loader with PPOWorker._load_models (same calls, here followed by sharding)
+    def _load_models(self, cfg) -> None:
+        """PPOWorker's loader (:func:`rlkit.training.worker.load_role_models`), each model sharded as it
+        loads; the actor first leaves its unsharded generation copy (``hf``)."""
         arr = cfg.actor_rollout_ref
-        override = dict(arr.model.get("override_config") or {})
-        trust = arr.model.get("trust_remote_code", False)
-        actor = models.load_causal_lm(self.model_dir, torch.float32, override,
-                                      arr.model.enable_gradient_checkpointing, trust)
-        self.gen_model = None
-        if arr.rollout.name == "hf":  # the unsharded copy that generates (see the module docstring)
-            self.gen_model = copy.deepcopy(actor).to(self.device).eval().requires_grad_(False)
-        elif arr.rollout.name != "hf":
+        if arr.rollout.name != "hf":
             raise NotImplementedError(f"rollout.name={arr.rollout.name!r} inside rank workers is not supported yet "
                                       "(hf only)")
-        self.actor = self._shard(actor, "actor", arr.actor.fsdp_config)
+        fsdp_cfgs = {"actor": arr.actor.fsdp_config, "ref": arr.ref.fsdp_config, "critic": cfg.critic.model.fsdp_config}
+
+        def place(role: str, model):
+            if role == "actor":  # the unsharded copy that generates (see the module docstring)
+                self.gen_model = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
+            return self._shard(model, role, fsdp_cfgs[role])
+
+        self.actor, self.ref, self.critic = worker_lib.load_role_models(cfg, self.model_dir, None, place=place)
         self.actor_optim = build_optimizer(self.actor.parameters(), arr.actor.optim)
         self.actor_offload_optim = bool(arr.actor.fsdp_config.get("optimizer_offload", False))
-
-        self.ref = None
-        if needs_reference(cfg):
-            ref = models.load_causal_lm(self.model_dir, torch.float32, override, trust_remote_code=trust)
-            self.ref = self._shard(ref.eval().requires_grad_(False), "ref", arr.ref.fsdp_config)
-
-        self.critic = None
-        if algos.estimator_needs_critic(cfg.algorithm.adv_estimator):
-            c = cfg.critic
-            critic_path = c.model.get("path") or arr.model.path
-            critic_dir = (self.model_dir if critic_path == arr.model.path and not c.model.get("gguf_file")
-                          else models.resolve_model_path(critic_path, c.model.get("gguf_file")))
-            critic = models.load_value_model(critic_dir, torch.float32, dict(c.model.get("override_config") or {}),
-                                             c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False))
-            self.critic = self._shard(critic, "critic", c.model.fsdp_config)
-            self.critic_optim = build_optimizer(self.critic.parameters(), c.optim)
-            self.critic_offload_optim = bool(c.model.fsdp_config.get("optimizer_offload", False))
+        if self.critic is not None:
+            self.critic_optim = build_optimizer(self.critic.parameters(), cfg.critic.optim)
+            self.critic_offload_optim = bool(cfg.critic.model.fsdp_config.get("optimizer_offload", False))
         self.set_total_training_steps(self.total_training_steps)
 
     def set_total_training_steps(self, total: int) -> None:
@@ -363,10 +344,10 @@ class RankWorker:
         full = fsdp.full_state_dict(self.actor)
         self.gen_model.load_state_dict(full)
         del full
-        sampling = self.sampling_params(validate)
+        sampling = worker_lib.sampling_params(self.cfg, self.eos_ids, validate)
         if not prompt_ids:
             return {"prompts": [], "responses": [], "log_probs": [], "finish_reasons": []}
-        engine = get_rollout_class("hf")(self.gen_model, self.tokenizer.pad_token_id, self.eos_token_ids(),
+        engine = get_rollout_class("hf")(self.gen_model, self.tokenizer.pad_token_id, self.eos_ids,
                                          max_batch_size=self.cfg.actor_rollout_ref.rollout.get("max_num_seqs") or None)
         engine.progress = self.progress
         with self._own_rng():
@@ -420,6 +401,9 @@ class RankWorker:
         if with_entropy:
             out["entropys"] = torch.cat(ents)
         return out
+
+    def _response_logits(self, model, mb: RolloutBatch) -> torch.Tensor:
+        return worker_lib.response_logits(model, mb, self.cfg.actor_rollout_ref.rollout.temperature)
 
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -43,6 +43,97 @@ def iter_chunks(indices: torch.Tensor, size: int):
 
 def needs_reference(cfg) -> bool:
     return bool(cfg.actor_rollout_ref.actor.use_kl_loss or cfg.algorithm.use_kl_in_reward)
+
+
+# ---------------------------------------------------------------------- shared by PPOWorker and RankWorker
+def load_role_models(cfg, model_dir: str, device: torch.device | None, dtypes: dict[str, torch.dtype] | None = None,
+                     place: Callable[[str, torch.nn.Module], torch.nn.Module] | None = None):
+    """Load the roles a config trains: ``(actor, ref, critic)``; ref and critic are None when not needed.
+
+    Args:
+        cfg: the run's config (``actor_rollout_ref.model``, ``critic.model``, the estimator, the KL switches).
+        model_dir: the actor's resolved folder (the critic uses it too unless ``critic.model.path`` differs).
+        device: where each model goes right after it loads; None leaves it on the CPU.
+        dtypes: per role (``"actor"``, ``"ref"``, ``"critic"``) the dtype to load in; float32 by default.
+        place: ``place(role, model) -> model`` run on each model right after it loads (and moves),
+            before the next one loads: a rank worker shards there, so at most one unsharded copy is held.
+
+    The reference model comes back in eval mode without gradients. Models load in the order actor,
+    ref, critic (a value head's random initialisation draws from the current random stream).
+    """
+    dtypes = dtypes or {}
+    arr = cfg.actor_rollout_ref
+    override = dict(arr.model.get("override_config") or {})
+    trust = arr.model.get("trust_remote_code", False)
+
+    def finish(role: str, model):
+        if device is not None:
+            model = model.to(device)
+        return place(role, model) if place is not None else model
+
+    actor = finish("actor", models.load_causal_lm(model_dir, dtypes.get("actor", torch.float32), override,
+                                                  arr.model.enable_gradient_checkpointing, trust))
+    ref = None
+    if needs_reference(cfg):
+        ref = models.load_causal_lm(model_dir, dtypes.get("ref", torch.float32), override, trust_remote_code=trust)
+        ref = finish("ref", ref.eval().requires_grad_(False))
+    critic = None
+    if algos.estimator_needs_critic(cfg.algorithm.adv_estimator):
+        c = cfg.critic
+        critic_path = c.model.get("path") or arr.model.path
+        critic_dir = (model_dir if critic_path == arr.model.path and not c.model.get("gguf_file")
+                      else models.resolve_model_path(critic_path, c.model.get("gguf_file")))
+        critic = finish("critic", models.load_value_model(
+            critic_dir, dtypes.get("critic", torch.float32), dict(c.model.get("override_config") or {}),
+            c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False)))
+    return actor, ref, critic
+
+
+def eos_token_ids(tokenizer, model_dir: str) -> list[int]:
+    """The tokenizer's eos plus the checkpoint's generation_config eos ids (every engine stops on these)."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id}
+    try:
+        gen_eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:  # no generation_config.json
+        gen_eos = None
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, (list, tuple)):
+        ids.update(gen_eos)
+    return sorted(i for i in ids if i is not None)
+
+
+def sampling_params(cfg, stop_token_ids: list[int], validate: bool = False) -> SamplingParams:
+    """``rollout.*`` (or ``rollout.val_kwargs.*`` with ``validate``) as engine-neutral SamplingParams."""
+    r = cfg.actor_rollout_ref.rollout
+    src = r.val_kwargs if validate else r
+    return SamplingParams(
+        max_new_tokens=int(cfg.data.max_response_length),
+        n=int(src.n), temperature=float(src.temperature), top_p=float(src.top_p), top_k=int(src.top_k),
+        do_sample=bool(src.do_sample), ignore_eos=bool(r.get("ignore_eos", False)),
+        stop_token_ids=list(stop_token_ids),  # every engine stops on the same ids
+    )
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def response_logits(model, mb: RolloutBatch, temperature: float, device: torch.device | None = None,
+                    autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """(mb, R, V) fp32 logits predicting each response token, scaled by 1 / temperature (0 counts as 1);
+    the forward runs under :func:`autocast` when ``autocast_dtype`` is given (PPOWorker on GPU)."""
+    R = mb["responses"].shape[1]
+    with autocast(device, autocast_dtype):
+        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                    position_ids=mb["position_ids"], use_cache=False, logits_to_keep=R + 1)
+    logits = out.logits[:, -R - 1 : -1].float()  # logits at position t predict token t+1
+    return logits / (float(temperature) or 1.0)
 
 
 class PPOWorker:
@@ -98,7 +189,12 @@ class PPOWorker:
         self._init_snapshot("load_models", "start")
 
         with self._own_rng():
-            self._load_models(cfg, on_gpu)
+            self.actor, self.ref, self.critic = load_role_models(
+                cfg, self.model_dir, self.device, {"ref": torch.bfloat16 if on_gpu else torch.float32})
+        self.actor_optim = build_optimizer(self.actor.parameters(), arr.actor.optim)
+        if self.critic is not None:
+            self.critic_optim = build_optimizer(self.critic.parameters(), cfg.critic.optim)
+        self.set_total_training_steps(self.total_training_steps)
         self.load_time = time.time()
         self._init_snapshot("load_models", "end")
 
@@ -106,33 +202,6 @@ class PPOWorker:
             self.rollout = engine_cls(self.actor, self.tokenizer.pad_token_id, self.eos_token_ids(),
                                       max_batch_size=arr.rollout.get("max_num_seqs") or None)
         self.rollout.progress = progress
-
-    def _load_models(self, cfg, on_gpu: bool) -> None:
-        arr = cfg.actor_rollout_ref
-        override = dict(arr.model.get("override_config") or {})
-        self.actor = models.load_causal_lm(
-            self.model_dir, torch.float32, override, arr.model.enable_gradient_checkpointing,
-            arr.model.get("trust_remote_code", False)).to(self.device)
-        self.actor_optim = build_optimizer(self.actor.parameters(), arr.actor.optim)
-
-        self.ref = None
-        if needs_reference(cfg):
-            self.ref = models.load_causal_lm(self.model_dir, torch.bfloat16 if on_gpu else torch.float32, override,
-                                             trust_remote_code=arr.model.get("trust_remote_code", False)).to(self.device)
-            self.ref.eval().requires_grad_(False)
-
-        self.critic = None
-        if algos.estimator_needs_critic(cfg.algorithm.adv_estimator):
-            c = cfg.critic
-            critic_path = c.model.get("path") or arr.model.path
-            critic_dir = (self.model_dir if critic_path == arr.model.path and not c.model.get("gguf_file")
-                          else models.resolve_model_path(critic_path, c.model.get("gguf_file")))
-            self.critic = models.load_value_model(
-                critic_dir, torch.float32, dict(c.model.get("override_config") or {}),
-                c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False)).to(self.device)
-            self.critic_optim = build_optimizer(self.critic.parameters(), c.optim)
-
-        self.set_total_training_steps(self.total_training_steps)
 
     # ------------------------------------------------------------------ memory
     def memory_snapshot(self, step: int | None, phase: str, event: str) -> None:
@@ -164,24 +233,11 @@ class PPOWorker:
     # ------------------------------------------------------------------ helpers
     @functools.cache
     def eos_token_ids(self) -> list[int]:
-        """The tokenizer's eos plus the checkpoint's generation_config eos ids."""
-        from transformers import GenerationConfig
-
-        ids = {self.tokenizer.eos_token_id}
-        try:
-            gen_eos = GenerationConfig.from_pretrained(self.model_dir).eos_token_id
-        except OSError:  # no generation_config.json
-            gen_eos = None
-        if isinstance(gen_eos, int):
-            ids.add(gen_eos)
-        elif isinstance(gen_eos, (list, tuple)):
-            ids.update(gen_eos)
-        return sorted(i for i in ids if i is not None)
+        """The tokenizer's eos plus the checkpoint's generation_config eos ids (:func:`eos_token_ids`)."""
+        return eos_token_ids(self.tokenizer, self.model_dir)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     def _rng_now(self) -> dict:
         return {"cpu": torch.get_rng_state(),
@@ -207,13 +263,8 @@ class PPOWorker:
 
     def _response_logits(self, model, mb: Batch) -> torch.Tensor:
         """(mb, R, V) logits predicting each response token, scaled by 1 / temperature."""
-        R = mb["responses"].shape[1]
-        with self._autocast():
-            out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
-                        position_ids=mb["position_ids"], use_cache=False, logits_to_keep=R + 1)
-        logits = out.logits[:, -R - 1 : -1].float()  # logits at position t predict token t+1
-        temperature = float(self.cfg.actor_rollout_ref.rollout.temperature) or 1.0
-        return logits / temperature
+        return response_logits(model, mb, self.cfg.actor_rollout_ref.rollout.temperature, self.device,
+                               self.autocast_dtype)
 
     def _progress(self, items: list, desc: str):
         bar = self._bar(len(items), desc)
@@ -231,14 +282,7 @@ class PPOWorker:
 
     # ------------------------------------------------------------------ rollout
     def sampling_params(self, validate: bool = False) -> SamplingParams:
-        r = self.cfg.actor_rollout_ref.rollout
-        src = r.val_kwargs if validate else r
-        return SamplingParams(
-            max_new_tokens=int(self.cfg.data.max_response_length),
-            n=int(src.n), temperature=float(src.temperature), top_p=float(src.top_p), top_k=int(src.top_k),
-            do_sample=bool(src.do_sample), ignore_eos=bool(r.get("ignore_eos", False)),
-            stop_token_ids=self.eos_token_ids(),  # every engine stops on the same ids
-        )
+        return sampling_params(self.cfg, self.eos_token_ids(), validate)
 
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
         """Sample ``n`` responses per prompt (prompt-major): a RolloutBatch with the generation
