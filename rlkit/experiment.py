@@ -117,7 +117,9 @@ class Experiment:
         reward_fn: optional callable ``(data_source, solution_str, ground_truth, extra_info) -> float | dict``;
             overrides ``custom_reward_function`` and the built-in per-data-source rewards.
         worker: an already-built worker to drive (e.g. :class:`~rlkit.distributed.ray_worker.RayWorker`);
-            by default a PPOWorker in this process for ``hf`` and a Ray worker for ``sglang``.
+            by default a PPOWorker in this process for ``hf`` on one rank, a
+            :class:`~rlkit.distributed.group.WorkerGroup` for ``hf`` on several ranks
+            (``trainer.nnodes * trainer.n_gpus_per_node``) and a Ray worker for ``sglang``.
 
     The README's quick start is a complete example: build, ``step()``, ``run(n)``, ``validate()``,
     ``save()`` and ``resume()``.
@@ -154,17 +156,7 @@ class Experiment:
         self.resumed_from: Path | None = None
 
         if worker is None:
-            # SGLang kills the process that starts its engine when the engine fails, so that worker
-            # runs in a Ray actor, never here
-            kwargs = dict(progress=progress, total_training_steps=self.total_training_steps)
-            if cfg.actor_rollout_ref.rollout.name == "sglang":
-                from rlkit.distributed.ray_worker import RayWorker
-
-                worker = RayWorker(cfg, **kwargs)
-            else:
-                from rlkit.training.worker import PPOWorker
-
-                worker = PPOWorker(cfg, **kwargs)
+            worker = _build_worker(cfg, self.total_training_steps, progress)
         else:
             worker.set_total_training_steps(self.total_training_steps)
         self.worker = worker
@@ -588,6 +580,34 @@ def _home_relative(path: Path) -> str:
         return str(Path("~") / path.relative_to(Path.home()))
     except ValueError:
         return str(path)
+
+
+def _build_worker(cfg, total_training_steps: int, progress: bool):
+    """The worker a config asks for.
+
+    * ``rollout.name=sglang``: one PPOWorker in a Ray actor (:class:`~rlkit.distributed.ray_worker.RayWorker`),
+      whatever the world size: SGLang kills the process that starts its engine when the engine
+      fails, so it never starts here, and engines inside rank workers are not implemented yet.
+    * ``hf`` with ``trainer.nnodes * trainer.n_gpus_per_node > 1``: a
+      :class:`~rlkit.distributed.group.WorkerGroup` of FSDP2 rank workers on Ray (CPU ranks with
+      ``trainer.device=cpu``); its checkpoints are refused until they are sharded per rank.
+    * ``hf`` on one rank: a PPOWorker in this process. A group of one rank becomes the only path once
+      checkpoints are sharded (then a group saves and resumes like this worker does).
+    """
+    from rlkit.parallel import ParallelPlan
+
+    kwargs = dict(progress=progress, total_training_steps=total_training_steps)
+    if cfg.actor_rollout_ref.rollout.name == "sglang":
+        from rlkit.distributed.ray_worker import RayWorker
+
+        return RayWorker(cfg, **kwargs)
+    if (ParallelPlan.from_config(cfg).world_size or 1) > 1:
+        from rlkit.distributed.group import WorkerGroup
+
+        return WorkerGroup(cfg, **kwargs)
+    from rlkit.training.worker import PPOWorker
+
+    return PPOWorker(cfg, **kwargs)
 
 
 def _load_tokenizer(cfg):

@@ -334,12 +334,21 @@ class WorkerGroup:
         pass
 
     def state_dict(self) -> dict:
-        raise NotImplementedError("checkpoints of a WorkerGroup are not supported yet (sharded "
-                                  "torch.distributed.checkpoint per rank is the plan); full_state_dict via "
-                                  "group.call_rank0('full_state_dict') gives the unsharded weights")
+        """Refused: ``Experiment.save()`` with several ranks raises this CheckpointError (a per-rank
+        ``torch.distributed.checkpoint`` of model and optimizer shards is the plan)."""
+        from rlkit.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"checkpoints of a {self.world_size}-rank run are not supported yet (multi-rank checkpoints need sharded, "
+            "per-rank saving). Train without them (trainer.save_freq=-1), or on one rank (trainer.nnodes=1 "
+            "trainer.n_gpus_per_node=1) to save; group.call_rank0('full_state_dict') gives the unsharded weights")
 
     def load_state_dict(self, state: dict) -> None:
-        raise NotImplementedError("resuming a WorkerGroup from a checkpoint is not supported yet")
+        from rlkit.checkpoint import CheckpointError
+
+        raise CheckpointError(f"resuming a {self.world_size}-rank run from a checkpoint is not supported yet "
+                              "(multi-rank checkpoints need sharded, per-rank loading); resume on one rank "
+                              "(trainer.nnodes=1 trainer.n_gpus_per_node=1)")
 
     def memory_snapshot(self, step, phase: str, event: str) -> None:
         """Fire and forget on every rank (each runs it between the calls around it)."""
