@@ -124,6 +124,47 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def critic_loss_agg_mode(cfg) -> str:
+    """``critic.loss_agg_mode``, falling back to the actor's."""
+    return cfg.critic.get("loss_agg_mode") or cfg.actor_rollout_ref.actor.loss_agg_mode
+
+
+def actor_micro_loss(cfg, logits: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped policy loss (+ entropy bonus, + KL loss) of one micro-batch from the actor's
+    :func:`response_logits`; every term aggregated with ``actor.loss_agg_mode`` over the same units.
+    Returns the loss and its ``actor/*`` metrics."""
+    a = cfg.actor_rollout_ref.actor
+    agg = a.loss_agg_mode
+    mask = mb["response_mask"]
+    log_prob = algos.logprobs_from_logits(logits, mb["responses"])
+    pg_loss, m = algos.compute_policy_loss(
+        mb["old_log_probs"], log_prob, mb["advantages"], mask,
+        clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
+        clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
+        clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
+    entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
+    # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
+    loss = pg_loss - float(a.entropy_coeff) * entropy
+    row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
+           "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"],
+           "actor/entropy": entropy.item()}
+    if a.use_kl_loss:
+        kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
+        kl_loss = algos.agg_loss(kl, mask, agg)
+        loss = loss + float(a.kl_loss_coef) * kl_loss
+        row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
+    return loss, row
+
+
+def critic_micro_loss(cfg, vpreds: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss of one micro-batch's value predictions towards ``returns``; the loss and its
+    ``critic/*`` metrics."""
+    loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
+                                       float(cfg.critic.cliprange_value), critic_loss_agg_mode(cfg))
+    return loss, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
+                  "critic/vpred_mean": m["vpred_mean"]}
+
+
 def response_logits(model, mb: RolloutBatch, temperature: float, device: torch.device | None = None,
                     autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """(mb, R, V) fp32 logits predicting each response token, scaled by 1 / temperature (0 counts as 1);
@@ -413,14 +454,9 @@ class PPOWorker:
     def update_critic(self, batch: Batch, step: int) -> dict[str, float]:
         """Clipped value loss towards ``returns``; metrics ``critic/vf_loss``, ``critic/grad_norm``, ..."""
         c = self.cfg.critic
-        agg = c.get("loss_agg_mode") or self.cfg.actor_rollout_ref.actor.loss_agg_mode
 
         def micro_loss(mb):
-            vpreds = self._values(mb)
-            loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
-                                               float(c.cliprange_value), agg)
-            return loss, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
-                          "critic/vpred_mean": m["vpred_mean"]}
+            return critic_micro_loss(self.cfg, self._values(mb), mb)
 
         return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
                            bool(c.get("shuffle", False)), float(c.grad_clip), micro_loss)
@@ -428,29 +464,9 @@ class PPOWorker:
     def update_actor(self, batch: Batch, step: int) -> dict[str, float]:
         """PPO clipped policy loss (+ entropy bonus, + KL loss); metrics ``actor/pg_loss``, ..."""
         a = self.cfg.actor_rollout_ref.actor
-        agg = a.loss_agg_mode
 
         def micro_loss(mb):
-            mask = mb["response_mask"]
-            logits = self._response_logits(self.actor, mb)
-            log_prob = algos.logprobs_from_logits(logits, mb["responses"])
-            pg_loss, m = algos.compute_policy_loss(
-                mb["old_log_probs"], log_prob, mb["advantages"], mask,
-                clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
-                clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
-                clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
-            entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
-            # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
-            loss = pg_loss - float(a.entropy_coeff) * entropy
-            row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
-                   "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"],
-                   "actor/entropy": entropy.item()}
-            if a.use_kl_loss:
-                kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
-                kl_loss = algos.agg_loss(kl, mask, agg)
-                loss = loss + float(a.kl_loss_coef) * kl_loss
-                row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
-            return loss, row
+            return actor_micro_loss(self.cfg, self._response_logits(self.actor, mb), mb)
 
         return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),
                            float(a.grad_clip), micro_loss)
