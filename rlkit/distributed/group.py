@@ -344,8 +344,11 @@ class WorkerGroup:
             "trainer.n_gpus_per_node=1) to save; group.call_rank0('full_state_dict') gives the unsharded weights")
 
     def load_state_dict(self, state: dict) -> None:
+        """Refused like :meth:`state_dict`. The group is shut down first: the resume that called this
+        fails and drops it, and its placement groups must not outlive it (a new group needs them)."""
         from rlkit.checkpoint import CheckpointError
 
+        self.shutdown()
         raise CheckpointError(f"resuming a {self.world_size}-rank run from a checkpoint is not supported yet "
                               "(multi-rank checkpoints need sharded, per-rank loading); resume on one rank "
                               "(trainer.nnodes=1 trainer.n_gpus_per_node=1)")

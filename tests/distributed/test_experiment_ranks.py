@@ -112,6 +112,19 @@ def test_whole_step_on_two_ranks_equals_one_rank(toy):
     assert one["metrics"]["actor/grad_norm"] > 0
 
 
+def test_resume_on_two_ranks_is_refused_and_frees_the_ranks(toy, tmp_path):
+    one = Experiment(ranks_config(toy, 1), reward_fn=digit_fraction)  # one rank: PPOWorker in this process
+    try:
+        one.step()
+        saved = one.save(tmp_path / "ckpt")
+    finally:
+        one.shutdown()
+    with pytest.raises(CheckpointError, match=r"resuming a 2-rank run from a checkpoint is not supported yet"):
+        Experiment.resume(saved, reward_fn=digit_fraction, config=ranks_config(toy, 2), log=lambda line: None)
+    group = WorkerGroup(ranks_config(toy, 2), ready_timeout_s=20)  # both CPUs are free again
+    group.shutdown()
+
+
 def test_main_ppo_with_two_ranks_and_checkpoints_fails_before_models_load(toy, tmp_path, monkeypatch, capsys):
     from rlkit import main_ppo
 
