@@ -1217,17 +1217,22 @@ def runtime_problems(cfg: Any, cuda_devices: Optional[int] = None,
     """What this machine lacks for ``cfg`` (empty when it can run).
 
     ``rollout.name=sglang`` needs a CUDA GPU per TP rank, the ``sglang`` package and ``ray`` (the
-    engine runs in a Ray worker). ``cuda_devices`` and ``have`` (package -> installed) replace the
+    engine runs in a Ray worker); several ranks (``nnodes * n_gpus_per_node > 1``) need ``ray``. ``cuda_devices`` and ``have`` (package -> installed) replace the
     live readings, for tests; by default they come from ``torch.cuda.device_count()`` (no CUDA
     context is created) and ``importlib.util.find_spec``.
     """
     import importlib.util
 
     ro = cfg.actor_rollout_ref.rollout
-    if ro.name != "sglang":
-        return []
     if have is None:
         have = {m: importlib.util.find_spec(m) is not None for m in ("sglang", "ray")}
+    if ro.name != "sglang":
+        world = int(cfg.trainer.nnodes) * int(cfg.trainer.n_gpus_per_node)
+        if world > 1 and not have.get("ray"):  # several ranks run as a Ray worker group
+            return [f"trainer.nnodes*trainer.n_gpus_per_node = {world} ranks run as a Ray worker group, and ray is "
+                    "not installed in this Python. Fix: `pip install ray`, or trainer.n_gpus_per_node=1 for one "
+                    "process."]
+        return []
     if cuda_devices is None:
         import torch
 

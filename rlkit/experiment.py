@@ -145,6 +145,9 @@ class Experiment:
                                      seed=int(d.get("seed", 1) or 1), drop_last=True)
         self.total_training_steps = int(cfg.trainer.get("total_training_steps") or
                                         self.sampler.batches_per_epoch * int(cfg.trainer.total_epochs))
+        from rlkit.parallel import ParallelPlan
+
+        self.world_size = ParallelPlan.from_config(cfg).world_size or 1  # GPUs (or CPU ranks) of the run
         self.global_step = 0
         self._history: list[dict[str, Any]] = []
         self.val_history: list[dict[str, Any]] = []
@@ -286,7 +289,7 @@ class Experiment:
                 worker.sync_rollout_weights()
 
         metrics.update(_data_metrics(batch, int(cfg.data.max_response_length), int(cfg.data.max_prompt_length)))
-        metrics.update(_timing_metrics(timer.timing, batch))
+        metrics.update(_timing_metrics(timer.timing, batch, n_gpus=self.world_size))
         metrics["training/global_step"] = step
         metrics["training/epoch"] = self.sampler.epoch
         for k, v in extras.items():
@@ -511,6 +514,7 @@ class Experiment:
             raise ckpt_lib.CheckpointError(f"{ck.path} holds no actor weights (saved contents: {', '.join(ck.contents)}); "
                                            "it cannot resume a run")
         state["rng"] = extra.get("worker_rng")
+        _refuse_multi_rank_resume(cfg, ck.path)  # before any model or rank starts
         exp = cls(cfg, reward_fn=reward_fn, progress=progress)
         exp.worker.load_state_dict(state)
         exp.sampler.load_state_dict(extra["sampler"])
@@ -580,6 +584,17 @@ def _home_relative(path: Path) -> str:
         return str(Path("~") / path.relative_to(Path.home()))
     except ValueError:
         return str(path)
+
+
+def _refuse_multi_rank_resume(cfg, path: Path) -> None:
+    from rlkit.parallel import ParallelPlan
+
+    world = ParallelPlan.from_config(cfg).world_size or 1
+    if cfg.actor_rollout_ref.rollout.name != "sglang" and world > 1:
+        raise ckpt_lib.CheckpointError(
+            f"resuming a {world}-rank run from a checkpoint is not supported yet ({_home_relative(path)}): "
+            "checkpoints of several ranks are not sharded per rank yet. Fix: resume with trainer.nnodes=1 "
+            "trainer.n_gpus_per_node=1")
 
 
 def _build_worker(cfg, total_training_steps: int, progress: bool):

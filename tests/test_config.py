@@ -745,3 +745,19 @@ def test_name_tuples_agree_with_the_algorithms():
     from rlkit.rollout import ROLLOUT_ENGINES
 
     assert set(config.ROLLOUT_NAMES) == set(ROLLOUT_ENGINES)
+
+
+def test_runtime_problems_name_what_the_machine_lacks():
+    from rlkit.config import runtime_problems
+
+    sgl = PPOConfig.from_overrides(ONE_GPU + ["actor_rollout_ref.rollout.name=sglang",
+                                              "actor_rollout_ref.rollout.tensor_model_parallel_size=1"])
+    (gpu, pkgs) = runtime_problems(sgl, cuda_devices=0, have={"sglang": False, "ray": False})
+    assert "needs an NVIDIA GPU with CUDA, and this machine has none" in gpu
+    assert "needs the sglang and ray packages" in pkgs
+    assert runtime_problems(sgl, cuda_devices=1, have={"sglang": True, "ray": True}) == []
+    two = PPOConfig.from_overrides(["trainer.n_gpus_per_node=2", "data.train_batch_size=8",
+                                    "actor_rollout_ref.actor.ppo_mini_batch_size=4"])
+    (ray,) = runtime_problems(two, cuda_devices=0, have={"sglang": False, "ray": False})
+    assert "2 ranks run as a Ray worker group, and ray is not installed" in ray
+    assert runtime_problems(two, cuda_devices=0, have={"sglang": False, "ray": True}) == []
