@@ -12,6 +12,25 @@ One checkpoint is one folder that resumes as a unit (verl's ``global_step_N`` la
         extra.pt                data position, KL controller, history, memory trace, the
                                 worker's random state                       save_contents: extra
 
+A run on several ranks (:class:`~rlkit.distributed.group.WorkerGroup`) writes the sharded layout
+(marker: ``"layout": "sharded", "world_size": N``): every rank writes its own shards of model and
+AdamW state with ``torch.distributed.checkpoint`` (DCP) and its own random state::
+
+    global_step_N/
+        rlkit_checkpoint.json   as above, plus layout and world_size
+        config.yaml, extra.pt   as above (extra.pt: the controller's state only)
+        actor/dcp/              DCP folder: .metadata and one __<rank>_0.distcp per rank
+                                (model shards, and AdamW shards with save_contents: optimizer)
+        critic/dcp/             (adv_estimator=gae only)
+        ranks/rank_<r>.pt       rank r's random state (its sampling generator, the CPU and CUDA
+                                generators) and the lr schedules (with save_contents: optimizer)
+
+The ranks write into the checkpoint's temporary folder, so every rank must see that path: one
+machine's local disk is enough for one node; several nodes need a shared filesystem for
+``trainer.default_local_dir`` (as with verl and torch's DCP). A sharded checkpoint loads only into
+the same number of ranks, and a single-process one only into one process: loading N shards into M
+ranks (resharding) is not supported yet and is refused with both sizes named.
+
 Sizes follow the model: weights are 4 bytes per parameter, AdamW keeps two more fp32 tensors per
 parameter, so a full checkpoint is about 12 bytes per trained parameter (actor, plus the critic
 with GAE). :func:`describe` prints the breakdown.
@@ -27,13 +46,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 MARKER = "rlkit_checkpoint.json"
 FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: one state.pt (rlkit 0.1.0 before the split layout)
 PARTS = {"actor": ("model", "optimizer"), "critic": ("model", "optimizer")}
 STEP_PREFIX = "global_step_"
+SINGLE, SHARDED = "single", "sharded"  # the marker's "layout"
 
 
 class CheckpointError(RuntimeError):
@@ -49,16 +69,24 @@ class ForeignFolderError(CheckpointError, FileExistsError):
 
 
 # ---------------------------------------------------------------------- writing
-def write(target: str | os.PathLike, *, worker_state: dict, extra: dict, config_yaml: str, global_step: int,
-          contents: Iterable[str] = ("model", "optimizer", "extra")) -> Path:
+def write(target: str | os.PathLike, *, worker_state: dict | None = None, extra: dict, config_yaml: str,
+          global_step: int, contents: Iterable[str] = ("model", "optimizer", "extra"),
+          write_worker: Callable[[Path, list[str]], dict] | None = None) -> Path:
     """Write a checkpoint folder atomically; an existing rlkit checkpoint there is replaced, any other
     non-empty folder is refused (a user's files are never overwritten).
 
     worker_state: ``{"actor": {"model": sd, "optimizer": sd}, "critic": {...}, "rng": ...}``
     (a worker's ``state_dict()``); extra: the controller's state (sampler, KL controller, history...).
+    write_worker: instead of ``worker_state``, for a worker that writes its own files (a
+    WorkerGroup's ranks): called as ``write_worker(tmp_dir, sorted(contents))`` with the temporary
+    folder (absolute) before the marker is written; it returns the marker's layout fields
+    (``{"layout": "sharded", "world_size": N}``). Its files are recorded and size-checked by
+    :func:`inspect` like every other file, and renamed into place with the rest.
     """
     import torch
 
+    if (worker_state is None) == (write_worker is None):
+        raise TypeError("checkpoint.write needs exactly one of worker_state and write_worker")
     contents = set(contents)
     target = Path(target).expanduser().resolve()
     if target.exists() and any(target.iterdir()) and not (target / MARKER).exists():
@@ -68,20 +96,28 @@ def write(target: str | os.PathLike, *, worker_state: dict, extra: dict, config_
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        for role, parts in PARTS.items():
-            state = worker_state.get(role)
-            if state is None:
-                continue
-            (tmp / role).mkdir()
-            for part in parts:
-                if part in contents:
-                    torch.save(state[part], tmp / role / f"{'model' if part == 'model' else 'optim'}.pt")
+        layout = {"layout": SINGLE}
+        if write_worker is not None:
+            layout = dict(write_worker(tmp, sorted(contents)))
+            if layout.get("layout") != SHARDED or int(layout.get("world_size") or 0) < 1:
+                raise CheckpointError(f"write_worker returned {layout!r}; expected layout 'sharded' and a world_size")
+        else:
+            for role, parts in PARTS.items():
+                state = worker_state.get(role)
+                if state is None:
+                    continue
+                (tmp / role).mkdir()
+                for part in parts:
+                    if part in contents:
+                        torch.save(state[part], tmp / role / f"{'model' if part == 'model' else 'optim'}.pt")
         if "extra" in contents:
-            torch.save({**extra, "worker_rng": worker_state.get("rng")}, tmp / "extra.pt")
+            rng = worker_state.get("rng") if worker_state is not None else None  # sharded: in ranks/rank_<r>.pt
+            torch.save({**extra, "worker_rng": rng}, tmp / "extra.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"format": FORMAT, "global_step": global_step, "contents": sorted(contents),
-                                              "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}, indent=1))
+                                              **layout, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                              "files": files}, indent=1))
         old = target.parent / f".{target.name}.old-{os.getpid()}"
         if target.exists():
             os.replace(target, old)
@@ -103,6 +139,8 @@ class Checkpoint:
     global_step: int
     contents: list[str]
     files: dict[str, int] = field(default_factory=dict)
+    layout: str = SINGLE  # "single" (one process's state dicts) or "sharded" (one DCP shard per rank)
+    world_size: int = 1  # ranks that wrote it (1 for the single layout)
 
     @property
     def config_path(self) -> Path:
@@ -122,8 +160,12 @@ class Checkpoint:
                                   "rlkit.checkpoint.load_weights instead")
         return _torch_load(self.path / "extra.pt")
 
-    def load_worker_state(self, roles: Iterable[str]) -> dict:
-        """The worker state to load: ``{"actor": {"model": ..., "optimizer": ... or None}, ...}``."""
+    def load_worker_state(self, roles: Iterable[str]) -> dict | ShardedState:
+        """The worker state to load: ``{"actor": {"model": ..., "optimizer": ... or None}, ...}``; for
+        the sharded layout a :class:`ShardedState` (the ranks read their own shards)."""
+        if self.layout == SHARDED:
+            return ShardedState(self.path, self.world_size, [r for r in roles if self.has_role(r)],
+                                "optimizer" in self.contents)
         if self.format == 1:
             old = _torch_load(self.path / "state.pt")["worker"]
             out = {}
@@ -140,11 +182,60 @@ class Checkpoint:
                          "optimizer": _torch_load(self.path / role / "optim.pt") if self.has(f"{role}/optim.pt") else None}
         return out
 
+    def has_role(self, role: str) -> bool:
+        """Weights of ``role`` ("actor", "critic") are in the checkpoint (either layout; format 1 keeps
+        every role of its run in one ``state.pt``)."""
+        if self.format == 1:
+            return self.has("state.pt")
+        if self.layout == SHARDED:
+            return any(k.startswith(f"{role}/dcp/") for k in self.files)
+        return self.has(f"{role}/model.pt")
+
+    def require_layout(self, world_size: int, sharded: bool) -> None:
+        """Refuse (CheckpointError naming both sizes) unless this checkpoint loads into a run of
+        ``world_size`` ranks that saves ``sharded`` (a WorkerGroup) or one process's state (PPOWorker)."""
+        want = SHARDED if sharded else SINGLE
+        if self.layout == want and (not sharded or self.world_size == world_size):
+            return
+
+        saved = (f"{self.world_size} rank{'s' if self.world_size != 1 else ''} (sharded layout)"
+                 if self.layout == SHARDED else "one process (single-process layout)")
+        now = (f"{world_size} rank{'s' if world_size != 1 else ''} ("
+               f"{'sharded layout' if sharded else 'one process, single-process layout'})")
+        raise CheckpointError(
+            f"{self.path} was saved by {saved} and this run has {now}: saved world size {self.world_size}, this "
+            f"run's world size {world_size}. Loading a checkpoint into another number of ranks (resharding "
+            "N -> M) is not supported yet. Fix: resume with the saved size (trainer.nnodes * "
+            f"trainer.n_gpus_per_node = {self.world_size}), or start a new run (trainer.resume_mode=disable or "
+            "another trainer.default_local_dir)")
+
     def describe(self) -> str:
-        """Sizes per file, e.g. ``actor/model.pt 19.5 MB, actor/optim.pt 39.0 MB, ...``."""
+        """Sizes per file, e.g. ``actor/model.pt 19.5 MB, actor/optim.pt 39.0 MB, ...``; the sharded
+        layout sums each DCP folder (``actor/dcp 58.5 MB``) and the rank files."""
         total = sum(self.files.values())
-        parts = ", ".join(f"{k} {_mb(v)}" for k, v in self.files.items() if k.endswith(".pt"))
-        return f"{_mb(total)} ({parts})"
+        groups: dict[str, int] = {}
+        for k, v in self.files.items():
+            if "/dcp/" in k:
+                k = k.split("/dcp/")[0] + "/dcp"
+            elif k.startswith("ranks/"):
+                k = "ranks/"
+            elif not k.endswith(".pt"):
+                continue
+            groups[k] = groups.get(k, 0) + v
+        parts = ", ".join(f"{k} {_mb(v)}" for k, v in groups.items())
+        shards = f"; {self.world_size} ranks, sharded" if self.layout == SHARDED else ""
+        return f"{_mb(total)} ({parts}{shards})"
+
+
+@dataclass
+class ShardedState:
+    """What a sharded checkpoint gives to ``WorkerGroup.load_state_dict``: each rank loads its own
+    shards from ``path`` (DCP folders ``<role>/dcp`` and ``ranks/rank_<r>.pt``)."""
+
+    path: Path
+    world_size: int
+    roles: list[str]
+    with_optimizer: bool
 
 
 def _mb(n: int) -> str:
@@ -184,9 +275,14 @@ def inspect(directory: str | os.PathLike) -> Checkpoint:
                  "config.yaml": (src / "config.yaml").stat().st_size if (src / "config.yaml").exists() else -1}
         expected = {k: None for k in files}
         contents = ["model", "optimizer", "extra"]
+        layout, world = SINGLE, 1
     else:
         expected = dict(meta.get("files") or {})
         files, contents = {}, list(meta.get("contents") or [])
+        layout, world = meta.get("layout", SINGLE), int(meta.get("world_size") or 1)
+        if layout not in (SINGLE, SHARDED):
+            raise CheckpointError(f"{src} has checkpoint layout {layout!r}; this rlkit reads {SINGLE!r} and "
+                                  f"{SHARDED!r} (upgrade rlkit)")
         for rel in expected:
             p = src / rel
             files[rel] = p.stat().st_size if p.is_file() else -1
@@ -199,7 +295,7 @@ def inspect(directory: str | os.PathLike) -> Checkpoint:
     if problems:
         raise CheckpointError(f"checkpoint {src} is damaged: {'; '.join(problems)}. Resume from an older one "
                               "(trainer.resume_mode=resume_path trainer.resume_from_path=DIR) or move it away")
-    return Checkpoint(src, fmt, int(meta.get("global_step", 0)), contents, files)
+    return Checkpoint(src, fmt, int(meta.get("global_step", 0)), contents, files, layout, world)
 
 
 def step_folders(parent: str | os.PathLike) -> list[Path]:
@@ -326,6 +422,10 @@ def load_weights(directory: str | os.PathLike, role: str = "actor") -> dict:
     """The ``role`` model's state dict ("actor" or "critic") from a checkpoint folder, e.g. to
     evaluate a saved policy: ``model.load_state_dict(rlkit.checkpoint.load_weights(path))``."""
     ck = inspect(directory)
+    if ck.layout == SHARDED:
+        raise CheckpointError(f"{ck.path} is sharded over {ck.world_size} ranks; load_weights reads the single-process "
+                              "layout (torch.distributed.checkpoint.format_utils.dcp_to_torch_save converts "
+                              f"{ck.path / role / 'dcp'} to one file)")
     state = ck.load_worker_state([role])
     if role not in state:
         raise CheckpointError(f"{ck.path} holds no {role} weights (saved contents: {', '.join(ck.contents)})")

@@ -468,7 +468,9 @@ class Experiment:
         Written into a temporary folder beside ``directory`` and renamed into place, so an
         interrupted save leaves the previous checkpoint intact. Refuses to replace a non-empty
         folder that is not an rlkit checkpoint. ``actor.checkpoint.save_contents`` picks what is
-        written (``model``, ``optimizer``, ``extra``); all three are needed to resume.
+        written (``model``, ``optimizer``, ``extra``); all three are needed to resume. On several
+        ranks every rank writes its own shards (``torch.distributed.checkpoint``) into the temporary
+        folder, so ``directory`` must be reachable under the same path from every node.
         """
         self._require_worker("save()")
         extra = {
@@ -480,9 +482,10 @@ class Experiment:
             "memory": [r.to_dict() for r in self.memory_recorder.records],
         }
         contents = list(self.config.actor_rollout_ref.actor.checkpoint.save_contents)
-        return ckpt_lib.write(directory, worker_state=self.worker.state_dict(), extra=extra,
-                              config_yaml=OmegaConf.to_yaml(self.config), global_step=self.global_step,
-                              contents=contents)
+        state = self.worker.state_dict()  # a dict, or a WorkerGroup's writer of per-rank shards
+        worker = {"write_worker": state} if callable(state) else {"worker_state": state}
+        return ckpt_lib.write(directory, extra=extra, config_yaml=OmegaConf.to_yaml(self.config),
+                              global_step=self.global_step, contents=contents, **worker)
 
     @classmethod
     def resume(cls, directory: str | os.PathLike, reward_fn: Callable | None = None, *, config=None,
@@ -509,12 +512,13 @@ class Experiment:
             if changes.refused:
                 raise ckpt_lib.CheckpointError(ckpt_lib.refusal_message(ck.path, changes))
         extra = ck.load_extra()  # damaged files fail here, before the models load
-        state = ck.load_worker_state(["actor", "critic"])
-        if "actor" not in state:
+        if not ck.has_role("actor"):
             raise ckpt_lib.CheckpointError(f"{ck.path} holds no actor weights (saved contents: {', '.join(ck.contents)}); "
                                            "it cannot resume a run")
-        state["rng"] = extra.get("worker_rng")
-        _refuse_multi_rank_resume(cfg, ck.path)  # before any model or rank starts
+        _refuse_other_world_size(cfg, ck)  # before any model or rank starts
+        state = ck.load_worker_state(["actor", "critic"])  # sharded: the ranks read their own shards
+        if isinstance(state, dict):
+            state["rng"] = extra.get("worker_rng")
         exp = cls(cfg, reward_fn=reward_fn, progress=progress)
         exp.worker.load_state_dict(state)
         exp.sampler.load_state_dict(extra["sampler"])
@@ -530,7 +534,10 @@ class Experiment:
         if changes.applied or changes.warned:
             report.append("changed on resume:")
             report += changes.lines()
-        missing = [r for r in state if r != "rng" and state[r].get("optimizer") is None]
+        if isinstance(state, ckpt_lib.ShardedState):
+            missing = [] if state.with_optimizer else list(state.roles)
+        else:
+            missing = [r for r in state if r != "rng" and state[r].get("optimizer") is None]
         if missing:
             report.append(f"warning: no optimizer state saved for {', '.join(missing)} "
                           "(checkpoint.save_contents); AdamW starts fresh")
@@ -586,15 +593,14 @@ def _home_relative(path: Path) -> str:
         return str(path)
 
 
-def _refuse_multi_rank_resume(cfg, path: Path) -> None:
+def _refuse_other_world_size(cfg, ck: ckpt_lib.Checkpoint) -> None:
+    """A sharded checkpoint resumes only on as many ranks as saved it, a single-process one only in one
+    process (PPOWorker, or sglang's RayWorker): refused here, before any model or rank starts."""
     from rlkit.parallel import ParallelPlan
 
     world = ParallelPlan.from_config(cfg).world_size or 1
-    if cfg.actor_rollout_ref.rollout.name != "sglang" and world > 1:
-        raise ckpt_lib.CheckpointError(
-            f"resuming a {world}-rank run from a checkpoint is not supported yet ({_home_relative(path)}): "
-            "checkpoints of several ranks are not sharded per rank yet. Fix: resume with trainer.nnodes=1 "
-            "trainer.n_gpus_per_node=1")
+    sharded = cfg.actor_rollout_ref.rollout.name != "sglang" and world > 1  # a WorkerGroup (see _build_worker)
+    ck.require_layout(world, sharded)
 
 
 def _build_worker(cfg, total_training_steps: int, progress: bool):
@@ -605,9 +611,8 @@ def _build_worker(cfg, total_training_steps: int, progress: bool):
       fails, so it never starts here, and engines inside rank workers are not implemented yet.
     * ``hf`` with ``trainer.nnodes * trainer.n_gpus_per_node > 1``: a
       :class:`~rlkit.distributed.group.WorkerGroup` of FSDP2 rank workers on Ray (CPU ranks with
-      ``trainer.device=cpu``); its checkpoints are refused until they are sharded per rank.
-    * ``hf`` on one rank: a PPOWorker in this process. A group of one rank becomes the only path once
-      checkpoints are sharded (then a group saves and resumes like this worker does).
+      ``trainer.device=cpu``); its checkpoints are sharded per rank (``torch.distributed.checkpoint``).
+    * ``hf`` on one rank: a PPOWorker in this process (single-process checkpoints).
     """
     from rlkit.parallel import ParallelPlan
 

@@ -59,7 +59,6 @@ def run(overrides: list[str], progress: bool = False) -> int:
     t = cfg.trainer
     out_dir = Path(str(t.default_local_dir)).expanduser()
     resume_from = _resume_dir(cfg, out_dir)
-    _refuse_multi_rank_checkpoints(cfg, resume_from)
     if resume_from is not None:
         exp = Experiment.resume(resume_from, config=cfg, progress=progress)
     else:
@@ -100,28 +99,6 @@ def _progress_wanted(flags: set[str]) -> bool:
     if env in ("0", "1"):
         return env == "1"
     return sys.stderr.isatty()
-
-
-def _refuse_multi_rank_checkpoints(cfg, resume_from: Path | None) -> None:
-    """Several ranks cannot save or resume yet (checkpoints are not sharded per rank): say so before any
-    model loads, instead of failing at the first save after training."""
-    from rlkit.config import ConfigError
-    from rlkit.parallel import ParallelPlan
-
-    t = cfg.trainer
-    world = ParallelPlan.from_config(cfg).world_size or 1
-    if world <= 1 or cfg.actor_rollout_ref.rollout.name != "hf":
-        return
-    where = f"trainer.nnodes * trainer.n_gpus_per_node = {t.nnodes} * {t.n_gpus_per_node} = {world} ranks"
-    problems = []
-    if int(t.save_freq) > 0:
-        problems.append(f"trainer.save_freq={t.save_freq} with {where}: multi-rank checkpoints are not supported yet. "
-                        "Fix: trainer.save_freq=-1 (no checkpoints), or train on one rank to save")
-    if resume_from is not None:
-        problems.append(f"resuming {resume_from} with {where}: multi-rank resume is not supported yet. Fix: "
-                        "trainer.resume_mode=disable (or another trainer.default_local_dir), or resume on one rank")
-    if problems:
-        raise ConfigError(problems)
 
 
 def _resume_dir(cfg, out_dir: Path) -> Path | None:

@@ -162,3 +162,80 @@ def test_save_is_atomic_and_never_overwrites_foreign_folders(toy, tmp_path):
         exp.save(target)
     assert (target / "a.txt").read_text() == "keep"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def fake_shards(world: int, fail_after: int | None = None):
+    """A write_worker like WorkerGroup's: per-rank files under <tmp>/actor/dcp and <tmp>/ranks."""
+    def write_worker(tmp, contents):
+        assert tmp.is_absolute() and tmp.name.startswith(".") and tmp.is_dir()
+        (tmp / "actor" / "dcp").mkdir(parents=True)
+        (tmp / "ranks").mkdir()
+        (tmp / "actor" / "dcp" / ".metadata").write_bytes(b"m" * 7)
+        for r in range(world):
+            if fail_after is not None and r == fail_after:
+                raise RuntimeError(f"rank {r} died while writing")
+            (tmp / "actor" / "dcp" / f"__{r}_0.distcp").write_bytes(b"x" * (100 + r))
+            torch.save({"rank": r, "world_size": world}, tmp / "ranks" / f"rank_{r}.pt")
+        return {"layout": "sharded", "world_size": world}
+    return write_worker
+
+
+def write_sharded(target, world=2, step=1, **kw):
+    return ck.write(target, extra={"global_step": step}, config_yaml="x: 1\n", global_step=step,
+                    write_worker=fake_shards(world, **kw))
+
+
+def test_sharded_layout_is_recorded_size_checked_and_refused_into_other_sizes(tmp_path):
+    path = write_sharded(tmp_path / "c")
+    meta = json.loads((path / ck.MARKER).read_text())
+    assert (meta["layout"], meta["world_size"]) == ("sharded", 2)
+    assert meta["files"]["actor/dcp/__1_0.distcp"] == 101 and "ranks/rank_1.pt" in meta["files"]
+    c = ck.inspect(path)
+    assert (c.layout, c.world_size) == ("sharded", 2) and c.has_role("actor") and not c.has_role("critic")
+    state = c.load_worker_state(["actor", "critic"])
+    assert state == ck.ShardedState(path, 2, ["actor"], True)
+    assert torch.load(path / "extra.pt")["worker_rng"] is None  # the ranks keep their own random state
+    c.require_layout(2, sharded=True)
+    with pytest.raises(ck.CheckpointError, match=r"saved by 2 ranks \(sharded layout\) and this run has 4 ranks "
+                                                 r"\(sharded layout\): saved world size 2, this run's world size 4\. "
+                                                 r"Loading .*\(resharding N -> M\) is not supported yet"):
+        c.require_layout(4, sharded=True)
+    with pytest.raises(ck.CheckpointError, match=r"this run has 1 rank \(one process.*world size 1"):
+        c.require_layout(1, sharded=False)
+    with pytest.raises(ck.CheckpointError, match=r"is sharded over 2 ranks"):
+        ck.load_weights(path)
+    with open(path / "actor" / "dcp" / "__0_0.distcp", "r+b") as f:
+        f.truncate(50)
+    with pytest.raises(ck.CheckpointError, match=r"damaged: actor/dcp/__0_0.distcp is 50 bytes, 100 were written"):
+        ck.inspect(path)
+
+
+def test_single_layout_is_recorded_and_refused_into_several_ranks(tmp_path):
+    path = ck.write(tmp_path / "c", worker_state={"actor": {"model": {"w": torch.ones(2)}, "optimizer": {}}},
+                    extra={}, config_yaml="", global_step=3)
+    c = ck.inspect(path)
+    assert json.loads((path / ck.MARKER).read_text())["layout"] == "single" and (c.layout, c.world_size) == ("single", 1)
+    c.require_layout(1, sharded=False)
+    c.require_layout(2, sharded=False)  # sglang on 2 GPUs: one PPOWorker in a Ray actor, single-process state
+    with pytest.raises(ck.CheckpointError, match=r"saved by one process \(single-process layout\) and this run has 2 "
+                                                 r"ranks \(sharded layout\): saved world size 1, this run's world size 2"):
+        c.require_layout(2, sharded=True)
+    with pytest.raises(TypeError, match="exactly one of worker_state and write_worker"):
+        ck.write(tmp_path / "d", worker_state={}, write_worker=fake_shards(1), extra={}, config_yaml="", global_step=0)
+
+
+def test_sharded_writes_are_atomic_and_pruned_like_any_checkpoint(tmp_path):
+    for step in (1, 2, 3):
+        write_sharded(tmp_path / f"global_step_{step}", step=step)
+    before = (tmp_path / "global_step_3" / ck.MARKER).read_text()
+    with pytest.raises(RuntimeError, match="rank 1 died while writing"):  # a rank fails halfway: nothing changes
+        write_sharded(tmp_path / "global_step_3", step=3, fail_after=1)
+    assert (tmp_path / "global_step_3" / ck.MARKER).read_text() == before
+    ck.inspect(tmp_path / "global_step_3")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_1", "global_step_2", "global_step_3"]
+    write_sharded(tmp_path / "global_step_3", step=3, world=4)  # replaced whole, no shard of the old one left
+    assert ck.inspect(tmp_path / "global_step_3").world_size == 4
+    assert sorted(p.name for p in (tmp_path / "global_step_3" / "ranks").iterdir()) == [f"rank_{r}.pt" for r in range(4)]
+    gone = ck.prune(tmp_path, max_actor=1, max_critic=None)
+    assert [p.name for p in gone] == ["global_step_1", "global_step_2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["global_step_3"]

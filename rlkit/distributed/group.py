@@ -13,6 +13,12 @@ Dispatch modes (:mod:`rlkit.distributed.dispatch`): :meth:`~WorkerGroup.call_all
 methods ``generate``, ``compute_log_prob``, ``compute_ref_log_prob``, ``compute_values``,
 ``update_actor``, ``update_critic``.
 
+Checkpoints: :meth:`~WorkerGroup.state_dict` returns a writer with which every rank writes its own
+shards (``torch.distributed.checkpoint``) into the checkpoint's temporary folder, and
+:meth:`~WorkerGroup.load_state_dict` has every rank read its own; layout in :mod:`rlkit.checkpoint`.
+The checkpoint folder must be reachable under the same path from every rank (a shared filesystem
+when the group spans nodes), and loads only into a group of the same size.
+
 Failures never hang the notebook:
 
 * too few resources: refused before anything starts, listing what the cluster has; a placement
@@ -333,25 +339,40 @@ class WorkerGroup:
     def sync_rollout_weights(self) -> None:
         pass
 
-    def state_dict(self) -> dict:
-        """Refused: ``Experiment.save()`` with several ranks raises this CheckpointError (a per-rank
-        ``torch.distributed.checkpoint`` of model and optimizer shards is the plan)."""
-        from rlkit.checkpoint import CheckpointError
+    def state_dict(self):
+        """The group's checkpoint writer, for :func:`rlkit.checkpoint.write`'s ``write_worker``: called
+        with the checkpoint's temporary folder, every rank writes its own DCP shards of model and
+        optimizer and its random state and lr schedules there (:meth:`RankWorker.save_checkpoint`);
+        returns the marker's ``{"layout": "sharded", "world_size": N}``. The folder must be the same
+        path on every rank: on several nodes, a shared filesystem."""
+        self._check()
 
-        raise CheckpointError(
-            f"checkpoints of a {self.world_size}-rank run are not supported yet (multi-rank checkpoints need sharded, "
-            "per-rank saving). Train without them (trainer.save_freq=-1), or on one rank (trainer.nnodes=1 "
-            "trainer.n_gpus_per_node=1) to save; group.call_rank0('full_state_dict') gives the unsharded weights")
+        def write_shards(tmp_dir, contents: list[str]) -> dict:
+            self.call_all("save_checkpoint", str(tmp_dir), list(contents),
+                          _what=f"writing checkpoint shards into {tmp_dir}")
+            return {"layout": "sharded", "world_size": self.world_size}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Refused like :meth:`state_dict`. The group is shut down first: the resume that called this
-        fails and drops it, and its placement groups must not outlive it (a new group needs them)."""
-        from rlkit.checkpoint import CheckpointError
+        return write_shards
 
-        self.shutdown()
-        raise CheckpointError(f"resuming a {self.world_size}-rank run from a checkpoint is not supported yet "
-                              "(multi-rank checkpoints need sharded, per-rank loading); resume on one rank "
-                              "(trainer.nnodes=1 trainer.n_gpus_per_node=1)")
+    def load_state_dict(self, state) -> None:
+        """Load a sharded checkpoint (:class:`rlkit.checkpoint.ShardedState`, from
+        ``Checkpoint.load_worker_state``) saved by as many ranks as this group has; each rank reads its
+        own shards. A single-process checkpoint or another world size is refused with a
+        CheckpointError naming both sizes (resharding is not supported yet); the group is shut down
+        first, so its placement groups do not outlive the resume that failed."""
+        from rlkit.checkpoint import CheckpointError, ShardedState
+
+        if not isinstance(state, ShardedState) or state.world_size != self.world_size:
+            saved = (f"{state.world_size} ranks (sharded layout)" if isinstance(state, ShardedState)
+                     else "one process (single-process layout)")
+            self.shutdown()
+            raise CheckpointError(
+                f"this checkpoint was saved by {saved} and this group has {self.world_size} ranks: saved world size "
+                f"{state.world_size if isinstance(state, ShardedState) else 1}, this group's {self.world_size}. "
+                "Loading a checkpoint into another number of ranks (resharding N -> M) is not supported yet")
+        self._check()
+        self.call_all("load_checkpoint", str(state.path), list(state.roles), bool(state.with_optimizer),
+                      _what=f"loading checkpoint shards from {state.path}")
 
     def memory_snapshot(self, step, phase: str, event: str) -> None:
         """Fire and forget on every rank (each runs it between the calls around it)."""

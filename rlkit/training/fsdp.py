@@ -16,6 +16,10 @@ One rank process per GPU (or per CPU rank with gloo) calls these after ``init_pr
   DTensor gradients reduces across the mesh), as a float, identical on every rank.
 * :func:`full_state_dict` - the whole unsharded state dict (for checkpoints, tests and the ``hf``
   engine's generation copy), on every rank or on rank 0 only.
+* :func:`save_sharded` / :func:`load_sharded` - each rank writes (reads) its own shards of the
+  model and the AdamW state with ``torch.distributed.checkpoint`` (``get_state_dict`` /
+  ``set_state_dict`` + ``dcp.save`` / ``dcp.load``) in one DCP folder; the folder must be the same
+  path on every rank (a shared filesystem across nodes). Loads only into the same mesh size.
 * :func:`offload_optimizer` / :func:`load_optimizer` - move AdamW's state (exp_avg, exp_avg_sq:
   2x the sharded parameters) to the CPU between updates and back before the next step
   (verl's ``optimizer_offload``). With ``offload=True`` the state is already on the CPU.
@@ -23,8 +27,8 @@ One rank process per GPU (or per CPU rank with gloo) calls these after ``init_pr
 Every function here except :func:`decoder_layers` is a collective when the model is sharded over
 more than one rank: all ranks must call it, in the same order.
 
-Not done here: weight sync to SGLang bucket by bucket, ``torch.distributed.checkpoint`` sharded
-checkpoints, FSDP1's ``wrap_policy`` (FSDP2 always wraps per decoder layer), ``forward_prefetch``.
+Not done here: weight sync to SGLang bucket by bucket, resharding a DCP checkpoint to another
+number of ranks, FSDP1's ``wrap_policy`` (FSDP2 always wraps per decoder layer), ``forward_prefetch``.
 
 >>> import torch
 >>> from rlkit.training.fsdp import decoder_layers
@@ -44,7 +48,7 @@ import torch
 from torch import nn
 
 __all__ = ["device_mesh", "decoder_layers", "shard_model", "is_sharded", "clip_grad_norm", "full_state_dict",
-           "offload_optimizer", "load_optimizer", "optimizer_state_device"]
+           "offload_optimizer", "load_optimizer", "optimizer_state_device", "save_sharded", "load_sharded"]
 
 
 def device_mesh(world_size: int, fsdp_size: int = -1, device_type: str = "cpu"):
@@ -182,3 +186,37 @@ def offload_optimizer(optim: torch.optim.Optimizer) -> None:
 def load_optimizer(optim: torch.optim.Optimizer, device: torch.device | str) -> None:
     """Bring the optimizer state back to ``device`` before ``optim.step()``."""
     _move_optimizer(optim, device)
+
+
+def _dcp_state(model: nn.Module, optim: torch.optim.Optimizer | None) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if optim is None:
+        return {"model": get_model_state_dict(model)}
+    msd, osd = get_state_dict(model, optim)
+    return {"model": msd, "optim": osd}
+
+
+def save_sharded(model: nn.Module, optim: torch.optim.Optimizer | None, path) -> None:
+    """Write this rank's shards of ``model`` (and of ``optim``'s state unless None) into the DCP
+    folder ``path``: ``__<rank>_0.distcp`` per rank, ``.metadata`` from rank 0. Collective.
+
+    An optimizer that has not stepped yet gets its state created by a zero-lr step (DCP's
+    ``get_state_dict`` does this); its step count then reads 1."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_dcp_state(model, optim), checkpoint_id=str(path))
+
+
+def load_sharded(model: nn.Module, optim: torch.optim.Optimizer | None, path) -> None:
+    """Load :func:`save_sharded` output from ``path`` into ``model`` (and ``optim``) in place; the mesh
+    must have the size it was saved with. Collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    state = _dcp_state(model, optim)
+    dcp.load(state, checkpoint_id=str(path))
+    if optim is None:
+        set_model_state_dict(model, state["model"])
+    else:
+        set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -45,9 +45,15 @@ prompts with no communication. Cost: one full model copy per rank, fine for the 
 model sizes; SGLang is the path for large models. Each rank samples with its own random stream
 (``data.seed + rank``).
 
+Checkpoints (:meth:`RankWorker.save_checkpoint`, :meth:`RankWorker.load_checkpoint`): every rank
+writes its own model and AdamW shards with ``torch.distributed.checkpoint`` into ``<dir>/actor/dcp``
+and ``<dir>/critic/dcp``, and its random state (its sampling generator, the CPU and CUDA
+generators) and lr schedules into ``<dir>/ranks/rank_<r>.pt``; layout in :mod:`rlkit.checkpoint`.
+``<dir>`` must be the same path on every rank (a shared filesystem across nodes).
+
 Not implemented yet: dynamic batch size (token-budget micro-batches; refused), Ulysses sequence
-parallelism, SGLang engines inside rank workers, sharded checkpoints (``state_dict``), weight sync
-to an engine bucket by bucket.
+parallelism, SGLang engines inside rank workers, resharding a checkpoint to another number of
+ranks, weight sync to an engine bucket by bucket.
 
 The layout, checked by hand (8 rows, global mini-batch 4, 2 ranks, no shuffle)::
 
@@ -510,6 +516,72 @@ class RankWorker:
         if self.critic is not None:
             out["critic"] = fsdp.full_state_dict(self.critic, rank0_only)
         return out
+
+    def _roles(self) -> list[tuple[str, Any, Any, Any, bool, Any]]:
+        """(name, model, optimizer, schedule, optimizer offloaded, optim config) of each trained role."""
+        out = [("actor", self.actor, self.actor_optim, self.actor_sched, self.actor_offload_optim,
+                self.cfg.actor_rollout_ref.actor.optim)]
+        if self.critic is not None:
+            out.append(("critic", self.critic, self.critic_optim, self.critic_sched, self.critic_offload_optim,
+                        self.cfg.critic.optim))
+        return out
+
+    def _rng_state(self) -> dict:
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        return {"generator": self._rng.get_state(), "cpu": torch.get_rng_state(),
+                "cuda": [torch.cuda.get_rng_state(d) for d in devices]}
+
+    def save_checkpoint(self, directory: str, contents: list[str]) -> str:
+        """Write this rank's part of a sharded checkpoint into ``directory`` (the checkpoint's
+        temporary folder, the same path on every rank); ``contents``: ``model``, ``optimizer``.
+        Collective (DCP). Returns the rank file written."""
+        import torch.distributed as dist
+
+        root = os.path.abspath(directory)
+        with_optim = "optimizer" in contents
+        scheds = {}
+        for role, model, optim, sched, offloaded, _ in self._roles():
+            if "model" in contents or with_optim:
+                if offloaded and with_optim:
+                    fsdp.load_optimizer(optim, self.device)
+                try:
+                    fsdp.save_sharded(model, optim if with_optim else None, os.path.join(root, role, "dcp"))
+                finally:
+                    if offloaded and with_optim:
+                        fsdp.offload_optimizer(optim)
+            if with_optim:
+                scheds[role] = sched.state_dict()
+        os.makedirs(os.path.join(root, "ranks"), exist_ok=True)
+        path = os.path.join(root, "ranks", f"rank_{self.rank}.pt")
+        torch.save({"rank": self.rank, "world_size": self.world_size, "rng": self._rng_state(), "sched": scheds}, path)
+        dist.barrier()  # every rank's files are complete before the controller lists and renames them
+        return path
+
+    def load_checkpoint(self, directory: str, roles: list[str], with_optimizer: bool) -> None:
+        """Load :meth:`save_checkpoint` output saved by as many ranks as this group has. A role saved
+        without its optimizer starts a fresh AdamW; the learning rates are this config's. Collective."""
+        root = os.path.abspath(directory)
+        rank_file = torch.load(os.path.join(root, "ranks", f"rank_{self.rank}.pt"), map_location="cpu",
+                               weights_only=False)
+        if rank_file["world_size"] != self.world_size:
+            raise ValueError(f"{root} was saved by {rank_file['world_size']} ranks; this group has {self.world_size}")
+        for role, model, optim, sched, offloaded, optim_cfg in self._roles():
+            if role not in roles:
+                raise ValueError(f"checkpoint {root} has no {role} but this config trains one "
+                                 "(algorithm.adv_estimator=gae)")
+            if offloaded and with_optimizer:
+                fsdp.load_optimizer(optim, self.device)
+            fsdp.load_sharded(model, optim if with_optimizer else None, os.path.join(root, role, "dcp"))
+            if offloaded:
+                fsdp.offload_optimizer(optim)
+            if with_optimizer:
+                sched.load_state_dict(rank_file["sched"][role])
+            worker_lib._set_base_lr(optim, sched, float(optim_cfg.lr))
+        rng = rank_file["rng"]
+        self._rng.set_state(rng["generator"])
+        torch.set_rng_state(rng["cpu"])
+        if self.device.type == "cuda" and rng["cuda"]:
+            torch.cuda.set_rng_state(rng["cuda"][0], self.device)
 
     def reset_after_interrupt(self) -> None:
         self.actor_optim.zero_grad(set_to_none=True)

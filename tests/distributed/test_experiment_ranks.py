@@ -4,10 +4,19 @@ Whole-step equivalence: with generation fixed (the same responses whatever the r
 Experiment.step() on a 2-rank group and on a 1-rank group gives the same metrics and parameters
 within test_group_cpu's tolerance (max |param diff| < TOL = 1e-5; the reasoning is in that
 module's docstring: only the order of float additions differs).
+
+Sharded checkpoints: 1 step, save, resume in a new 2-rank Experiment, 1 step gives the step-2
+metrics of a straight 2-step run within RESUME_TOL = 1e-6 (absolute and relative): the same ranks
+run the same operations on the same shards, generation is seeded per rank (data.seed + rank) and
+every rank's random state is restored, so the numbers are expected to be identical; anything
+short of a full restore (optimizer moments, lr schedule, a rank's sampling stream, the data
+position) moves them by far more (different responses, or updates of size ~lr = 3e-3).
 """
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +26,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from rlkit import Experiment, PPOConfig  # noqa: E402
+from rlkit import checkpoint as ckpt_lib  # noqa: E402
 from rlkit.checkpoint import CheckpointError  # noqa: E402
 from rlkit.datasets import RolloutBatch  # noqa: E402
 from rlkit.distributed.group import WorkerGroup  # noqa: E402
@@ -29,6 +39,10 @@ from test_group_cpu import TOL, max_diff  # noqa: E402
 from test_ray_worker import ray_cluster, toy  # noqa: E402,F401  fixtures: Ray with num_cpus=2; tiny model + toy parquet
 
 BATCH, N = 8, 4  # toy_overrides: data.train_batch_size=8, rollout.n=4
+RESUME_TOL = 1e-6
+SHARD_FILES = {"actor/dcp/.metadata", "actor/dcp/__0_0.distcp", "actor/dcp/__1_0.distcp", "critic/dcp/.metadata",
+               "critic/dcp/__0_0.distcp", "critic/dcp/__1_0.distcp", "ranks/rank_0.pt", "ranks/rank_1.pt",
+               "extra.pt", "config.yaml"}
 
 
 def ranks_config(toy, world: int, **extra) -> PPOConfig:
@@ -68,9 +82,13 @@ def test_two_ranks_step_and_a_killed_rank_is_named(toy, tmp_path):
         phases = set(step_memory[step_memory["rank"] == rank]["phase"])
         assert {"step", "gen", "update_actor"} <= phases, (rank, phases)
 
-    with pytest.raises(CheckpointError, match=r"2-rank run are not supported yet .*trainer.save_freq=-1"):
-        exp.save(tmp_path / "ckpt")
-    assert not (tmp_path / "ckpt").exists()
+    saved = exp.save(tmp_path / "ckpt")  # each rank writes its shards into the temporary folder, then one rename
+    meta = json.loads((saved / ckpt_lib.MARKER).read_text())
+    assert (meta["layout"], meta["world_size"], meta["global_step"]) == ("sharded", 2, 2)
+    assert set(meta["files"]) == SHARD_FILES
+    assert all(size > 0 for size in meta["files"].values())
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left
+    assert "ranks, sharded" in ckpt_lib.inspect(saved).describe()
 
     ray.kill(exp.worker.actors[1])  # what the OOM killer does
     with pytest.raises(WorkerDiedError, match=r"rank 1 \(node .*, local rank 1, cpu\) died while"):
@@ -112,30 +130,114 @@ def test_whole_step_on_two_ranks_equals_one_rank(toy):
     assert one["metrics"]["actor/grad_norm"] > 0
 
 
-def test_resume_on_two_ranks_is_refused_and_frees_the_ranks(toy, tmp_path):
+def first_step_metrics(result) -> dict:
+    return {k: v for k, v in result.metrics.items() if not k.startswith(("timing", "perf/", "memory"))}  # not clock readings
+
+
+@pytest.fixture(scope="module")
+def two_rank_checkpoint(toy, tmp_path_factory):
+    """A 2-rank run's checkpoint after 1 step (and that step's metrics)."""
+    exp = Experiment(ranks_config(toy, 2), reward_fn=digit_fraction)
+    try:
+        first = first_step_metrics(exp.step())
+        path = exp.save(tmp_path_factory.mktemp("two") / "global_step_1")
+    finally:
+        exp.shutdown()
+    return path, first
+
+
+def test_resume_on_two_ranks_gives_the_straight_runs_next_step(toy, two_rank_checkpoint):
+    path, first = two_rank_checkpoint
+    straight = Experiment(ranks_config(toy, 2), reward_fn=digit_fraction)
+    try:
+        one = first_step_metrics(straight.step())
+        two = first_step_metrics(straight.step())
+        straight_rollouts = straight.rollouts
+    finally:
+        straight.shutdown()
+    assert one == first  # the runs are reproducible: the same first step
+    resumed = Experiment.resume(path, reward_fn=digit_fraction, log=lambda line: None)
+    try:
+        assert isinstance(resumed.worker, WorkerGroup) and resumed.global_step == 1
+        again = resumed.step()
+    finally:
+        resumed.shutdown()
+    got = first_step_metrics(again)
+    assert resumed.global_step == 2 and set(got) == set(two)
+    assert list(again.rollouts["response"]) == list(straight_rollouts[straight_rollouts["step"] == 2]["response"])
+    worst = max(abs(got[k] - two[k]) for k in two if not (math.isnan(two[k]) and math.isnan(got[k])))
+    print(f"resumed step 2 vs straight step 2 on 2 ranks: max |metric diff| = {worst:.2e} over {len(two)} metrics")
+    for key in two:
+        assert got[key] == pytest.approx(two[key], rel=RESUME_TOL, abs=RESUME_TOL, nan_ok=True), key
+    assert got["actor/grad_norm"] > 0 and two["actor/lr"] == got["actor/lr"]
+
+
+def test_damaged_shard_is_refused_before_ranks_start(two_rank_checkpoint, tmp_path, monkeypatch):
+    path = Path(shutil.copytree(two_rank_checkpoint[0], tmp_path / "global_step_1"))
+    shard = path / "critic" / "dcp" / "__1_0.distcp"
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:  # rank 1's critic shard cut short
+        f.truncate(size - 10)
+    monkeypatch.setattr(WorkerGroup, "__init__", lambda *a, **k: pytest.fail("the ranks started"))
+    with pytest.raises(CheckpointError, match=rf"damaged: critic/dcp/__1_0.distcp is {size - 10} bytes, {size} were"):
+        Experiment.resume(path, reward_fn=digit_fraction, log=lambda line: None)
+    (path / "ranks" / "rank_0.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"ranks/rank_0.pt is missing"):
+        ckpt_lib.inspect(path)
+
+
+def test_other_world_sizes_are_refused_with_both_sizes(toy, two_rank_checkpoint, tmp_path, monkeypatch):
+    from rlkit.training.worker import PPOWorker
+
     one = Experiment(ranks_config(toy, 1), reward_fn=digit_fraction)  # one rank: PPOWorker in this process
     try:
         one.step()
-        saved = one.save(tmp_path / "ckpt")
+        single = one.save(tmp_path / "single")
     finally:
         one.shutdown()
-    with pytest.raises(CheckpointError, match=r"resuming a 2-rank run from a checkpoint is not supported yet"):
-        Experiment.resume(saved, reward_fn=digit_fraction, config=ranks_config(toy, 2), log=lambda line: None)
-    group = WorkerGroup(ranks_config(toy, 2), ready_timeout_s=20)  # both CPUs are free again
-    group.shutdown()
+    assert ckpt_lib.inspect(single).layout == "single"
+    monkeypatch.setattr(WorkerGroup, "__init__", lambda *a, **k: pytest.fail("the ranks started"))
+    monkeypatch.setattr(PPOWorker, "__init__", lambda *a, **k: pytest.fail("the models loaded"))
+    with pytest.raises(CheckpointError, match=r"saved by 2 ranks \(sharded layout\) and this run has 1 rank .*"
+                                              r"saved world size 2, this run's world size 1\. .*resharding N -> M\) "
+                                              r"is not supported yet"):
+        Experiment.resume(two_rank_checkpoint[0], reward_fn=digit_fraction, config=ranks_config(toy, 1),
+                          log=lambda line: None)
+    with pytest.raises(CheckpointError, match=r"saved by one process \(single-process layout\) and this run has 2 "
+                                              r"ranks \(sharded layout\): saved world size 1, this run's world size 2"):
+        Experiment.resume(single, reward_fn=digit_fraction, config=ranks_config(toy, 2), log=lambda line: None)
+    with pytest.raises(CheckpointError, match=r"saved by 2 ranks .* this run's world size 3"):
+        ckpt_lib.inspect(two_rank_checkpoint[0]).require_layout(3, sharded=True)
+    monkeypatch.undo()
+    group = WorkerGroup(ranks_config(toy, 2), ready_timeout_s=20)  # the group refuses too, and frees its ranks
+    with pytest.raises(CheckpointError, match=r"saved by one process .* this group has 2 ranks"):
+        group.load_state_dict(ckpt_lib.inspect(single).load_worker_state(["actor", "critic"]))
+    assert group.actors == [] and group.placement_groups == []
+    WorkerGroup(ranks_config(toy, 2), ready_timeout_s=20).shutdown()  # both CPUs are free again
 
 
-def test_main_ppo_with_two_ranks_and_checkpoints_fails_before_models_load(toy, tmp_path, monkeypatch, capsys):
+def test_main_ppo_with_two_ranks_saves_then_resumes(toy, tmp_path, capsys):
     from rlkit import main_ppo
 
-    def refuse(*a, **k):
-        raise AssertionError("the worker group was built before the checkpoint settings were checked")
+    run = tmp_path / "run"
 
-    monkeypatch.setattr(WorkerGroup, "__init__", refuse)
-    argv = toy_overrides(*toy, **{"trainer.n_gpus_per_node": 2, "trainer.save_freq": 1,
-                                  "trainer.default_local_dir": tmp_path / "run", "trainer.total_training_steps": 1})
-    assert main_ppo.main(argv) == 2
+    def argv(steps):
+        return toy_overrides(*toy, **{"trainer.n_gpus_per_node": 2, "trainer.save_freq": 1,
+                                      "trainer.default_local_dir": run, "trainer.total_training_steps": steps,
+                                      "trainer.max_actor_ckpt_to_keep": 1, "trainer.test_freq": -1,
+                                      "trainer.val_before_train": False,
+                                      "custom_reward_function.path": Path(__file__).parents[1] / "rewards_for_tests.py",
+                                      "custom_reward_function.name": "digit_fraction"})
+
+    assert main_ppo.main(argv(1)) == 0
+    assert [p.name for p in ckpt_lib.step_folders(run)] == ["global_step_1"]
+    assert ckpt_lib.inspect(run / "global_step_1").world_size == 2
+    capsys.readouterr()
+    assert main_ppo.main(argv(2)) == 0  # resume_mode=auto: continues from global_step_1
     err = capsys.readouterr().err
-    assert "trainer.save_freq=1 with trainer.nnodes * trainer.n_gpus_per_node = 1 * 2 = 2 ranks" in err
-    assert "multi-rank checkpoints are not supported yet. Fix: trainer.save_freq=-1" in err
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    assert "resumed" in err and "global_step_1 at step 1 of 2" in err
+    assert "removed old checkpoint global_step_1" in err  # retention works on sharded folders
+    assert [p.name for p in ckpt_lib.step_folders(run)] == ["global_step_2"]
+    ck = ckpt_lib.inspect(run / "global_step_2")
+    assert (ck.layout, ck.world_size, ck.global_step) == ("sharded", 2, 2)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary or old folder left
