@@ -539,8 +539,10 @@ class RankWorker:
 
         root = os.path.abspath(directory)
         with_optim = "optimizer" in contents
-        scheds = {}
+        scheds, fresh = {}, []
         for role, model, optim, sched, offloaded, _ in self._roles():
+            if with_optim and not optim.state:  # DCP creates the state with a zero-lr step; undone below
+                fresh.append(role)
             if "model" in contents or with_optim:
                 if offloaded and with_optim:
                     fsdp.load_optimizer(optim, self.device)
@@ -549,11 +551,14 @@ class RankWorker:
                 finally:
                     if offloaded and with_optim:
                         fsdp.offload_optimizer(optim)
+                    if role in fresh:
+                        optim.state.clear()  # a save before the first update leaves AdamW as it was (step 0)
             if with_optim:
                 scheds[role] = sched.state_dict()
         os.makedirs(os.path.join(root, "ranks"), exist_ok=True)
         path = os.path.join(root, "ranks", f"rank_{self.rank}.pt")
-        torch.save({"rank": self.rank, "world_size": self.world_size, "rng": self._rng_state(), "sched": scheds}, path)
+        torch.save({"rank": self.rank, "world_size": self.world_size, "rng": self._rng_state(), "sched": scheds,
+                    "fresh_optimizer": fresh}, path)
         dist.barrier()  # every rank's files are complete before the controller lists and renames them
         return path
 
@@ -572,6 +577,8 @@ class RankWorker:
             if offloaded and with_optimizer:
                 fsdp.load_optimizer(optim, self.device)
             fsdp.load_sharded(model, optim if with_optimizer else None, os.path.join(root, role, "dcp"))
+            if role in rank_file.get("fresh_optimizer", []):
+                optim.state.clear()  # saved before its first update: no moments, step 0
             if offloaded:
                 fsdp.offload_optimizer(optim)
             if with_optimizer:

@@ -64,17 +64,35 @@ def make_batch() -> RolloutBatch:
     return b
 
 
-def one_step(cfg, batch, **kw):
+def one_step(cfg, batch, checkpoint_dir=None, **kw):
+    """One update of both roles. With ``checkpoint_dir``: a sharded checkpoint before the updates (it
+    must leave AdamW untouched, or the parameters would differ from 1 rank's) and one after; then one
+    more actor update moves the weights and loading the second checkpoint must bring them back."""
+    from rlkit import checkpoint as ckpt_lib
+
+    def save(name):
+        return ckpt_lib.write(checkpoint_dir / name, write_worker=group.state_dict(), extra={}, config_yaml="",
+                              global_step=0)
+
     group = WorkerGroup(cfg, timeout_s=60, grace_s=10, **kw)
+    out = {}
     try:
-        log_probs = group.compute_log_prob(batch)
-        values = group.compute_values(batch)
-        actor = group.update_actor(batch, step=1)
-        critic = group.update_critic(batch, step=1)
-        state = group.call_rank0("full_state_dict")
+        out["log_probs"] = group.compute_log_prob(batch)
+        out["values"] = group.compute_values(batch)
+        if checkpoint_dir is not None:
+            save("before_update")
+        out["actor"] = group.update_actor(batch, step=1)
+        out["critic"] = group.update_critic(batch, step=1)
+        out["state"] = group.call_rank0("full_state_dict")
+        if checkpoint_dir is not None:
+            saved = save("after_update")
+            group.update_actor(batch, step=2)
+            out["moved"] = group.call_rank0("full_state_dict")
+            group.load_state_dict(ckpt_lib.inspect(saved).load_worker_state(["actor", "critic"]))
+            out["reloaded"] = group.call_rank0("full_state_dict")
     finally:
         group.shutdown()
-    return {"log_probs": log_probs, "values": values, "actor": actor, "critic": critic, "state": state}
+    return out
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -83,10 +101,19 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(model_dir):
+def runs(model_dir, tmp_path_factory):
     batch = make_batch()
     return {"1": one_step(config(model_dir, 1), batch), "2": one_step(config(model_dir, 2), batch),
-            "2-offload": one_step(config(model_dir, 2, offload=True), batch)}
+            "2-offload": one_step(config(model_dir, 2, offload=True), batch,
+                                  checkpoint_dir=tmp_path_factory.mktemp("ckpt"))}
+
+
+def test_sharded_checkpoint_restores_the_weights(runs):
+    """2 ranks with param_offload: load after another update gives back the saved weights exactly."""
+    run = runs["2-offload"]
+    for role in ("actor", "critic"):
+        assert all(torch.equal(run["reloaded"][role][k], v) for k, v in run["state"][role].items()), role
+    assert max_diff(run["moved"]["actor"], run["state"]["actor"]) > 1e-3  # the extra update did move them
 
 
 @pytest.mark.parametrize("name", ["2", "2-offload"])
