@@ -60,3 +60,110 @@ def fsdp_step(rank: int, world: int, port: int, model_dir: str, ids: torch.Tenso
                             "rank0_only": list(fsdp.full_state_dict(model, rank0_only=True))}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finish()
+
+
+class RecordingEngine:
+    """A CPU stand-in for :class:`rlkit.rollout.sglang.SGLangRollout` in a rank group: the same
+    classmethods and methods, recording what the group asks of it. ``serialize_bucket`` copies the
+    values (SGLang's are IPC handles to them), so the leader sees every TP rank's tensors."""
+
+    def __init__(self, kwargs: dict):
+        self.kwargs = kwargs
+        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.events: list[str] = []
+        self.loaded: dict[str, torch.Tensor] = {}
+        self.buckets: list[tuple[int, int]] = []  # (tensors, bytes) per load
+        self.rank_copies_equal = True
+        self.awake = True
+
+    @classmethod
+    def from_config(cls, cfg, model_dir: str, **overrides) -> "RecordingEngine":
+        return cls(dict(overrides, model_dir=model_dir))
+
+    @classmethod
+    def tp_memory_mode(cls, cfg) -> str:
+        return str(cfg.actor_rollout_ref.rollout.get("tp_memory_check", "error"))
+
+    @classmethod
+    def serialize_bucket(cls, bucket):
+        return [(name, t.clone()) for name, t in bucket]
+
+    def load_rank_payloads(self, payloads) -> None:
+        assert self.awake, "weights pushed into a sleeping engine"
+        self.events.append("load")
+        for rows in zip(*payloads):
+            names = {name for name, _ in rows}
+            assert len(names) == 1, names
+            first = rows[0][1]
+            self.rank_copies_equal &= all(torch.equal(first, t) for _, t in rows)
+            self.loaded[rows[0][0]] = first
+        self.buckets.append((len(payloads[0]), sum(t.numel() * t.element_size() for _, t in payloads[0])))
+
+    def flush_cache(self) -> None:
+        self.events.append("flush_cache")
+
+    def resume_weights(self) -> None:
+        self.events.append("resume_weights")
+        self.awake = True
+
+    def resume_kv_cache(self) -> None:
+        self.events.append("resume_kv_cache")
+
+    def sleep(self) -> None:
+        self.events.append("sleep")
+        self.awake = False
+
+    def generate(self, prompt_ids, sampling):
+        from rlkit.rollout.base import GenerationOutput
+
+        self.events.append(f"generate:{len(prompt_ids)}")
+        return GenerationOutput([[1, 2]] * len(prompt_ids), [[0.0, 0.0]] * len(prompt_ids), ["stop"] * len(prompt_ids))
+
+    def shutdown(self) -> None:
+        self.events.append("shutdown")
+
+
+def engine_group_run(rank: int, world: int, port: int, model_dir: str, nnodes: int, tp: int, offload: bool,
+                     bucket_bytes: int, out_dir: str) -> None:
+    """Shard the tiny model over every rank, build an :class:`EngineGroup` with :class:`RecordingEngine`,
+    push the weights, sleep, wake up (push again), generate; save what each rank saw."""
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.parallel import ParallelPlan
+    from rlkit.rollout.base import SamplingParams
+    from rlkit.training import fsdp
+    from rlkit.training.engine_group import EngineGroup
+
+    init(rank, world, port)
+    cfg = OmegaConf.create({"actor_rollout_ref": {"rollout": {"dtype": "float32", "tp_memory_check": "error",
+                                                              "update_weights_bucket_megabytes": 1}}})
+    plan = ParallelPlan.build(nnodes=nnodes, gpus_per_node=world // nnodes, tp=tp, train_batch_size=world * 2)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    fsdp.shard_model(model, fsdp.device_mesh(world, -1, "cpu"), param_dtype=None, reduce_dtype=torch.float32,
+                     offload=offload)
+    group = EngineGroup(cfg, plan, rank, model_dir, RecordingEngine, gpu_id=str(10 + rank), timeout_s=60,
+                        bucket_bytes=bucket_bytes)
+    n_first = group.push_weights(model)
+    group.sleep()
+    group.wake_up(model)
+    refused = None
+    if group.is_leader:
+        out = group.generate([[5, 6], [7]], SamplingParams(max_new_tokens=2))
+        n_out = len(out.response_ids)
+    else:
+        n_out = len(group.generate([], SamplingParams(max_new_tokens=2)).response_ids)
+        try:
+            group.generate([[5]], SamplingParams(max_new_tokens=2))
+        except ValueError as e:
+            refused = str(e)
+    engine = group.engine
+    group.shutdown()
+    result = {"leader": group.leader, "is_leader": group.is_leader, "n_buckets": n_first, "n_out": n_out,
+              "refused": refused, "launched": engine is not None}
+    if engine is not None:
+        result.update(kwargs=engine.kwargs, visible=engine.visible, events=engine.events,
+                      loaded=engine.loaded if group.is_leader else None, buckets=engine.buckets,
+                      rank_copies_equal=engine.rank_copies_equal)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finish()

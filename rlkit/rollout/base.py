@@ -85,6 +85,56 @@ class RolloutEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
+class RankGroupEngine(RolloutEngine, Protocol):
+    """An engine whose tensor-parallel ranks sit beside several training ranks (SGLang in rank workers).
+
+    Every training rank of the TP group turns its bucket of unsharded weights into a payload the
+    engine's TP rank on the same GPU can read (:meth:`serialize_bucket`, a classmethod: ranks that
+    launched no engine call it too); the group's first rank gathers the payloads, in TP-rank order,
+    and hands them to its engine (:meth:`load_rank_payloads`).
+    """
+
+    @classmethod
+    def serialize_bucket(cls, bucket: list[tuple[str, "object"]]) -> list[tuple[str, "object"]]: ...
+
+    def load_rank_payloads(self, payloads: list[list[tuple[str, "object"]]]) -> None: ...
+
+    def flush_cache(self) -> None: ...
+
+    def resume_weights(self) -> None: ...
+
+    def resume_kv_cache(self) -> None: ...
+
+
+def hf_param_name(name: str) -> str:
+    """Map a training-side parameter name to the checkpoint name SGLang's loader expects."""
+    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module."):
+        name = name.replace(wrapper, "")
+    return name
+
+
+def weight_buckets(named_tensors: Iterable[tuple[str, "torch.Tensor"]], bucket_bytes: int, dtype,
+                   device):
+    """Yield lists of (name, tensor) of at most ``bucket_bytes`` each (a bigger tensor goes alone),
+    cast to the engine's ``dtype`` on ``device``, names as the checkpoint has them (:func:`hf_param_name`).
+
+    ``named_tensors`` is consumed lazily: fed a generator that unshards one FSDP parameter at a time
+    (:func:`rlkit.training.fsdp.full_tensors`), it holds at most one bucket and one tensor, never the
+    whole model.
+    """
+    bucket, size = [], 0
+    for name, t in named_tensors:
+        t = t.detach().to(device=device, dtype=dtype).contiguous()
+        nbytes = t.numel() * t.element_size()
+        if bucket and size + nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((hf_param_name(name), t))
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
 # name -> "module:Class"; modules are imported only when the engine is selected, so choosing
 # `hf` never imports sglang.
 ROLLOUT_ENGINES: dict[str, str] = {

@@ -23,7 +23,7 @@ import torch
 
 from rlkit.diagnostics.balance import check_tp_memory_mode, preflight_tp_memory
 from rlkit.diagnostics.memory import gpu_memory_lines
-from rlkit.rollout.base import GenerationOutput, SamplingParams
+from rlkit.rollout.base import GenerationOutput, SamplingParams, hf_param_name, weight_buckets  # noqa: F401
 
 SUPPORTED_SGLANG = ("0.5.15",)  # versions rlkit's GPU tests ran against (0.5.15.post1)
 TP_CHECK_ENV = "SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK"
@@ -71,30 +71,6 @@ def apply_tp_memory_check(mode: str, environ=None) -> str:
     return mode
 
 
-def hf_param_name(name: str) -> str:
-    """Map a training-side parameter name to the checkpoint name SGLang's loader expects."""
-    for wrapper in ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.", "module."):
-        name = name.replace(wrapper, "")
-    return name
-
-
-def weight_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, dtype: torch.dtype,
-                   device: torch.device | str):
-    """Yield lists of (name, tensor) of at most ``bucket_bytes`` each (a bigger tensor goes alone),
-    cast to the engine's ``dtype`` on ``device``."""
-    bucket, size = [], 0
-    for name, t in named_tensors:
-        t = t.detach().to(device=device, dtype=dtype).contiguous()
-        nbytes = t.numel() * t.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((hf_param_name(name), t))
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
 class SGLangRollout:
     """Rollout engine on ``sglang.Engine`` (in-process API, token ids in and out).
 
@@ -118,15 +94,22 @@ class SGLangRollout:
                  enforce_eager: bool = False, load_format: str = "auto", dtype: str = "bfloat16",
                  attention_backend: str | None = "triton", sampling_backend: str | None = "pytorch",
                  engine_kwargs: dict | None = None, tp_memory_check: str = "error", bucket_megabytes: int = 512,
-                 free_cache_engine: bool = True, seed: int = 1, run_config=None):
+                 free_cache_engine: bool = True, seed: int = 1, run_config=None, nnodes: int = 1,
+                 node_rank: int = 0, dist_init_addr: str | None = None, preflight: bool = True):
         sglang = import_sglang()
         _check_architecture(model_path)
         mode = apply_tp_memory_check(tp_memory_check)
-        self.preflight_snapshot = preflight_tp_memory(tp_size, mode, config=run_config)
+        # a rank group runs the pre-flight itself, over its ranks' readings (one GPU each)
+        self.preflight_snapshot = preflight_tp_memory(tp_size, mode, config=run_config) if preflight else None
         kwargs = self.engine_kwargs(model_path, tp_size=tp_size, gpu_memory_utilization=gpu_memory_utilization,
                                     enforce_eager=enforce_eager, load_format=load_format, dtype=dtype,
                                     attention_backend=attention_backend, sampling_backend=sampling_backend,
                                     engine_kwargs=engine_kwargs, seed=seed)
+        if nnodes > 1:  # one engine over whole nodes: each node's first rank launches its part
+            kwargs.update(nnodes=nnodes, node_rank=node_rank, dist_init_addr=dist_init_addr)
+            # node_rank >= 1 would block in Engine() serving its schedulers; the rank worker keeps going
+            os.environ["SGLANG_BLOCK_NONZERO_RANK_CHILDREN"] = "0"
+        self.node_rank = node_rank
         self.engine_args = kwargs
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else torch.bfloat16
         self.bucket_bytes = int(bucket_megabytes) * 2**20
@@ -159,18 +142,26 @@ class SGLangRollout:
     @classmethod
     def from_worker(cls, worker) -> "SGLangRollout":
         """Build from a :class:`~rlkit.training.worker.PPOWorker`'s config (rollout.* keys)."""
-        r = worker.cfg.actor_rollout_ref.rollout
+        return cls.from_config(worker.cfg, worker.model_dir)
+
+    @classmethod
+    def from_config(cls, cfg, model_dir: str, **overrides) -> "SGLangRollout":
+        """Build from a run config's ``actor_rollout_ref.rollout.*`` keys; ``overrides`` (``nnodes``,
+        ``node_rank``, ``dist_init_addr``, ``preflight``) win."""
+        r = cfg.actor_rollout_ref.rollout
         kw = dict(r.get("engine_kwargs", {}).get("sglang", {}) or {})
-        return cls(
-            worker.model_dir, tp_size=int(r.tensor_model_parallel_size),
+        args = dict(
+            tp_size=int(r.tensor_model_parallel_size),
             gpu_memory_utilization=float(r.gpu_memory_utilization), enforce_eager=bool(r.enforce_eager),
             load_format=str(r.load_format), dtype=str(r.get("dtype", "bfloat16")),
             attention_backend=kw.pop("attention_backend", "triton"), sampling_backend=kw.pop("sampling_backend", "pytorch"),
             engine_kwargs=kw, tp_memory_check=str(r.get("tp_memory_check", "error")),
             bucket_megabytes=int(r.get("update_weights_bucket_megabytes", 512)),
-            free_cache_engine=bool(r.get("free_cache_engine", True)), seed=int(worker.cfg.data.get("seed", 1) or 1),
-            run_config=worker.cfg,
+            free_cache_engine=bool(r.get("free_cache_engine", True)), seed=int(cfg.data.get("seed", 1) or 1),
+            run_config=cfg,
         )
+        args.update(overrides)
+        return cls(model_dir, **args)
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> GenerationOutput:
@@ -218,8 +209,62 @@ class SGLangRollout:
         for bucket in weight_buckets(named_tensors, self.bucket_bytes, self.dtype, "cuda"):
             self.engine.update_weights_from_tensor(bucket, flush_cache=False)
             del bucket
+        self.flush_cache()
+
+    # -- a TP group spread over rank workers (each holds one GPU and its FSDP shards)
+    @classmethod
+    def tp_memory_mode(cls, cfg) -> str:
+        """The effective ``rollout.tp_memory_check`` (verl's legacy variable honoured, SGLang's own
+        check switched accordingly in this process's environment); call once per process."""
+        return apply_tp_memory_check(str(cfg.actor_rollout_ref.rollout.get("tp_memory_check", "error")))
+
+    @classmethod
+    def serialize_bucket(cls, bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, object]]:
+        """This rank's bucket of unsharded weights as CUDA IPC handles, readable by the engine's TP
+        rank on the same GPU. The tensors must stay alive until the engine has loaded them."""
+        import_sglang()
+        from sglang.srt.utils import MultiprocessingSerializer
+        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
+
+        monkey_patch_torch_reductions()  # IPC handles that name the GPU by UUID, not by a local index
+        return [(name, MultiprocessingSerializer.serialize(t.detach())) for name, t in bucket]
+
+    def load_rank_payloads(self, payloads: list[list[tuple[str, object]]]) -> None:
+        """Load one bucket from every TP rank's :meth:`serialize_bucket` output (TP-rank order):
+        TP rank i reads tensor values from payload i, on its own GPU (SGLang's LocalSerializedTensor)."""
+        if not self.awake:
+            raise RuntimeError("cannot push weights into a sleeping engine; call resume_weights() first")
+        from sglang.srt.model_executor.model_runner import LocalSerializedTensor
+
+        names = [[n for n, _ in p] for p in payloads]
+        if any(n != names[0] for n in names):
+            raise RuntimeError("TP ranks sent different weight buckets; every rank must push the same "
+                               "parameters in the same order")
+        named = [(rows[0][0], LocalSerializedTensor(values=[value for _, value in rows])) for rows in zip(*payloads)]
+        self.engine.update_weights_from_tensor(named, flush_cache=False)
+
+    def flush_cache(self) -> None:
+        """Drop the prefix cache (its KV entries belong to the old weights); marks the weights valid."""
         self.engine.flush_cache()
         self.weights_valid = True
+
+    def resume_weights(self) -> None:
+        """Take back the weights' memory (contents garbage until pushed)."""
+        if self.awake:
+            return
+        try:
+            self.engine.resume_memory_occupation(tags=["weights"])
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(_oom_message("waking up", self.engine_args["mem_fraction_static"])) from e
+        self.awake = True
+
+    def resume_kv_cache(self) -> None:
+        """After the push: empty torch's cache, then take back the KV cache."""
+        torch.cuda.empty_cache()
+        try:
+            self.engine.resume_memory_occupation(tags=["kv_cache"])
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(_oom_message("waking up", self.engine_args["mem_fraction_static"])) from e
 
     def wake_up(self, named_tensors=None) -> None:
         """verl's order: resume weights -> push weights -> empty cache -> resume KV cache."""
@@ -230,14 +275,9 @@ class SGLangRollout:
         if named_tensors is None:
             raise ValueError("wake_up() needs the weights: the engine's weights were freed by sleep() and would "
                              "come back as garbage. Call wake_up(actor.named_parameters()).")
-        try:
-            self.engine.resume_memory_occupation(tags=["weights"])
-            self.awake = True
-            self.update_weights(named_tensors)
-            torch.cuda.empty_cache()
-            self.engine.resume_memory_occupation(tags=["kv_cache"])
-        except torch.cuda.OutOfMemoryError as e:
-            raise RuntimeError(_oom_message("waking up", self.engine_args["mem_fraction_static"])) from e
+        self.resume_weights()
+        self.update_weights(named_tensors)
+        self.resume_kv_cache()
 
     def sleep(self) -> None:
         """Free the KV cache and the weights for training (no-op unless free_cache_engine)."""

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 __all__ = ["device_mesh", "decoder_layers", "shard_model", "is_sharded", "clip_grad_norm", "full_state_dict",
-           "offload_optimizer", "load_optimizer", "optimizer_state_device", "save_sharded", "load_sharded"]
+           "offload_optimizer", "load_optimizer", "full_tensors", "optimizer_state_device", "save_sharded", "load_sharded"]
 
 
 def device_mesh(world_size: int, fsdp_size: int = -1, device_type: str = "cpu"):
@@ -139,23 +139,42 @@ def clip_grad_norm(params: Iterable[nn.Parameter], max_norm: float) -> float:
     return float(norm)
 
 
+def full_tensors(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None):
+    """Yield each ``(name, tensor)`` of ``named`` unsharded, one at a time, on the mesh's device.
+
+    A DTensor shard (FSDP2) is moved to its mesh's device type first (``CPUOffloadPolicy`` keeps shards
+    on the CPU, and NCCL gathers only GPU memory), cast to ``dtype`` when given (before the gather:
+    a bf16 engine moves half the bytes), then all-gathered; a plain tensor is only cast. Collective:
+    every rank must consume the same names in the same order. The caller decides what to keep, so a
+    consumer that drops each tensor never holds more than one.
+    """
+    from torch.distributed.tensor import DTensor
+
+    for name, t in named:
+        t = t.detach()
+        if isinstance(t, DTensor):
+            local = t.to_local()
+            want = t.device_mesh.device_type
+            if local.device.type != want or (dtype is not None and local.dtype != dtype):
+                local = local.to(device=want, dtype=dtype or local.dtype)
+                t = DTensor.from_local(local, t.device_mesh, t.placements, shape=t.shape, stride=t.stride())
+            t = t.full_tensor()
+        elif dtype is not None:
+            t = t.to(dtype)
+        yield name, t
+
+
 def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
     """The unsharded state dict on the CPU (every key of ``model.state_dict()``, tied weights under
     both names). ``rank0_only``: other ranks get ``{}`` and never hold a full copy. Collective."""
     import torch.distributed as dist
-    from torch.distributed.tensor import DTensor
 
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     out: dict[str, torch.Tensor] = {}
     # one parameter at a time: a full copy of one tensor on the device, never of the whole model
-    for name, t in model.state_dict().items():
-        if isinstance(t, DTensor):
-            if t.device_mesh.device_type != t.to_local().device.type:  # CPUOffloadPolicy: shards on the CPU
-                t = DTensor.from_local(t.to_local().to(t.device_mesh.device_type), t.device_mesh, t.placements,
-                                       shape=t.shape, stride=t.stride())
-            t = t.full_tensor()
+    for name, t in full_tensors(model.state_dict().items()):
         if not rank0_only or rank == 0:
-            out[name] = t.detach().to("cpu", copy=True)
+            out[name] = t.to("cpu", copy=True)
     return out
 
 
