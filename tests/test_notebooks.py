@@ -2,7 +2,8 @@
 
 Notebooks 01 and 03 also: prefer prepared ~/data/gsm8k parquet over any source (and never ask the
 hub then), write nothing next to themselves, and are committed executed, with figures (PNG) that a
-reader sees on the repository page, including the dashboard's static fallback.
+reader sees on the repository page, including the dashboard's static fallback. Notebook 04 (two CPU
+ranks on a local Ray cluster) is committed executed too, and its sharded resume equals the straight run.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 SELF_CONTAINED = ("01_quickstart.ipynb", "03_custom_reward.ipynb")  # committed with their outputs
+COMMITTED_EXECUTED = SELF_CONTAINED + ("04_distributed.ipynb",)
 
 
 def run_notebook(name: str, tmp_path: Path, shared_dir: Path, **env_overrides: str | None):
@@ -192,11 +194,32 @@ def test_custom_reward(tmp_path, shared_dir):
     assert_nothing_written(before, listing(NOTEBOOKS))
 
 
+@pytest.mark.slow
+def test_distributed(tmp_path, shared_dir):
+    """Two CPU ranks on a local Ray cluster (needs 2 CPUs): plan, steps, per-rank memory, the TP rule
+    on the recorded trace, a sharded save and a resume equal to the straight run, shutdown."""
+    pytest.importorskip("ray")
+    before = listing(NOTEBOOKS)
+    nb = run_notebook("04_distributed.ipynb", tmp_path, shared_dir, RAY_ADDRESS=None)
+    assert not errors(nb), errors(nb)[:1]
+    assert outputs(nb, "image/png") >= 2  # per-rank memory timeline, TP balance chart
+    text = text_of(nb)
+    assert "= world 2;" in text and "TP groups [0] [1]" in text  # ParallelPlan.describe()
+    assert "WorkerGroup(1 node(s) x 2 = 2 ranks, CPU, running)" in text
+    assert "ranks [0, 1]" in text  # both ranks recorded memory
+    assert "SGLang raises on rank 0" in text
+    assert "2 ranks, sharded" in text and "ranks/rank_1.pt" in text
+    assert re.search(r"step \d+: \d+ metrics, largest \|difference\| 0\.00e\+00; identical responses: True", text), text[-3000:]
+    assert re.search(r"free now: (\{[^}]*\}) of \1", text)  # shutdown gave the ranks' bundles back
+    assert (tmp_path / "work" / "tiny-model").is_dir() and not list((tmp_path / "work").glob("ckpt-*"))  # temp ckpt removed
+    assert_nothing_written(before, listing(NOTEBOOKS))
+
+
 # ---------------------------------------------------------------- the committed notebooks
 ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:work|root|tmp|home|Users|var/folders)/")
 
 
-@pytest.mark.parametrize("name", SELF_CONTAINED)
+@pytest.mark.parametrize("name", COMMITTED_EXECUTED)
 def test_committed_notebook_has_figures(name):
     """What the repository page shows: executed cells, figures as PNG, dashboards with a PNG fallback,
     no paths of the machine that ran them, and a reasonable size."""
