@@ -404,6 +404,7 @@ class TrainerConfig:
     max_actor_ckpt_to_keep: Optional[int] = None  # keep only the newest N actor checkpoints
     max_critic_ckpt_to_keep: Optional[int] = None  # keep only the newest N critic checkpoints
     ray_wait_register_center_timeout: int = 300  # Ray start-up timeout, seconds (cluster)
+    ray_address: Optional[str] = None  # rlkit; verl uses RAY_ADDRESS. auto | HOST:PORT | ray://HOST:PORT; None = RAY_ADDRESS, else local
     device: str = "cuda"  # cuda | cpu (rlkit falls back to cpu without CUDA at run time)
 
 
