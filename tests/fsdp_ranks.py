@@ -117,7 +117,8 @@ class RecordingEngine:
         from rlkit.rollout.base import GenerationOutput
 
         self.events.append(f"generate:{len(prompt_ids)}")
-        return GenerationOutput([[1, 2]] * len(prompt_ids), [[0.0, 0.0]] * len(prompt_ids), ["stop"] * len(prompt_ids))
+        k = len(prompt_ids) * sampling.n
+        return GenerationOutput([[1, 2]] * k, [[0.0, 0.0]] * k, ["stop"] * k)
 
     def shutdown(self) -> None:
         self.events.append("shutdown")
@@ -167,3 +168,51 @@ def engine_group_run(rank: int, world: int, port: int, model_dir: str, nnodes: i
                       rank_copies_equal=engine.rank_copies_equal)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finish()
+
+
+def rank_worker_engine_run(rank: int, world: int, port: int, cfg, out_dir: str) -> None:
+    """A :class:`RankWorker` with ``rollout.name=sglang`` served by :class:`RecordingEngine`: wake (push),
+    generate, change the actor, sync while awake, sleep, sync while asleep (nothing), wake (push)."""
+    from rlkit.rollout import base
+    from rlkit.training import fsdp
+    from rlkit.training.rank_worker import RankWorker
+
+    base.ROLLOUT_ENGINES["sglang"] = f"{__name__}:RecordingEngine"  # the CPU stand-in for SGLang
+    torch.set_num_threads(1)
+    w = RankWorker(cfg, 2, rank=rank, world_size=world, master_addr="127.0.0.1", master_port=port, timeout_s=60)
+    group = w.engine_group
+    engine = group.engine
+    result = {"is_leader": group.is_leader, "events": [], "loaded": []}
+
+    def full():
+        return {name: t.clone() for name, t in fsdp.full_tensors(w.actor.named_parameters())}
+
+    def seen():  # what the leader's engine holds now
+        return {k: v.clone() for k, v in engine.loaded.items()} if group.is_leader else None
+
+    try:
+        w.generate_tokens([[5, 6]] if group.is_leader else [])
+    except RuntimeError as e:
+        result["asleep_refusal"] = str(e)
+    w.wake_rollout()
+    result["loaded"].append((full(), seen()))
+    result["generated"] = w.generate_tokens([[5, 6, 7], [8, 9]] if group.is_leader else [])
+    with torch.no_grad():
+        for p in w.actor.parameters():
+            p.to_local().add_(0.25)
+    w.sync_rollout_weights()  # awake: pushed now
+    result["loaded"].append((full(), seen()))
+    w.sleep_rollout()
+    with torch.no_grad():
+        for p in w.actor.parameters():
+            p.to_local().mul_(2.0)
+    w.sync_rollout_weights()  # asleep: nothing moves
+    result["loaded"].append((full(), seen()))
+    w.wake_rollout()
+    result["loaded"].append((full(), seen()))
+    result["snapshots"] = [(s["phase"], s["event"]) for s in w.take_snapshots()]
+    result["gen_model"] = w.gen_model is not None
+    w.shutdown()
+    if engine is not None:
+        result["events"] = engine.events
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

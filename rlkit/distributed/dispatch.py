@@ -10,8 +10,9 @@ Modes (every mode calls every rank, because the methods are collectives over the
   answers in rank order and drops the padding rows.
 * **update** (``update_actor`` / ``update_critic``): each rank's share of every global mini-batch,
   from :func:`rlkit.training.rank_worker.update_shards`.
-* **prompts** (``generate``): :func:`split_list` gives each rank a contiguous run of prompts
-  (sizes differing by at most one, possibly none).
+* **prompts** (``generate``): :func:`split_to_leaders` gives each engine (the first rank of each
+  TP group; with ``hf`` every rank is its own group) a contiguous run of prompts (sizes differing
+  by at most one, possibly none) and the other ranks none; answers concatenate in rank order.
 
 >>> import torch
 >>> from rlkit.datasets import RolloutBatch
@@ -30,7 +31,7 @@ import torch
 
 from rlkit.datasets.batch import RolloutBatch
 
-__all__ = ["split_batch", "gather", "split_list"]
+__all__ = ["split_batch", "gather", "split_list", "split_to_leaders"]
 
 
 def split_batch(batch: RolloutBatch, dp: int) -> tuple[list[RolloutBatch], int]:
@@ -67,4 +68,22 @@ def split_list(items: Sequence[Any], k: int) -> list[list[Any]]:
         size = n // k + (1 if i < n % k else 0)
         out.append(list(items[start : start + size]))
         start += size
+    return out
+
+
+def split_to_leaders(items: Sequence[Any], tp_groups: Sequence[Sequence[int]]) -> list[list[Any]]:
+    """Per global rank, its prompts: group g's first rank gets the g-th of :func:`split_list`'s runs
+    over the groups, every other rank an empty list. Concatenating the lists in rank order gives
+    ``items`` back.
+
+    >>> from rlkit.distributed.dispatch import split_to_leaders
+    >>> split_to_leaders([1, 2, 3, 4, 5], [(0, 1), (2, 3)])  # two engines of TP 2
+    [[1, 2, 3], [], [4, 5], []]
+    >>> split_to_leaders([1, 2, 3], [(0,), (1,)])  # hf: every rank generates
+    [[1, 2], [3]]
+    """
+    world = sum(len(g) for g in tp_groups)
+    out: list[list[Any]] = [[] for _ in range(world)]
+    for group, run in zip(tp_groups, split_list(items, len(tp_groups))):
+        out[group[0]] = run
     return out

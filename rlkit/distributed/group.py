@@ -42,6 +42,7 @@ from typing import Any, Sequence
 from rlkit.datasets.batch import RolloutBatch
 from rlkit.distributed import dispatch
 from rlkit.distributed.addresses import format_host_port
+from rlkit.parallel import ParallelPlan
 from rlkit.distributed.ray_worker import FORWARDED_ENV_PREFIXES, WorkerDiedError, _import_ray
 
 __all__ = ["WorkerGroup", "check_cluster_resources", "describe_snapshot"]
@@ -136,6 +137,7 @@ class WorkerGroup:
         self.nnodes = int(cfg.trainer.nnodes)
         self.gpus_per_node = int(cfg.trainer.n_gpus_per_node)
         self.world_size = self.nnodes * self.gpus_per_node
+        self.plan = ParallelPlan.from_config(cfg)  # TP groups: who generates
         self.grace_s = float(grace_s)
         self.actors: list = []
         self.placement_groups: list = []
@@ -288,8 +290,9 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------ PPOWorker's interface
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
-        """Each rank samples a contiguous run of the prompts; one RolloutBatch, prompt-major."""
-        outs = self.call_each("generate_tokens", [(p, validate) for p in dispatch.split_list(prompt_ids, self.world_size)])
+        """Each engine (TP group) samples a contiguous run of the prompts; one RolloutBatch, prompt-major."""
+        per_rank = dispatch.split_to_leaders(prompt_ids, self.plan.tp_groups)
+        outs = self.call_each("generate_tokens", [(p, validate) for p in per_rank])
         cat = {k: [x for o in outs for x in o[k]] for k in outs[0]}
         return RolloutBatch.from_generation(cat["prompts"], cat["responses"], cat["log_probs"],
                                             self.tokenizer.pad_token_id, columns={"finish_reason": cat["finish_reasons"]})
@@ -329,15 +332,16 @@ class WorkerGroup:
     def reset_after_interrupt(self) -> None:
         self.call_all("reset_after_interrupt")
 
-    # the hf generation copy takes the actor's weights at every generate: nothing to wake, sleep or sync
+    # collectives on every rank (the weight push unshards the actor); no-ops for hf, whose generation
+    # copy takes the actor's weights at every generate
     def wake_rollout(self) -> None:
-        pass
+        self.call_all("wake_rollout", _what="waking the rollout engines (weight push)")
 
     def sleep_rollout(self) -> None:
-        pass
+        self.call_all("sleep_rollout")
 
     def sync_rollout_weights(self) -> None:
-        pass
+        self.call_all("sync_rollout_weights", _what="pushing weights into the rollout engines")
 
     def state_dict(self):
         """The group's checkpoint writer, for :func:`rlkit.checkpoint.write`'s ``write_worker``: called

@@ -37,9 +37,18 @@ Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
 * **Metrics** are weighted like the loss and all-reduced, so every rank returns the same numbers,
   those of the global mini-batch (averaged over mini-batches, like PPOWorker).
 
-Generation (``hf`` engine): ranks generate different numbers of tokens, so a sharded module, whose
-every forward is a collective, cannot run ``generate``. Each rank keeps a plain (unsharded) copy of
-the actor, made before sharding; :meth:`RankWorker.generate` first gathers the actor's current
+Generation with SGLang (``rollout.name=sglang``, verl's hybrid engine): one engine per TP group of
+``rollout.tensor_model_parallel_size`` ranks, its TP ranks on those ranks' GPUs
+(:class:`rlkit.training.engine_group.EngineGroup`). It starts before any training state loads (so
+every GPU of the group reads the same free memory for SGLang's TP check, which the group runs
+first over its ranks' real readings) and sleeps until the first :meth:`RankWorker.wake_rollout`,
+which pushes the actor's weights from the FSDP shards bucket by bucket; the group's first rank (its
+leader) generates for the group, the others get no prompts. :meth:`RankWorker.sleep_rollout` frees
+the engine's KV cache and weights for training.
+
+Generation with the ``hf`` engine: ranks generate different numbers of tokens, so a sharded module,
+whose every forward is a collective, cannot run ``generate``. Each rank keeps a plain (unsharded)
+copy of the actor, made before sharding; :meth:`RankWorker.generate` first gathers the actor's current
 weights into it (one all-gather per tensor, the same order on every rank), then generates its own
 prompts with no communication. Cost: one full model copy per rank, fine for the ``hf`` engine's
 model sizes; SGLang is the path for large models. Each rank samples with its own random stream
@@ -52,8 +61,7 @@ generators) and lr schedules into ``<dir>/ranks/rank_<r>.pt``; layout in :mod:`r
 ``<dir>`` must be the same path on every rank (a shared filesystem across nodes).
 
 Not implemented yet: dynamic batch size (token-budget micro-batches; refused), Ulysses sequence
-parallelism, SGLang engines inside rank workers, resharding a checkpoint to another number of
-ranks, weight sync to an engine bucket by bucket.
+parallelism, resharding a checkpoint to another number of ranks.
 
 The layout, checked by hand (8 rows, global mini-batch 4, 2 ranks, no shuffle)::
 
@@ -242,11 +250,15 @@ class RankWorker:
 
         # this rank's random stream: sampling in generate (data.seed + rank); the process's own state is untouched
         self._rng = torch.Generator().manual_seed(int(cfg.data.get("seed", 1) or 1) + self.rank)
-        self._memory("load_models", "start")
         self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
         self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
                                                arr.model.get("trust_remote_code", False))
         self.eos_ids = worker_lib.eos_token_ids(self.tokenizer, self.model_dir)
+        self.engine_group = None  # the rank's part of its TP group's engine (rollout.name=sglang)
+        self.gen_model = None  # the hf engine's unsharded generation copy
+        if arr.rollout.name != "hf":
+            self._start_engine(cfg)
+        self._memory("load_models", "start")
         self._load_models(cfg)
         self.load_time = time.time()
         self._memory("load_models", "end")
@@ -263,17 +275,30 @@ class RankWorker:
         return fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
                                 offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
 
+    def _start_engine(self, cfg) -> None:
+        """Start this rank's part of its TP group's engine, then put it to sleep (collective over the group)."""
+        from rlkit.training.engine_group import EngineGroup  # lazy: only engines that run beside the shards
+
+        name = cfg.actor_rollout_ref.rollout.name
+        engine_cls = get_rollout_class(name)
+        if not hasattr(engine_cls, "load_rank_payloads"):
+            raise NotImplementedError(f"rollout.name={name!r} cannot run inside rank workers: its engine has no rank-group "
+                                      "interface (rlkit.rollout.base.RankGroupEngine)")
+        gpus = _ray_gpu_ids() if self.device.type == "cuda" else []
+        self._memory("engine_start", "start")
+        self.engine_group = EngineGroup(cfg, self.plan, self.rank, self.model_dir, engine_cls,
+                                        gpu_id=gpus[0] if gpus else None, timeout_s=self.timeout_s)
+        self.engine_group.sleep()
+        self._memory("engine_start", "end")
+
     def _load_models(self, cfg) -> None:
         """PPOWorker's loader (:func:`rlkit.training.worker.load_role_models`), each model sharded as it
-        loads; the actor first leaves its unsharded generation copy (``hf``)."""
+        loads; for the ``hf`` engine the actor first leaves its unsharded generation copy."""
         arr = cfg.actor_rollout_ref
-        if arr.rollout.name != "hf":
-            raise NotImplementedError(f"rollout.name={arr.rollout.name!r} inside rank workers is not supported yet "
-                                      "(hf only)")
         fsdp_cfgs = {"actor": arr.actor.fsdp_config, "ref": arr.ref.fsdp_config, "critic": cfg.critic.model.fsdp_config}
 
         def place(role: str, model):
-            if role == "actor":  # the unsharded copy that generates (see the module docstring)
+            if role == "actor" and self.engine_group is None:  # the hf engine's copy (see the module docstring)
                 self.gen_model = copy.deepcopy(model).to(self.device).eval().requires_grad_(False)
             return self._shard(model, role, fsdp_cfgs[role])
 
@@ -306,14 +331,7 @@ class RankWorker:
 
     def describe(self) -> dict:
         """Where this rank runs and what it holds (the group's error messages name these)."""
-        gpus: list = []
-        try:
-            import ray
-
-            if ray.is_initialized():
-                gpus = [str(g) for g in ray.get_gpu_ids()]
-        except Exception:
-            pass
+        gpus = _ray_gpu_ids()
         return {"rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank, "node": self.node,
                 "pid": os.getpid(), "device": str(self.device), "gpu_ids": gpus, "backend": self.backend,
                 "has_ref": self.has_ref, "has_critic": self.has_critic, "model_dir": self.model_dir,
@@ -343,21 +361,26 @@ class RankWorker:
     # ------------------------------------------------------------------ generation
     def generate_tokens(self, prompt_ids: list[list[int]], validate: bool = False) -> dict[str, list]:
         """This rank's prompts -> n responses each (prompt-major) as token lists: ``prompts`` (repeated
-        n times), ``responses``, ``log_probs``, ``finish_reasons``. Collective (the weight gather),
-        then local: ranks may generate different lengths, and a rank may have no prompts."""
-        if self.gen_model is None:
-            raise RuntimeError("no generation copy: only rollout.name=hf generates inside rank workers")
-        full = fsdp.full_state_dict(self.actor)
-        self.gen_model.load_state_dict(full)
-        del full
+        n times), ``responses``, ``log_probs``, ``finish_reasons``. A rank may have no prompts.
+
+        SGLang: only the TP group's leader takes prompts (its engine runs on the whole group), after
+        :meth:`wake_rollout`. ``hf``: collective (the weight gather into the generation copy), then
+        local: ranks may generate different lengths."""
         sampling = worker_lib.sampling_params(self.cfg, self.eos_ids, validate)
-        if not prompt_ids:
-            return {"prompts": [], "responses": [], "log_probs": [], "finish_reasons": []}
-        engine = get_rollout_class("hf")(self.gen_model, self.tokenizer.pad_token_id, self.eos_ids,
-                                         max_batch_size=self.cfg.actor_rollout_ref.rollout.get("max_num_seqs") or None)
-        engine.progress = self.progress
-        with self._own_rng():
-            out = engine.generate(prompt_ids, sampling)
+        if self.engine_group is not None:
+            if prompt_ids and not self.engine_group.awake:
+                raise RuntimeError("the rollout engine is asleep: call wake_rollout() before generate")
+            with self._own_rng():
+                out = self.engine_group.generate(prompt_ids, sampling)
+        else:
+            self.gen_model.load_state_dict(fsdp.full_state_dict(self.actor))
+            if not prompt_ids:
+                return {"prompts": [], "responses": [], "log_probs": [], "finish_reasons": []}
+            engine = get_rollout_class("hf")(self.gen_model, self.tokenizer.pad_token_id, self.eos_ids,
+                                             max_batch_size=self.cfg.actor_rollout_ref.rollout.get("max_num_seqs") or None)
+            engine.progress = self.progress
+            with self._own_rng():
+                out = engine.generate(prompt_ids, sampling)
         return {"prompts": [list(p) for p in prompt_ids for _ in range(sampling.n)], "responses": out.response_ids,
                 "log_probs": out.log_probs, "finish_reasons": out.finish_reasons}
 
@@ -367,6 +390,23 @@ class RankWorker:
         out = self.generate_tokens(prompt_ids, validate)
         return RolloutBatch.from_generation(out["prompts"], out["responses"], out["log_probs"],
                                             self.tokenizer.pad_token_id, columns={"finish_reason": out["finish_reasons"]})
+
+    def wake_rollout(self) -> None:
+        """Give the GPU to the engine: resume weights -> push the actor's -> resume the KV cache.
+        Collective. (``hf``: nothing to do; its copy takes the weights at every generate.)"""
+        if self.engine_group is not None:
+            self.engine_group.wake_up(self.actor)
+
+    def sleep_rollout(self) -> None:
+        """Give the GPU back to training (frees KV cache and weights when rollout.free_cache_engine)."""
+        if self.engine_group is not None:
+            self.engine_group.sleep()
+
+    def sync_rollout_weights(self) -> None:
+        """Push the actor's weights into an awake engine; a sleeping one gets them at its next wake-up.
+        Collective."""
+        if self.engine_group is not None and self.engine_group.awake:
+            self.engine_group.push_weights(self.actor)
 
     @contextlib.contextmanager
     def _own_rng(self):
@@ -604,11 +644,24 @@ class RankWorker:
         import torch.distributed as dist
 
         self.gen_model = None
+        group, self.engine_group = self.engine_group, None
+        if group is not None:
+            group.shutdown()
         if dist.is_initialized():
             try:
                 dist.destroy_process_group()
             except Exception:
                 pass
+
+
+def _ray_gpu_ids() -> list[str]:
+    """This process's GPU ids as Ray assigned them (physical ids), or [] outside Ray."""
+    try:
+        import ray
+
+        return [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+    except Exception:
+        return []
 
 
 def _append(stats: dict[str, list[float]], row: dict[str, float]) -> None:
