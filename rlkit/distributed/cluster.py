@@ -31,7 +31,12 @@ from typing import Mapping
 
 from rlkit.distributed.addresses import format_host_port, is_ipv6, split_host_port
 
-__all__ = ["ray_address_for", "normalize_ray_address", "connect", "check_nodes", "describe_nodes", "dump_timeline"]
+__all__ = ["ray_address_for", "normalize_ray_address", "connect", "check_cluster_resources", "check_nodes",
+           "describe_nodes", "dump_timeline", "FORWARDED_ENV_PREFIXES"]
+
+# Forwarded into every Ray worker: SGLang's and NCCL's switches must reach the engines' processes.
+FORWARDED_ENV_PREFIXES = ("SGL_", "SGLANG_", "NCCL_", "TORCH_", "NVSHMEM_", "HF_", "TRANSFORMERS_", "TRITON_",
+                          "RLKIT_", "CUDA_LAUNCH_BLOCKING", "PYTHONPATH")
 
 CLIENT_PREFIX = "ray://"
 FIX = ("start the cluster first: `ray start --head --port=6379` on the head node, then "
@@ -132,6 +137,7 @@ def ray_address_for(cfg, environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 def _import_ray():
+    """``ray``, or an ImportError that says what needs it and how to install it."""
     try:
         import ray
     except ImportError as e:
@@ -143,6 +149,9 @@ def _import_ray():
 def connect(cfg, env_vars: dict | None = None, num_cpus: int | None = None, *,
             environ: Mapping[str, str] = os.environ):
     """Join the Ray cluster the config (or ``RAY_ADDRESS``) names, or start a local one; returns ``ray``.
+
+    ``env_vars`` reach every worker process; by default this process's variables that start with
+    :data:`FORWARDED_ENV_PREFIXES` (SGLang, NCCL, Hugging Face switches and ``PYTHONPATH``).
 
     Ray already initialised in this process (a notebook that called ``ray.init``, an earlier group):
     reused as it is. Otherwise ``ray.init(address=..., ignore_reinit_error=True,
@@ -158,7 +167,9 @@ def connect(cfg, env_vars: dict | None = None, num_cpus: int | None = None, *,
     if ray.is_initialized():
         return ray
     address, source = _address_and_source(cfg, environ)
-    kwargs: dict = {"ignore_reinit_error": True, "runtime_env": {"env_vars": dict(env_vars or {})}}
+    if env_vars is None:
+        env_vars = {k: v for k, v in environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    kwargs: dict = {"ignore_reinit_error": True, "runtime_env": {"env_vars": dict(env_vars)}}
     if address is None or not address.startswith(CLIENT_PREFIX):
         kwargs["include_dashboard"] = False  # Ray Client refuses driver-side options; the head has its own
     if address is None:
@@ -221,11 +232,34 @@ def _listing(nodes: list[dict]) -> str:
                      for i, n in enumerate(nodes))
 
 
+def check_cluster_resources(resources: dict, nnodes: int, gpus_per_node: int, use_gpu: bool) -> None:
+    """Refuse at once when the cluster cannot hold the group (Ray would keep it pending forever).
+
+    >>> from rlkit.distributed.cluster import check_cluster_resources
+    >>> check_cluster_resources({"CPU": 2.0, "memory": 8e9}, 1, 4, use_gpu=False)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: the worker group needs 1 node x 4 = 4 bundles of {'CPU': 1} (4 CPU) and the Ray cluster has CPU=2, memory=8e+09. ...
+    """
+    world = nnodes * gpus_per_node
+    bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
+    need = {k: v * world for k, v in bundle.items()}
+    short = {k: v for k, v in need.items() if resources.get(k, 0) < v}
+    if short:
+        shown = ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items())
+                          if k in ("CPU", "GPU", "memory") or k.startswith("accelerator_type")) or "nothing"
+        needs = ", ".join(f"{v:g} {k}" for k, v in need.items())
+        raise RuntimeError(
+            f"the worker group needs {nnodes} node{'s' if nnodes != 1 else ''} x {gpus_per_node} = {world} bundles of "
+            f"{bundle} ({needs}) and the Ray cluster has {shown}. Fix: lower trainer.nnodes / trainer.n_gpus_per_node, "
+            "connect to a larger cluster (RAY_ADDRESS), or set trainer.device=cpu for a CPU run")
+
+
 def check_nodes(nnodes: int, gpus_per_node: int, use_gpu: bool, nodes: list[dict] | None = None) -> list[dict]:
     """Refuse a cluster with fewer nodes or GPUs than ``nnodes x gpus_per_node`` (CPUs on a CPU run);
     the error lists every alive node with its CPU and GPU counts. ``nodes`` defaults to ``ray.nodes()``.
     A node counts when it alone could hold one node's share of the group
-    (:func:`~rlkit.distributed.group.check_cluster_resources` with ``nnodes=1``: the same rule the
+    (:func:`check_cluster_resources` with ``nnodes=1``: the same rule the
     group's bundles follow). Returns the alive nodes (:func:`describe_nodes`).
 
     >>> from rlkit.distributed.cluster import check_nodes
@@ -239,7 +273,6 @@ def check_nodes(nnodes: int, gpus_per_node: int, use_gpu: bool, nodes: list[dict
     ...
     RuntimeError: the worker group needs 2 nodes x 8 = 16 bundles of {'GPU': 1, 'CPU': 1} (16 GPU, 16 CPU) and the Ray cluster has CPU=80, GPU=8. ... Nodes: node 0 10.0.0.1 (id a1a1a1a1): CPU=16, GPU=0; node 1 10.0.0.2 (id b2b2b2b2): CPU=64, GPU=8
     """
-    from rlkit.distributed.group import check_cluster_resources
 
     if nodes is None:
         nodes = _import_ray().nodes()

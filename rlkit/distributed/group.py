@@ -42,35 +42,13 @@ from typing import Any, Sequence
 from rlkit.datasets.batch import RolloutBatch
 from rlkit.distributed import dispatch
 from rlkit.distributed.addresses import format_host_port
+from rlkit.distributed.cluster import _import_ray, check_nodes, connect
+from rlkit.distributed.ray_worker import WorkerDiedError
 from rlkit.parallel import ParallelPlan
-from rlkit.distributed.ray_worker import FORWARDED_ENV_PREFIXES, WorkerDiedError, _import_ray
 
-__all__ = ["WorkerGroup", "check_cluster_resources", "describe_snapshot"]
+__all__ = ["WorkerGroup", "describe_snapshot"]
 
 GiB = 1024**3
-
-
-def check_cluster_resources(resources: dict, nnodes: int, gpus_per_node: int, use_gpu: bool) -> None:
-    """Refuse at once when the cluster cannot hold the group (Ray would keep it pending forever).
-
-    >>> from rlkit.distributed.group import check_cluster_resources
-    >>> check_cluster_resources({"CPU": 2.0, "memory": 8e9}, 1, 4, use_gpu=False)
-    Traceback (most recent call last):
-    ...
-    RuntimeError: the worker group needs 1 node x 4 = 4 bundles of {'CPU': 1} (4 CPU) and the Ray cluster has CPU=2, memory=8e+09. ...
-    """
-    world = nnodes * gpus_per_node
-    bundle = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": 1}
-    need = {k: v * world for k, v in bundle.items()}
-    short = {k: v for k, v in need.items() if resources.get(k, 0) < v}
-    if short:
-        shown = ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items())
-                          if k in ("CPU", "GPU", "memory") or k.startswith("accelerator_type")) or "nothing"
-        needs = ", ".join(f"{v:g} {k}" for k, v in need.items())
-        raise RuntimeError(
-            f"the worker group needs {nnodes} node{'s' if nnodes != 1 else ''} x {gpus_per_node} = {world} bundles of "
-            f"{bundle} ({needs}) and the Ray cluster has {shown}. Fix: lower trainer.nnodes / trainer.n_gpus_per_node, "
-            "connect to a larger cluster (RAY_ADDRESS), or set trainer.device=cpu for a CPU run")
 
 
 def describe_snapshot(snap: dict | None) -> str:
@@ -128,11 +106,7 @@ class WorkerGroup:
 
         from rlkit.training.rank_worker import RankWorker
 
-        if not ray.is_initialized():
-            import os
-
-            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-            ray.init(ignore_reinit_error=True, include_dashboard=False, runtime_env={"env_vars": env})
+        connect(cfg)  # trainer.ray_address, RAY_ADDRESS, or a local cluster
         self.cfg = cfg
         self.nnodes = int(cfg.trainer.nnodes)
         self.gpus_per_node = int(cfg.trainer.n_gpus_per_node)
@@ -144,7 +118,7 @@ class WorkerGroup:
         self.broken: str | None = None
         resources = ray.cluster_resources()
         self.use_gpu = str(cfg.trainer.get("device", "cuda") or "cuda") != "cpu" and resources.get("GPU", 0) > 0
-        check_cluster_resources(resources, self.nnodes, self.gpus_per_node, self.use_gpu)
+        check_nodes(self.nnodes, self.gpus_per_node, self.use_gpu)  # before Ray waits forever for bundles
         bundle = {"GPU": 1, "CPU": 1} if self.use_gpu else {"CPU": 1}
         try:
             self.placement_groups = [placement_group([dict(bundle)] * self.gpus_per_node, strategy="STRICT_PACK")

@@ -7,9 +7,8 @@ launched the engine - with this split that is the actor, and the controller gets
 """
 from __future__ import annotations
 
-import os
-
 from rlkit.diagnostics.memory import gpu_memory_lines
+from rlkit.distributed.cluster import _import_ray, connect
 
 # Methods of PPOWorker the controller may call; each becomes a blocking remote call.
 REMOTE_METHODS = (
@@ -17,22 +16,10 @@ REMOTE_METHODS = (
     "wake_rollout", "sleep_rollout", "sync_rollout_weights", "reset_after_interrupt", "state_dict",
     "load_state_dict", "set_total_training_steps", "take_snapshots",
 )
-# Forwarded into the actor: SGLang's and NCCL's switches must reach the engine's processes.
-FORWARDED_ENV_PREFIXES = ("SGL_", "SGLANG_", "NCCL_", "TORCH_", "NVSHMEM_", "HF_", "TRANSFORMERS_", "TRITON_",
-                          "RLKIT_", "CUDA_LAUNCH_BLOCKING", "PYTHONPATH")
 
 
 class WorkerDiedError(RuntimeError):
     """The worker process died (SGLang kills its launcher when the engine fails)."""
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError as e:
-        raise ImportError("rollout.name=sglang runs the engine in a Ray worker process; install Ray "
-                          "(`pip install ray`) next to SGLang") from e
-    return ray
 
 
 def check_cluster_gpus(resources: dict, num_gpus: int) -> None:
@@ -64,10 +51,7 @@ class RayWorker:
         self._ray = ray
         from rlkit.training.worker import PPOWorker
 
-        if not ray.is_initialized():
-            env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-            ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": env})
+        connect(cfg)  # trainer.ray_address, RAY_ADDRESS, or a local cluster
         rollout = cfg.actor_rollout_ref.rollout
         if num_gpus is None:
             import torch  # is_available() reads the driver; it creates no CUDA context here
