@@ -116,10 +116,10 @@ class Experiment:
             (``["data.train_batch_size=8", ...]``).
         reward_fn: optional callable ``(data_source, solution_str, ground_truth, extra_info) -> float | dict``;
             overrides ``custom_reward_function`` and the built-in per-data-source rewards.
-        worker: an already-built worker to drive (e.g. :class:`~rlkit.distributed.ray_worker.RayWorker`);
-            by default a PPOWorker in this process for ``hf`` on one rank, a
-            :class:`~rlkit.distributed.group.WorkerGroup` for ``hf`` on several ranks
-            (``trainer.nnodes * trainer.n_gpus_per_node``) and a Ray worker for ``sglang``.
+        worker: an already-built worker to drive (e.g. :class:`~rlkit.distributed.ray_worker.RayWorker`,
+            one PPOWorker in a Ray actor); by default a PPOWorker in this process for ``hf`` on one rank
+            and a :class:`~rlkit.distributed.group.WorkerGroup` (one FSDP2 rank per GPU, SGLang beside
+            the shards) for ``sglang`` and for several ranks (``trainer.nnodes * trainer.n_gpus_per_node``).
 
     The README's quick start is a complete example: build, ``step()``, ``run(n)``, ``validate()``,
     ``save()`` and ``resume()``.
@@ -593,35 +593,34 @@ def _home_relative(path: Path) -> str:
         return str(path)
 
 
-def _refuse_other_world_size(cfg, ck: ckpt_lib.Checkpoint) -> None:
-    """A sharded checkpoint resumes only on as many ranks as saved it, a single-process one only in one
-    process (PPOWorker, or sglang's RayWorker): refused here, before any model or rank starts."""
+def _uses_group(cfg) -> bool:
+    """Whether the run's worker is a :class:`~rlkit.distributed.group.WorkerGroup` (see :func:`_build_worker`)."""
     from rlkit.parallel import ParallelPlan
 
-    world = ParallelPlan.from_config(cfg).world_size or 1
-    sharded = cfg.actor_rollout_ref.rollout.name != "sglang" and world > 1  # a WorkerGroup (see _build_worker)
-    ck.require_layout(world, sharded)
+    return cfg.actor_rollout_ref.rollout.name == "sglang" or (ParallelPlan.from_config(cfg).world_size or 1) > 1
+
+
+def _refuse_other_world_size(cfg, ck: ckpt_lib.Checkpoint) -> None:
+    """A sharded checkpoint resumes only on as many ranks as saved it, a single-process one only in one
+    process (PPOWorker): refused here, before any model or rank starts."""
+    from rlkit.parallel import ParallelPlan
+
+    ck.require_layout(ParallelPlan.from_config(cfg).world_size or 1, _uses_group(cfg))
 
 
 def _build_worker(cfg, total_training_steps: int, progress: bool):
     """The worker a config asks for.
 
-    * ``rollout.name=sglang``: one PPOWorker in a Ray actor (:class:`~rlkit.distributed.ray_worker.RayWorker`),
-      whatever the world size: SGLang kills the process that starts its engine when the engine
-      fails, so it never starts here, and engines inside rank workers are not implemented yet.
-    * ``hf`` with ``trainer.nnodes * trainer.n_gpus_per_node > 1``: a
-      :class:`~rlkit.distributed.group.WorkerGroup` of FSDP2 rank workers on Ray (CPU ranks with
-      ``trainer.device=cpu``); its checkpoints are sharded per rank (``torch.distributed.checkpoint``).
+    * ``rollout.name=sglang``, any number of ranks, and ``hf`` with ``trainer.nnodes *
+      trainer.n_gpus_per_node > 1``: a :class:`~rlkit.distributed.group.WorkerGroup` of FSDP2 rank
+      workers on Ray, one per GPU (CPU ranks with ``trainer.device=cpu``), with SGLang's engines
+      beside the shards, one per TP group. SGLang kills the process that starts its engine when
+      the engine fails, so it never starts in this process. Checkpoints are sharded per rank
+      (``torch.distributed.checkpoint``).
     * ``hf`` on one rank: a PPOWorker in this process (single-process checkpoints).
     """
-    from rlkit.parallel import ParallelPlan
-
     kwargs = dict(progress=progress, total_training_steps=total_training_steps)
-    if cfg.actor_rollout_ref.rollout.name == "sglang":
-        from rlkit.distributed.ray_worker import RayWorker
-
-        return RayWorker(cfg, **kwargs)
-    if (ParallelPlan.from_config(cfg).world_size or 1) > 1:
+    if _uses_group(cfg):
         from rlkit.distributed.group import WorkerGroup
 
         return WorkerGroup(cfg, **kwargs)

@@ -270,7 +270,7 @@ class RankWorker:
         return fsdp.device_mesh(self.world_size, fsdp_size, self.device.type)
 
     def _shard(self, model, role: str, fsdp_cfg):
-        off = bool(fsdp_cfg.get("param_offload", False) or fsdp_cfg.get("offload_policy", False))
+        off = _param_offload(fsdp_cfg)
         model = model.to("cpu" if off else self.device)  # CPUOffloadPolicy wants the shards on the CPU
         return fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
                                 offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
@@ -304,10 +304,10 @@ class RankWorker:
 
         self.actor, self.ref, self.critic = worker_lib.load_role_models(cfg, self.model_dir, None, place=place)
         self.actor_optim = build_optimizer(self.actor.parameters(), arr.actor.optim)
-        self.actor_offload_optim = bool(arr.actor.fsdp_config.get("optimizer_offload", False))
+        self.actor_offload_optim = _optimizer_offload(arr.actor.fsdp_config)
         if self.critic is not None:
             self.critic_optim = build_optimizer(self.critic.parameters(), cfg.critic.optim)
-            self.critic_offload_optim = bool(cfg.critic.model.fsdp_config.get("optimizer_offload", False))
+            self.critic_offload_optim = _optimizer_offload(cfg.critic.model.fsdp_config)
         self.set_total_training_steps(self.total_training_steps)
 
     def set_total_training_steps(self, total: int) -> None:
@@ -652,6 +652,24 @@ class RankWorker:
                 dist.destroy_process_group()
             except Exception:
                 pass
+
+
+def _param_offload(fsdp_cfg) -> bool:
+    """``param_offload`` (verl's ``offload_policy`` too): FSDP2's CPUOffloadPolicy keeps the shards on the CPU."""
+    return bool(fsdp_cfg.get("param_offload", False) or fsdp_cfg.get("offload_policy", False))
+
+
+def _optimizer_offload(fsdp_cfg) -> bool:
+    """Whether AdamW's state moves to the CPU between updates and back for the step. With
+    ``param_offload`` the shards and their gradients are on the CPU, so the step runs there and
+    the state never leaves the CPU: nothing to move (moving it to the GPU would put AdamW's state on
+    another device than its parameters).
+
+    >>> from rlkit.training.rank_worker import _optimizer_offload
+    >>> _optimizer_offload({"optimizer_offload": True}), _optimizer_offload({"optimizer_offload": True, "param_offload": True})
+    (True, False)
+    """
+    return bool(fsdp_cfg.get("optimizer_offload", False)) and not _param_offload(fsdp_cfg)
 
 
 def _ray_gpu_ids() -> list[str]:
