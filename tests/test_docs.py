@@ -100,3 +100,30 @@ def test_readme_main_job_runs_as_written_and_learns_something(fresh_home):
     assert all(float(m["critic/score/mean"]) > 0 for m in metrics), lines
     assert float(metrics[0]["critic/vf_loss"]) > 0 and float(metrics[0]["critic/grad_norm"]) > 0, lines
     assert any(float(m["actor/grad_norm"]) > 1e-3 for m in metrics[1:]), lines
+
+
+def main_ppo_overrides(block: str) -> list[str]:
+    """The arguments of a README shell block's ``python -m rlkit.main_ppo`` command, split as a shell would."""
+    import shlex
+
+    (line,) = [ln for ln in block.replace("\\\n", " ").splitlines() if "python -m rlkit.main_ppo" in ln]
+    return shlex.split(line.split("rlkit.main_ppo", 1)[1])
+
+
+MULTI_GPU = [b for b in blocks("shell") if "rlkit.main_ppo" in b]
+
+
+@pytest.mark.parametrize("index", range(len(MULTI_GPU)))
+def test_readme_multi_gpu_commands_validate(index):
+    """The seed's 4-GPU and 2-node commands as the README gives them: every key lands, validation passes,
+    and the plan is the one the README describes (machines to run them are not available to the tests)."""
+    from rlkit import PPOConfig
+    from rlkit.parallel import ParallelPlan
+
+    cfg = PPOConfig.from_overrides(main_ppo_overrides(MULTI_GPU[index]))
+    plan = ParallelPlan.from_config(cfg)
+    assert plan.problems() == []
+    assert cfg.actor_rollout_ref.rollout.name == "sglang" and cfg.actor_rollout_ref.actor.fsdp_config.param_offload
+    want = {4: ((0, 1), (2, 3)), 16: (tuple(range(16)),)}
+    assert len(MULTI_GPU) == 2 and plan.tp_groups == want[plan.world_size]
+
