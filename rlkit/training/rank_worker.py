@@ -186,7 +186,7 @@ def _env_int(name: str, given: int | None, default: int | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- worker
-class RankWorker:
+class RankWorker(worker_lib.HoldsRoles):
     """One rank of a training group; see the module docstring.
 
     Args:
@@ -318,17 +318,6 @@ class RankWorker:
             self.critic_sched = build_scheduler(self.critic_optim, self.cfg.critic.optim, total)
 
     # ------------------------------------------------------------------ identity and memory
-    @property
-    def has_ref(self) -> bool:
-        return self.ref is not None
-
-    @property
-    def has_critic(self) -> bool:
-        return self.critic is not None
-
-    def get_tokenizer(self):
-        return self.tokenizer
-
     def describe(self) -> dict:
         """Where this rank runs and what it holds (the group's error messages name these)."""
         gpus = _ray_gpu_ids()

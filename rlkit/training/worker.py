@@ -177,7 +177,28 @@ def response_logits(model, mb: RolloutBatch, temperature: float, device: torch.d
     return logits / (float(temperature) or 1.0)
 
 
-class PPOWorker:
+class HoldsRoles:
+    """What a worker in this process (:class:`PPOWorker`) and a rank worker
+    (:class:`~rlkit.training.rank_worker.RankWorker`) both answer about what they hold: set
+    ``ref``, ``critic`` (None when the run has none) and ``tokenizer``."""
+
+    ref: Any
+    critic: Any
+    tokenizer: Any
+
+    @property
+    def has_ref(self) -> bool:
+        return self.ref is not None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+
+class PPOWorker(HoldsRoles):
     """Owns every model, optimizer and the rollout engine of one PPO run on one device.
 
     Args:
@@ -348,17 +369,6 @@ class PPOWorker:
         engine gets them at its next wake-up instead."""
         if self.rollout.awake:
             self.rollout.update_weights(self.actor.named_parameters())
-
-    @property
-    def has_ref(self) -> bool:
-        return self.ref is not None
-
-    @property
-    def has_critic(self) -> bool:
-        return self.critic is not None
-
-    def get_tokenizer(self):
-        return self.tokenizer
 
     def describe(self) -> dict:
         """What a remote controller needs to know about this worker."""

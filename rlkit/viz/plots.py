@@ -458,6 +458,13 @@ def _balance_headline(groups: list[dict], ok: Any) -> str:
     return "; ".join(parts)
 
 
+def _label_bars(ax, xs, heights, fmt: str, notes, lift: float = 0.0) -> None:
+    """Write each bar's value (``fmt``, "n/a" for NaN) and its note above it."""
+    for x, h, note in zip(xs, heights, notes):
+        txt = ("n/a" if np.isnan(h) else fmt.format(h)) + note
+        ax.text(x, (0 if np.isnan(h) else h) + lift, txt, ha="center", va="bottom", fontsize=7)
+
+
 def _draw_balance(ax_ratio, ax_free, balance: dict) -> None:
     groups = _balance_groups(balance)
     threshold = float(balance.get("ratio", 0.9))
@@ -470,23 +477,15 @@ def _draw_balance(ax_ratio, ax_free, balance: dict) -> None:
         if ax_ratio is not None:
             colors = [FAIL_COLOR if f else OK_COLOR for f in fail]
             ax_ratio.bar(xs, np.nan_to_num(g["ratios"]), color=colors, width=0.7)
-            for x, f, sh, q in zip(xs, fail, short, g["ratios"]):
-                txt = "n/a" if np.isnan(q) else f"{q:.2f}"
-                if f:
-                    txt += f" < {threshold:g}\nSGLang raises here"
-                elif sh:
-                    txt += "\nshort GPU, passes"
-                ax_ratio.text(x, (0 if np.isnan(q) else q) + 0.02, txt, ha="center", va="bottom", fontsize=7)
+            notes = [f" < {threshold:g}\nSGLang raises here" if f else ("\nshort GPU, passes" if sh else "")
+                     for f, sh in zip(fail, short)]
+            _label_bars(ax_ratio, xs, g["ratios"], "{:.2f}", notes, lift=0.02)
         if ax_free is not None:
             colors = [SHORT_COLOR if sh else (FAIL_COLOR if f else "#1f77b4") for f, sh in zip(fail, short)]
             ax_free.bar(xs, np.nan_to_num(g["free"]), color=colors, width=0.7)
-            for x, f, sh, fr in zip(xs, fail, short, g["free"]):
-                txt = "n/a" if np.isnan(fr) else f"{fr:.1f} GiB"
-                if sh:
-                    txt += f"\nshort by {g['short_by']:.1f} GiB"
-                elif f:
-                    txt += "\nraises"
-                ax_free.text(x, 0 if np.isnan(fr) else fr, txt, ha="center", va="bottom", fontsize=7)
+            notes = [f"\nshort by {g['short_by']:.1f} GiB" if sh else ("\nraises" if f else "")
+                     for f, sh in zip(fail, short)]
+            _label_bars(ax_free, xs, g["free"], "{:.1f} GiB", notes)
             if not np.isnan(g["required"]):
                 ax_free.hlines(g["required"], xs[0] - 0.4, xs[-1] + 0.4, colors="k", linestyles="--", linewidth=1)
                 ax_free.text(xs[-1] + 0.42, g["required"], f" {g['required']:.1f}", ha="left", va="center",
@@ -701,6 +700,41 @@ def plot_response_lengths(rollouts_df: pd.DataFrame, step=None, bins: int = 30, 
     fig = _new_figure((6.0, 3.6))
     ax = fig.add_subplot(1, 1, 1)
     _draw_length_hist(ax, sel, bins=bins, by_finish_reason=by_finish_reason, desc=desc)
+    return fig
+
+
+# ----------------------------------------------------------------------------- benchmarks
+def plot_phase_breakdown(phase_seconds: dict, mfu: dict | None = None, title: str = "", ax=None):
+    """Where a step's time goes: one horizontal bar per phase (seconds, longest first) with its share
+    of the step; the phases named in ``mfu`` (training phases: phase -> fraction of the card's peak, or
+    None where no peak is known) in red, with their MFU.
+
+    Fed plain data, e.g. ``rlkit.bench.e2e``'s ``summary["phase_s_median"]``:
+
+    >>> from rlkit.viz.plots import plot_phase_breakdown
+    >>> fig = plot_phase_breakdown({"gen": 2.6, "update_actor": 5.1, "reward": 0.01}, {"update_actor": 0.09})
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]  # bottom to top: the longest phase on top
+    ['reward', 'gen', 'update_actor']
+    """
+    mfu = mfu or {}
+    items = sorted(phase_seconds.items(), key=lambda kv: -kv[1])
+    total = sum(v for _, v in items) or 1.0
+    if ax is None:
+        fig = _new_figure((7.5, 0.45 * len(items) + 1.2))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    names = [k for k, _ in items][::-1]
+    secs = [v for _, v in items][::-1]
+    ax.barh(names, secs, color=["#d62728" if n in mfu else "#1f77b4" for n in names])
+    for y, (n, v) in enumerate(zip(names, secs)):
+        note = f" {v:.2f} s ({100 * v / total:.0f}%)"
+        if mfu.get(n) is not None:
+            note += f", MFU {100 * mfu[n]:.1f}%"
+        ax.text(v, y, note, va="center", fontsize=8)
+    ax.set_xlabel("seconds per step" + (" (training phases in red)" if mfu else ""))
+    ax.set_xlim(0, max(secs + [0.0]) * 1.45 or 1.0)
+    ax.set_title(title or "phase breakdown", fontsize=9)
     return fig
 
 

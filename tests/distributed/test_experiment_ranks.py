@@ -36,7 +36,9 @@ from test_experiment import digit_fraction, toy_overrides  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers (pytest imports with importlib)
 from test_group_cpu import TOL, max_diff  # noqa: E402
-from test_ray_worker import ray_cluster, toy  # noqa: E402,F401  fixtures: Ray with num_cpus=2; tiny model + toy parquet
+from test_ray_worker import toy  # noqa: E402,F401  fixture: tiny model + toy parquet
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # tests/distributed/conftest.py
 
 BATCH, N = 8, 4  # toy_overrides: data.train_batch_size=8, rollout.n=4
 RESUME_TOL = 1e-6

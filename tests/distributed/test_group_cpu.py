@@ -23,11 +23,7 @@ from rlkit.distributed.ray_worker import WorkerDiedError  # noqa: E402
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # tests/distributed/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,7 @@ from rlkit.distributed.ray_worker import RayWorker, WorkerDiedError  # noqa: E40
 from test_experiment import digit_fraction, toy_overrides  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_cluster")  # tests/distributed/conftest.py
 
 
 @pytest.fixture(scope="module")
