@@ -26,6 +26,7 @@ _LAZY = {
     "plot_balance": "plots",
     "plot_training": "plots",
     "plot_response_lengths": "plots",
+    "plot_phase_breakdown": "plots",
     "plot_summary": "plots",
     "memory_snapshot_table": "plots",
     "rollouts_html": "tables",

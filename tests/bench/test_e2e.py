@@ -1,0 +1,74 @@
+"""rlkit.bench.e2e: the FLOP count against a real model's weights, MFU by hand, and the whole benchmark on a
+CPU (tiny model, hf rollout, 2 steps) through main_ppo's code path."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlkit.bench import e2e
+
+QWEN05 = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+              intermediate_size=4864, vocab_size=151936)
+
+
+def test_weights_per_token_counts_the_models_matmul_weights():
+    """Loop over a real (tiny, untied) Qwen2's parameters: every weight except the input embedding."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    dims = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
+                intermediate_size=80, vocab_size=97)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=False, **dims))
+    counted = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+    assert e2e.weights_per_token(dims) == counted
+    # the critic: the same body, a value head of hidden_size weights and one bias instead of the LM head
+    assert e2e.weights_per_token(dims, head="value") == counted - 97 * 48 + 48 + 1
+
+
+def test_phase_mfu_by_hand():
+    cfg = dict(hidden_size=2, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+               intermediate_size=2, vocab_size=3)
+    # 2 sequences, 8 tokens: actor forward 864 FLOPs (see forward_flops); critic N = 40 + 3 = 43
+    row = {"perf/total_num_tokens": 8, "timing_s/old_log_prob": 2.0, "timing_s/update_actor": 4.0,
+           "timing_s/update_critic": 1.0, "timing_s/gen": 9.0}
+    out = e2e.phase_mfu(row, cfg, rows_per_step=2, peak_flops=100.0, epochs=2)
+    assert set(out) == {"old_log_prob", "update_actor", "update_critic"}  # gen is not a training phase
+    assert out["old_log_prob"]["mfu"] == pytest.approx(864 / 2.0 / 100)
+    assert out["update_actor"]["mfu"] == pytest.approx(2 * 3 * 864 / 4.0 / 100)  # 2 epochs x (fwd + bwd)
+    critic_fwd = 2 * 43 * 8 + 128
+    assert out["update_critic"]["tflops"] == pytest.approx(2 * 3 * critic_fwd / 1e12)
+
+
+def test_summary_skips_the_warm_up_step():
+    rows = [{"step": s, "perf/throughput": t, "timing_s/step": 10.0 / t, "timing_s/gen": g,
+             "perf/total_num_tokens": 100, "perf/max_memory_allocated_gb": m}
+            for s, t, g, m in ((1, 1.0, 9.0, 2.0), (2, 4.0, 1.0, 3.0), (3, 6.0, 3.0, 2.5))]
+    s = e2e.summarize(rows, QWEN05, rows_per_step=4, peak=None, measured=None)
+    assert s["steps_in_median"] == [2, 3] and s["throughput_median"] == 5.0
+    assert s["phase_s_median"] == {"gen": 2.0} and s["peak_memory_allocated_gib"] == 3.0
+    assert s["throughput_per_step"] == [1.0, 4.0, 6.0] and s["mfu"] == {}
+
+
+def test_benchmark_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir):
+    from rlkit.datasets import gsm8k
+
+    files = gsm8k(local_dir=tmp_path / "gsm8k", source=str(gsm8k_source))
+    out = tmp_path / "e2e.json"
+    res = e2e.main(["--shape", "tiny", "--rollout", "hf", "--device", "cpu", "--tokenizer", str(qwen_tokenizer_dir),
+                    "--data", str(tmp_path / "gsm8k"), "--prompts", "4", "--n", "2", "--prompt-len", "256",
+                    "--response-len", "8", "--mini-batch", "2", "--micro-batch", "2", "--log-prob-micro-batch",
+                    "4", "--steps", "2", "--out", str(out)])
+    assert files["train"].endswith("train.parquet")
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == json.loads(json.dumps(res["summary"], default=float))
+    assert [r["step"] for r in saved["steps"]] == [1, 2] and saved["summary"]["steps_in_median"] == [2]
+    phases = saved["summary"]["phase_s_median"]
+    assert {"gen", "old_log_prob", "values", "update_critic", "update_actor"} <= set(phases)
+    assert saved["summary"]["throughput_median"] > 0
+    assert set(saved["summary"]["mfu"]) >= {"old_log_prob", "values", "update_critic", "update_actor"}
+    assert all(v["mfu"] is None and v["tflops"] > 0 for v in saved["summary"]["mfu"].values())  # no peak on a CPU
+    assert saved["model"]["shape"] == "tiny" and "<model>" in " ".join(saved["config_overrides"])
+    assert str(tmp_path) not in out.read_text()  # shareable: no local paths
+    assert out.with_suffix(".png").stat().st_size > 5000
