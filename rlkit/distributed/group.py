@@ -33,6 +33,11 @@ Failures never hang the notebook:
 After a failure the group is broken (the ranks' collectives are out of step): call
 :meth:`~WorkerGroup.shutdown` and build a new group. ``shutdown`` ends every actor and removes the
 placement groups, so a new group can start in the same process.
+
+A group of one rank can also run in this process (``WorkerGroup(cfg, local=True)``: no Ray, the
+same RankWorker and dispatch, a world-size-1 process group here); an exception in the rank breaks
+the group as above. SGLang never starts in this process (it kills its launcher when it fails), so a
+local group takes ``rollout.name=hf`` only.
 """
 from __future__ import annotations
 
@@ -98,15 +103,9 @@ class WorkerGroup:
     remote = True
 
     def __init__(self, cfg, total_training_steps: int = 1, *, timeout_s: float = 600, ready_timeout_s: float = 60,
-                 grace_s: float = 30, progress: bool = False):
-        ray = _import_ray()
-        self._ray = ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
+                 grace_s: float = 30, progress: bool = False, local: bool = False):
         from rlkit.training.rank_worker import RankWorker
 
-        connect(cfg)  # trainer.ray_address, RAY_ADDRESS, or a local cluster
         self.cfg = cfg
         self.nnodes = int(cfg.trainer.nnodes)
         self.gpus_per_node = int(cfg.trainer.n_gpus_per_node)
@@ -116,6 +115,17 @@ class WorkerGroup:
         self.actors: list = []
         self.placement_groups: list = []
         self.broken: str | None = None
+        self.local = None  # the in-process rank of a local group
+        self._ray = None
+        if local:
+            self._start_local(RankWorker, total_training_steps, timeout_s, progress)
+            return
+        ray = _import_ray()
+        self._ray = ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        connect(cfg)  # trainer.ray_address, RAY_ADDRESS, or a local cluster
         resources = ray.cluster_resources()
         self.use_gpu = str(cfg.trainer.get("device", "cuda") or "cuda") != "cpu" and resources.get("GPU", 0) > 0
         check_nodes(self.nnodes, self.gpus_per_node, self.use_gpu)  # before Ray waits forever for bundles
@@ -151,11 +161,34 @@ class WorkerGroup:
                         cfg, total_training_steps, progress=progress and rank == 0))
             self.ranks: list[dict] = [{"rank": r, "node": "?", "device": "?"} for r in range(self.world_size)]
             self.last_snapshot: list[dict | None] = [None] * self.world_size
-            self.ranks = self.call_all("describe", _what="starting the ranks (process group, model load)",
-                                       _timeout=timeout_s + 600)
+            self._describe_ranks(timeout_s + 600)
         except BaseException:
             self.shutdown()
             raise
+
+    def _start_local(self, rank_cls, total_training_steps: int, timeout_s: float, progress: bool) -> None:
+        """One rank in this process (see the module docstring)."""
+        from rlkit.distributed.addresses import free_port
+
+        if self.world_size != 1:
+            raise ValueError(f"a local worker group has one rank, and trainer.nnodes * trainer.n_gpus_per_node = "
+                             f"{self.world_size}; several ranks run on Ray (local=False)")
+        if self.cfg.actor_rollout_ref.rollout.name != "hf":
+            raise ValueError(f"rollout.name={self.cfg.actor_rollout_ref.rollout.name!r} never starts in this process "
+                             "(SGLang kills the process that launches a failing engine); use local=False (Ray)")
+        self.use_gpu = str(self.cfg.trainer.get("device", "cuda") or "cuda") != "cpu"
+        self.master_addr, self.master_port = "127.0.0.1", free_port("127.0.0.1")
+        self.master = format_host_port(self.master_addr, self.master_port)
+        self.local = rank_cls(self.cfg, total_training_steps, rank=0, world_size=1, local_rank=0,
+                              master_addr=self.master_addr, master_port=self.master_port, timeout_s=timeout_s,
+                              progress=progress)
+        self.ranks = [{"rank": 0, "node": "local", "device": "?"}]
+        self.last_snapshot = [None]
+        self._describe_ranks()
+
+    def _describe_ranks(self, timeout: float | None = None) -> None:
+        """Wait for every rank to start; keep where each runs and what rank 0 holds."""
+        self.ranks = self.call_all("describe", _what="starting the ranks (process group, model load)", _timeout=timeout)
         info = self.ranks[0]
         self.has_ref, self.has_critic = info["has_ref"], info["has_critic"]
         self.model_dir, self.device, self.load_time = info["model_dir"], info["device"], info["load_time"]
@@ -163,10 +196,22 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------ dispatch
     def _submit(self, per_rank_args: Sequence[tuple], method: str, kwargs: dict) -> list:
+        if self.local is not None:  # runs now; the answer (or the exception) waits for _collect
+            (args,) = per_rank_args
+            try:
+                return [(True, self.local.run(method, *args, **kwargs))]
+            except Exception as e:  # KeyboardInterrupt goes straight to the notebook
+                return [(False, e)]
         return [a.run.remote(method, *args, **kwargs) for a, args in zip(self.actors, per_rank_args)]
 
     def _collect(self, refs: list, method: str, what: str | None, timeout: float | None) -> list:
         """Every rank's answer, in rank order; a failure raises (see the module docstring)."""
+        if self.local is not None:
+            ((ok, value),) = refs
+            if ok:
+                result, self.last_snapshot[0] = value
+                return [result]
+            self._break({}, {0: value}, [], method, what)
         ray = self._ray
         index = {r: i for i, r in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
@@ -234,7 +279,7 @@ class WorkerGroup:
     def _check(self) -> None:
         if self.broken:
             raise RuntimeError(f"this worker group failed earlier and was shut down: {self.broken[:300]}")
-        if not self.actors:
+        if not self.actors and self.local is None:
             raise RuntimeError("this worker group was shut down; build a new WorkerGroup")
 
     def call_all(self, method: str, *args, _what: str | None = None, _timeout: float | None = None,
@@ -258,9 +303,12 @@ class WorkerGroup:
         """Pad ``batch`` to a multiple of the data-parallel size, give rank r the r-th equal part,
         concatenate the answers in rank order and drop the padding."""
         parts, pad = dispatch.split_batch(batch, self.world_size)
-        ray = self._ray
-        refs = [ray.put(p) for p in parts]  # each part once into the object store
-        return dispatch.gather(self.call_each(method, [(ref, *args) for ref in refs], **kwargs), pad)
+        return dispatch.gather(self.call_each(method, [(part, *args) for part in self._put(parts)], **kwargs), pad)
+
+    def _put(self, parts: list) -> list:
+        """Per-rank arguments as the ranks receive them: each once into Ray's object store (a local rank
+        takes them as they are)."""
+        return parts if self._ray is None else [self._ray.put(p) for p in parts]
 
     # ------------------------------------------------------------------ PPOWorker's interface
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
@@ -290,7 +338,7 @@ class WorkerGroup:
         epochs = int(sec.get("ppo_epochs") or a.ppo_epochs)
         shuffle = bool(sec.get("shuffle", False))
         shards = update_shards(batch, self.world_size, mini, epochs, shuffle, step)
-        refs = [self._ray.put(s) for s in shards]
+        refs = self._put(shards)
         return self.call_each(f"update_{role}", [(ref, step) for ref in refs])[0]  # every rank returns the same
 
     def update_actor(self, batch: RolloutBatch, step: int) -> dict:
@@ -354,6 +402,8 @@ class WorkerGroup:
 
     def memory_snapshot(self, step, phase: str, event: str) -> None:
         """Fire and forget on every rank (each runs it between the calls around it)."""
+        if self.local is not None:
+            self.local.memory_snapshot(step, phase, event)
         for a in self.actors:
             a.memory_snapshot.remote(step, phase, event)
 
@@ -363,8 +413,18 @@ class WorkerGroup:
 
     # ------------------------------------------------------------------ teardown
     def shutdown(self) -> None:
-        """End every rank's process and remove the placement groups (idempotent)."""
+        """End every rank's process and remove the placement groups (idempotent). A local rank leaves
+        its process group and frees its models."""
+        local, self.local = self.local, None
+        if local is not None:
+            local.shutdown()
+            import gc
+
+            del local
+            gc.collect()
         ray = self._ray
+        if ray is None:
+            return
         actors, self.actors = self.actors, []
         if actors and not self.broken:
             try:  # leave the process group cleanly where possible
@@ -386,8 +446,9 @@ class WorkerGroup:
                 pass
 
     def __repr__(self) -> str:
-        state = "broken" if self.broken else ("shut down" if not self.actors else "running")
-        return (f"WorkerGroup({self.nnodes} node(s) x {self.gpus_per_node} = {self.world_size} ranks, "
+        state = "broken" if self.broken else ("shut down" if not (self.actors or self.local) else "running")
+        where = "in this process, " if self._ray is None else ""
+        return (f"WorkerGroup({self.nnodes} node(s) x {self.gpus_per_node} = {self.world_size} ranks, {where}"
                 f"{'GPU' if self.use_gpu else 'CPU'}, {state})")
 
 

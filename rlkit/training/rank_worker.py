@@ -248,8 +248,16 @@ class RankWorker(worker_lib.HoldsRoles):
             if sec.get("use_dynamic_bsz"):
                 raise NotImplementedError(f"{name}.use_dynamic_bsz=True is not supported yet by the rank workers")
 
-        # this rank's random stream: sampling in generate (data.seed + rank); the process's own state is untouched
+        # this rank's random streams, both seeded with data.seed + rank: sampling in generate (a generator
+        # of its own), and torch's global CPU/GPU state, which is the rank's only inside its calls
+        # (:meth:`_rank_rng`): a rank running in a notebook's process leaves the notebook's state alone
         self._rng = torch.Generator().manual_seed(int(cfg.data.get("seed", 1) or 1) + self.rank)
+        self._torch_rng: dict | None = None
+        with self._rank_rng():
+            self._load(cfg)
+
+    def _load(self, cfg) -> None:
+        arr = cfg.actor_rollout_ref
         self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
         self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
                                                arr.model.get("trust_remote_code", False))
@@ -342,10 +350,30 @@ class RankWorker(worker_lib.HoldsRoles):
         return out
 
     def run(self, method: str, *args, **kwargs) -> tuple[Any, dict]:
-        """``getattr(self, method)(*args, **kwargs)`` and this rank's memory right after: the group
-        keeps the latest reading of every rank for the message it raises if the rank dies."""
-        out = getattr(self, method)(*args, **kwargs)
+        """``getattr(self, method)(*args, **kwargs)`` under this rank's random state, and this rank's
+        memory right after: the group keeps the latest reading of every rank for the message it raises
+        if the rank dies."""
+        with self._rank_rng():
+            out = getattr(self, method)(*args, **kwargs)
         return out, memory_lib.snapshot(rank=self.rank, phase=method, event="end").to_dict()
+
+    @contextlib.contextmanager
+    def _rank_rng(self):
+        """torch's global random state (CPU, and this rank's GPU) is the rank's inside, the process's
+        again after: checkpoints save and restore the rank's (:meth:`_rng_state`)."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self._torch_rng is None:
+                torch.manual_seed(int(self.cfg.data.get("seed", 1) or 1) + self.rank)
+            else:
+                torch.set_rng_state(self._torch_rng["cpu"])
+                for d, state in zip(devices, self._torch_rng["cuda"]):
+                    torch.cuda.set_rng_state(state, d)
+            try:
+                yield
+            finally:
+                self._torch_rng = {"cpu": torch.get_rng_state(),
+                                   "cuda": [torch.cuda.get_rng_state(d) for d in devices]}
 
     # ------------------------------------------------------------------ generation
     def generate_tokens(self, prompt_ids: list[list[int]], validate: bool = False) -> dict[str, list]:

@@ -1,0 +1,64 @@
+"""A worker group of one rank in this process (``WorkerGroup(cfg, local=True)``): the same RankWorker and
+dispatch as on Ray, no Ray. One update of actor and critic equals the 1-rank Ray group's exactly (same
+code, same float operations); sglang and several ranks are refused; a failing call breaks the group
+with the rank named, and a new local group starts afterwards (the process group is rebuilt)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("ray")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers (pytest imports with importlib)
+from test_group_cpu import config, make_batch, max_diff, one_step  # noqa: E402
+
+from rlkit.distributed.group import WorkerGroup  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tiny import char_tokenizer, make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("m"), char_tokenizer())
+
+
+def test_local_rank_equals_a_ray_rank(model_dir, ray_cluster):
+    batch = make_batch()
+    local = one_step(config(model_dir, 1), batch, local=True)
+    remote = one_step(config(model_dir, 1), batch)
+    for role in ("actor", "critic"):
+        assert max_diff(local["state"][role], remote["state"][role]) == 0.0, role
+        assert local[role] == remote[role]
+    assert torch.equal(local["log_probs"]["log_probs"], remote["log_probs"]["log_probs"])
+    assert local["actor"]["actor/grad_norm"] > 0
+
+
+def test_local_group_refuses_what_it_cannot_run(model_dir):
+    with pytest.raises(ValueError, match="one rank, and trainer.nnodes \\* trainer.n_gpus_per_node = 2"):
+        WorkerGroup(config(model_dir, 2), local=True)
+    cfg = config(model_dir, 1)
+    cfg.actor_rollout_ref.rollout.name = "sglang"
+    with pytest.raises(ValueError, match="never starts in this process"):
+        WorkerGroup(cfg, local=True)
+
+
+def test_a_failing_call_breaks_the_group_and_a_new_one_starts(model_dir):
+    import torch.distributed as dist
+
+    group = WorkerGroup(config(model_dir, 1), local=True)
+    assert "in this process" in repr(group) and dist.is_initialized()
+    with pytest.raises(RuntimeError, match=r"rank 0 \(node .*\) raised while 'no_such_method' ran") as err:
+        group.call_all("no_such_method")
+    assert isinstance(err.value.__cause__, AttributeError)
+    assert "broken" in repr(group) and not dist.is_initialized()  # shut down: the process group is gone
+    with pytest.raises(RuntimeError, match="failed earlier and was shut down"):
+        group.compute_log_prob(make_batch())
+    again = WorkerGroup(config(model_dir, 1), local=True)
+    try:
+        assert again.compute_log_prob(make_batch())["log_probs"].shape == make_batch()["responses"].shape
+    finally:
+        again.shutdown()
+    assert not dist.is_initialized() and "shut down" in repr(again)
