@@ -40,6 +40,7 @@ import dataclasses
 import difflib
 import re
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -51,6 +52,7 @@ from rlkit.parallel import ParallelPlan
 __all__ = [
     "PPOConfig",
     "ConfigError",
+    "ConfigWarning",
     "ParallelPlan",
     "RuntimeRequirementError",
     "check_runtime",
@@ -495,6 +497,11 @@ class ConfigError(ValueError):
         head = "invalid rlkit config: 1 problem" if n == 1 else f"invalid rlkit config: {n} problems"
         body = "\n".join(f"  {i}. {p}" for i, p in enumerate(self.problems, 1))
         super().__init__(f"{head}\n{body}")
+
+
+class ConfigWarning(UserWarning):
+    """A setting rlkit accepts but adjusts (e.g. a micro-batch larger than the per-GPU mini-batch);
+    the message is one line saying what is used."""
 
 
 class _Problem(Exception):
@@ -1049,7 +1056,8 @@ def validate(cfg: Any) -> None:
     # -- cluster shape, SGLang TP groups, FSDP meshes and the batch arithmetic (verl counts batch sizes
     # in prompts; each prompt yields rollout.n responses, split over nnodes*n_gpus_per_node ranks): the
     # plan the workers run with checks them, so what validation accepts is what runs
-    problems.extend(ParallelPlan.from_values(vals).problems())
+    plan = ParallelPlan.from_values(vals)
+    problems.extend(plan.problems())
 
     # -- rollout
     n = get(f"{RO}.n")
@@ -1169,6 +1177,8 @@ def validate(cfg: Any) -> None:
 
     if problems:
         raise ConfigError(problems)
+    for note in plan.warnings():  # accepted, with what is used instead
+        warnings.warn(note, ConfigWarning, stacklevel=2)
 
 
 def _optim_rules(p: str, rule: Any, one_of: Any, ok: Any, get: Any, bad: Any) -> None:

@@ -53,6 +53,10 @@ Decisions (verl's semantics unless noted):
   ``*_micro_batch_size`` divided by the world size (rounded down, as verl does). Neither set: one
   micro-batch per mini-batch (training) or one forward over the rank's batch (log-probs, values).
   With dynamic batch size a micro-batch is packed up to a token budget, recorded instead.
+  A training micro-batch larger than the per-rank mini-batch is accepted, as verl's workers accept
+  it: the mini-batch runs as one micro-batch (micro per rank = mini per rank), and
+  :meth:`~ParallelPlan.warnings` says so in one line (``validate()`` warns with it). A smaller one
+  must divide the per-rank mini-batch.
 * The mini-batch in responses must split evenly over the ranks, dynamic batch size or not (verl
   would otherwise train each rank on a rounded-down share and add a short last mini-batch).
 """
@@ -132,6 +136,7 @@ class ParallelPlan:
     rollout_n: Optional[int]  # responses per prompt
     roles: Tuple[RoleSizes, ...]
     issues: Tuple[str, ...]
+    notes: Tuple[str, ...] = ()  # accepted settings the plan adjusts, each one line (validate() warns with them)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -191,6 +196,11 @@ class ParallelPlan:
     def problems(self) -> List[str]:
         """Every broken rule: key=value, the rule, and a fix. Empty when the plan can run."""
         return list(self.issues)
+
+    def warnings(self) -> List[str]:
+        """Settings the plan accepts but adjusts (one line each, saying what is used); empty when none.
+        ``rlkit.config.validate`` emits each as a :class:`UserWarning`."""
+        return list(self.notes)
 
     def role(self, name: str) -> RoleSizes:
         """Sizes of ``actor``, ``critic``, ``ref``, ``rollout`` (old log-probs) or ``values``."""
@@ -254,6 +264,7 @@ class ParallelPlan:
             lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                                           enumerate(zip(row, widths))).rstrip())
         lines.append("sizes in responses (rows); micro 'tok' = dynamic batch size token budget")
+        lines.extend(f"note: {w}" for w in self.notes)
         if self.issues:
             lines.append(f"{len(self.issues)} problem{'s' if len(self.issues) > 1 else ''}:")
             lines.extend(f"  - {p}" for p in self.issues)
@@ -284,6 +295,7 @@ class _Planner:
                 self.vals[k] = v
             # anything else (a float or bool batch size, a leftover interpolation string) counts as unknown
         self.problems: List[str] = []
+        self.notes: List[str] = []
 
     # -- helpers in validate()'s style
     def get(self, path: str) -> Any:
@@ -355,7 +367,7 @@ class _Planner:
             nnodes=nnodes if ok("trainer.nnodes") else None, gpus_per_node=gpn if ok("trainer.n_gpus_per_node") else None,
             world_size=world, rollout_name=name, rollout_tp=tp_eff, rollout_dp=rollout_dp, tp_groups=tp_groups,
             train_dp=world, train_batch_size=self.tb, rollout_n=self.n, roles=tuple(roles),
-            issues=tuple(self.problems))
+            issues=tuple(self.problems), notes=tuple(self.notes))
 
     def _rollout(self, world: Optional[int], gpn: Any):
         """SGLang TP groups: tp consecutive ranks, inside one node or over whole nodes."""
@@ -498,12 +510,22 @@ class _Planner:
         if dyn:
             return RoleSizes(role, sec, True, batch, per_gpu, num_mini, epochs, None, source, tokens, None, None, mesh)
         if ok(f"{sec}.{micro_key}") and micro >= 1:  # deprecated global micro-batch, split over GPUs
-            if mini % micro:
+            micro_gpu = micro // world if micro_gpu is None or micro_gpu is _MISSING else micro_gpu
+            if mini % micro and not (source == "global" and micro_gpu > per_gpu):  # larger: one micro-batch
                 bad(f"{sec}.{micro_key}",
                     f"must divide {sec}.{mini_key}={mini}",
                     f"use a divisor of {mini}, or the per-GPU form {sec}.{micro_gpu_key}")
-            micro_gpu = micro // world if micro_gpu is None or micro_gpu is _MISSING else micro_gpu
-        if ok(f"{sec}.{micro_gpu_key}") and micro_gpu >= 1 and per_gpu % micro_gpu:
+        if source in ("per_gpu", "global") and micro_gpu > per_gpu:
+            # verl's workers split a mini-batch into chunks of the micro size: a micro-batch larger than the
+            # per-GPU mini-batch is one chunk, the whole per-GPU mini-batch
+            key = f"{sec}.{micro_gpu_key}" if source == "per_gpu" else f"{sec}.{micro_key}"
+            given = f"{key}={micro_gpu}" if source == "per_gpu" else f"{key}={micro} ({micro}/{world} = {micro_gpu} per GPU)"
+            self.notes.append(
+                f"{given} is larger than the per-GPU mini-batch {mini_key}*rollout.n/(nnodes*n_gpus_per_node) = "
+                f"{mini}*{n}/{world} = {per_gpu} responses; using one micro-batch of {per_gpu} per mini-batch "
+                f"(micro-batch per rank = mini-batch per rank = {per_gpu}, as verl's workers do)")
+            micro_rank = per_gpu
+        elif ok(f"{sec}.{micro_gpu_key}") and micro_gpu >= 1 and per_gpu % micro_gpu:
             bad(f"{sec}.{micro_gpu_key}",
                 f"must divide the per-GPU mini-batch: {mini_key}*rollout.n/(nnodes*n_gpus_per_node) = "
                 f"{mini}*{n}/{world} = {per_gpu} responses per GPU",

@@ -126,4 +126,8 @@ def test_readme_multi_gpu_commands_validate(index):
     assert cfg.actor_rollout_ref.rollout.name == "sglang" and cfg.actor_rollout_ref.actor.fsdp_config.param_offload
     want = {4: ((0, 1), (2, 3)), 16: (tuple(range(16)),)}
     assert len(MULTI_GPU) == 2 and plan.tp_groups == want[plan.world_size]
+    # the 2-node command as the seed wrote it: micro 16 > 64*1/16 = 4 per GPU, one micro-batch of 4, one warning
+    notes = {4: 0, 16: 1}[plan.world_size]
+    assert len(plan.warnings()) == notes and (not notes or "ppo_micro_batch_size_per_gpu=16" in plan.warnings()[0])
+    assert plan.role("actor").micro_batch_per_rank == {4: 4, 16: 4}[plan.world_size]
 

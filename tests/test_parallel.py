@@ -91,10 +91,45 @@ def test_two_nodes_tp16_spans_both_nodes():
     assert (ref.micro_batch_per_rank, ref.micro_source, ref.forward_passes) == (1, "global", 256)
 
 
-def test_two_nodes_seed_as_written_has_the_micro_problem():
-    # 64*1/16 = 4 responses per GPU, which ppo_micro_batch_size_per_gpu=16 cannot divide
-    (p,) = plan_of(CMD_2NODE_TP16).problems()
-    assert p.startswith(f"{A}.ppo_micro_batch_size_per_gpu=16: ") and "64*1/16 = 4" in p and "Fix:" in p
+def test_two_nodes_seed_as_written_runs_one_micro_batch_per_mini_batch():
+    # 64*1/16 = 4 responses per GPU, less than ppo_micro_batch_size_per_gpu=16: accepted as verl's workers
+    # accept it, the 4 responses are one micro-batch (micro = mini = 4 per rank, 4/4 = 1 accumulation step)
+    plan = plan_of(CMD_2NODE_TP16)
+    assert plan.problems() == []
+    a = plan.role("actor")
+    assert (a.mini_batch_per_rank, a.micro_batch_per_rank, a.micro_source, a.grad_accum_steps) == (4, 4, "per_gpu", 1)
+    (w,) = plan.warnings()
+    assert w.startswith(f"{A}.ppo_micro_batch_size_per_gpu=16 is larger than the per-GPU mini-batch")
+    assert "64*1/16 = 4" in w and "micro-batch per rank = mini-batch per rank = 4" in w and "\n" not in w
+    assert f"note: {w}" in plan.describe()
+
+
+def test_validate_warns_once_with_the_plan_note():
+    from rlkit.config import ConfigWarning
+
+    with pytest.warns(ConfigWarning) as record:
+        validate(PPOConfig.from_overrides(CMD_2NODE_TP16, check=False))
+    assert [str(r.message) for r in record] == plan_of(CMD_2NODE_TP16).warnings()
+
+
+def test_global_micro_larger_than_the_per_gpu_mini_batch_is_one_micro_batch():
+    # deprecated global micro 256 over 16 GPUs = 16 per GPU > 64*1/16 = 4: one micro-batch of 4, no
+    # "must divide ppo_mini_batch_size" problem (that rule is for micro-batches smaller than the mini-batch)
+    plan = ParallelPlan.build(nnodes=2, gpus_per_node=8, tp=16, train_batch_size=4096, mini_batch_size=64,
+                              micro_batch_size=256)
+    assert plan.problems() == []
+    a = plan.role("actor")
+    assert (a.micro_batch_per_rank, a.micro_source, a.grad_accum_steps) == (4, "global", 1)
+    assert plan.warnings()[0].startswith(f"{A}.ppo_micro_batch_size=256 (256/16 = 16 per GPU) is larger")
+
+
+def test_smaller_micro_that_does_not_divide_is_still_refused():
+    # 64*1/16 = 4 per GPU; 3 < 4 does not divide it: refused, no note
+    plan = ParallelPlan.build(nnodes=2, gpus_per_node=8, tp=16, train_batch_size=4096, mini_batch_size=64,
+                              micro_batch_size_per_gpu=3)
+    (p,) = plan.problems()
+    assert p.startswith(f"{A}.ppo_micro_batch_size_per_gpu=3: ") and "64*1/16 = 4" in p
+    assert plan.warnings() == []
 
 
 def test_tp_group_smaller_than_a_node_may_not_straddle_nodes():
