@@ -114,14 +114,14 @@ class DataConfig:
     max_response_length: int = 512  # most tokens generated per response
     train_batch_size: int = 1024  # prompts per training step (responses = this * rollout.n)
     val_batch_size: Optional[int] = None  # deprecated in verl; validation runs as one batch
-    train_max_samples: int = -1  # use only the first N training rows (-1: all)
-    val_max_samples: int = -1  # use only the first N validation rows (-1: all)
+    train_max_samples: int = -1  # use N training rows (-1: all): a random subset seeded by `seed` with `shuffle`, as verl; else the first N
+    val_max_samples: int = -1  # use N validation rows (-1: all), drawn the same way (verl: `shuffle`, not validation_shuffle)
     return_raw_input_ids: bool = False  # also return un-templated ids (RM with other tokenizer)
     return_raw_chat: bool = False  # also return the raw chat messages
     return_full_prompt: bool = False  # also return the templated prompt text
     shuffle: bool = True  # shuffle the training set each epoch
     validation_shuffle: bool = False  # shuffle the validation set
-    seed: Optional[int] = 1  # dataloader shuffle seed
+    seed: Optional[int] = 1  # dataloader shuffle seed and *_max_samples subset seed (rlkit: 1; verl: null = unseeded)
     dataloader_num_workers: int = 8  # dataloader worker processes
     filter_overlong_prompts: bool = False  # drop prompts longer than max_prompt_length
     filter_overlong_prompts_workers: int = 1  # processes used for that filtering

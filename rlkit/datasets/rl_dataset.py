@@ -77,15 +77,26 @@ class RLDataset:
             with ``"\\n"`` and encoded as plain text (with the tokenizer's
             special tokens, e.g. BOS).
         chat_template_kwargs: extra keyword arguments for ``apply_chat_template``.
-        max_samples: if > 0, keep only the first ``max_samples`` rows of the
-            concatenated files (before filtering), like verl's
-            ``data.train_max_samples`` / ``data.val_max_samples``; -1 keeps all.
+        max_samples: if > 0 and fewer than the rows of the concatenated files,
+            keep ``max_samples`` of them (before filtering), as verl's
+            ``data.train_max_samples`` / ``data.val_max_samples`` do; -1 keeps all.
+            With ``shuffle`` (verl's ``data.shuffle``, on by default) they are a
+            random subset drawn as verl's ``RLHFDataset`` draws it:
+            ``numpy.random.default_rng(seed).choice(total, max_samples,
+            replace=False)``, in the order drawn (``seed=None``: unseeded, a
+            different subset each time, as verl with ``data.seed=null``); without
+            ``shuffle``, the first ``max_samples`` rows.
+        shuffle: draw the ``max_samples`` subset at random (see above); it does
+            not reorder the dataset otherwise (:class:`PromptSampler` shuffles
+            batches). Default True, rlkit's ``data.shuffle`` default.
+        seed: seed of that draw (``data.seed``; rlkit's default 1, verl's null).
 
     Items are dicts: ``prompt_ids`` (``list[int]``, truncated if needed),
     ``prompt_text`` (the templated prompt; decoded from the truncated ids when
     truncation happened), ``messages``, ``data_source``, ``ground_truth``
     (``reward_model.ground_truth`` as ``str``), ``extra_info`` (dict) and
-    ``index`` (the row's position in the concatenated files, before filtering).
+    ``index`` (the row's position in the concatenated files, before the
+    ``max_samples`` subset and filtering).
 
     Tokenization is lazy and cached (the templated text is tokenized exactly
     like ``apply_chat_template(..., tokenize=True)``: render, then encode
@@ -103,6 +114,8 @@ class RLDataset:
         apply_chat_template: bool = True,
         chat_template_kwargs: dict | None = None,
         max_samples: int = -1,
+        shuffle: bool = True,
+        seed: int | None = 1,
     ):
         if truncation not in TRUNCATION_MODES:
             raise ValueError(f"truncation must be one of {list(TRUNCATION_MODES)}, got {truncation!r}")
@@ -129,9 +142,18 @@ class RLDataset:
         self._extra_infos: list[dict[str, Any]] = []
         self._load()
         self.max_samples = int(max_samples)
-        if 0 < self.max_samples < len(self._messages):
+        self.shuffle = bool(shuffle)
+        self.seed = None if seed is None else int(seed)
+        # row -> its position in the concatenated files (differs once a subset is drawn)
+        self._source_rows: list[int] = list(range(len(self._messages)))
+        total = len(self._messages)
+        if 0 < self.max_samples < total:
+            keep = self.subset_rows(total, self.max_samples, self.shuffle, self.seed)
             for rows in (self._messages, self._data_sources, self._ground_truths, self._extra_infos):
-                del rows[self.max_samples :]
+                rows[:] = [rows[i] for i in keep]
+            self._source_rows = keep
+            logger.info("RLDataset: kept %d of %d rows (%s)", self.max_samples, total,
+                        f"random subset, seed {self.seed}" if self.shuffle else "the first ones")
         self._num_rows = len(self._messages)
         self._cache: dict[int, tuple[str, list[int]]] = {}  # row -> (templated text, untruncated ids)
         self._rows = list(range(self._num_rows))  # dataset position -> row
@@ -151,6 +173,18 @@ class RLDataset:
                     f"filter_overlong_prompts removed all {self._num_rows} prompts "
                     f"(longest {max(lengths)} tokens, max_prompt_length={max_prompt_length})"
                 )
+
+    @staticmethod
+    def subset_rows(total: int, max_samples: int, shuffle: bool, seed: int | None) -> list[int]:
+        """The rows ``max_samples`` keeps out of ``total`` (``0 < max_samples < total``), in dataset
+        order: verl's draw, ``default_rng(seed).choice(total, max_samples, replace=False)`` with
+        ``shuffle``, else ``0 .. max_samples - 1``."""
+        if not shuffle:
+            return list(range(max_samples))
+        import numpy as np
+
+        rng = np.random.default_rng(seed) if seed is not None else np.random.default_rng()
+        return [int(i) for i in rng.choice(total, size=max_samples, replace=False)]
 
     # ------------------------------------------------------------------ loading
 
@@ -257,7 +291,7 @@ class RLDataset:
         if len(ids) > self.max_prompt_length:
             if self.truncation == "error":
                 raise PromptTooLongError(
-                    f"prompt of dataset row {row} is {len(ids)} tokens, longer than max_prompt_length="
+                    f"prompt of dataset row {self._source_rows[row]} is {len(ids)} tokens, longer than max_prompt_length="
                     f"{self.max_prompt_length}. Increase data.max_prompt_length, set data.truncation to "
                     f"'left', 'right' or 'middle', or set data.filter_overlong_prompts=True."
                 )
@@ -272,7 +306,7 @@ class RLDataset:
             "data_source": self._data_sources[row],
             "ground_truth": self._ground_truths[row],
             "extra_info": dict(self._extra_infos[row]),
-            "index": row,
+            "index": self._source_rows[row],
         }
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

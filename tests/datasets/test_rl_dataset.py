@@ -107,13 +107,79 @@ def test_multiple_files_concatenate(data, tok):
     assert item["ground_truth"] == "18"
 
 
-def test_max_samples(data, tok):
-    ds = RLDataset([data["test"], data["train"]], tok, max_samples=1320)
+def test_max_samples_first_rows_without_shuffle(data, tok):
+    ds = RLDataset([data["test"], data["train"]], tok, max_samples=1320, shuffle=False)
     assert len(ds) == 1320
     last = ds[1319]["extra_info"]
     assert (last["split"], last["index"]) == ("train", 0)
     assert len(RLDataset(data["test"], tok, max_samples=-1)) == 1319
     assert len(RLDataset(data["test"], tok, max_samples=5000)) == 1319
+
+
+def numbered_parquet(path, n):
+    """n rows whose ground truth is the row number, so a subset names the rows it kept."""
+    pq.write_table(pa.table({
+        "prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(n)],
+        "data_source": ["toy"] * n,
+        "reward_model": [{"style": "rule", "ground_truth": str(i)} for i in range(n)],
+    }), path)
+    return str(path)
+
+
+def test_max_samples_random_subset_as_verl_draws_it(tmp_path, tok):
+    import numpy as np
+
+    path = numbered_parquet(tmp_path / "ten.parquet", 10)
+    ds = RLDataset(path, tok, max_samples=4, seed=7)  # shuffle=True is the default, as data.shuffle
+    # verl's RLHFDataset: np.random.default_rng(seed).choice(total, size=max_samples, replace=False), kept in
+    # the order drawn (dataframe.select(indices))
+    want = np.random.default_rng(7).choice(10, size=4, replace=False).tolist()
+    assert [int(item["ground_truth"]) for item in ds] == want
+    assert [item["index"] for item in ds] == want  # index: the row in the files, not in the subset
+    assert len(set(want)) == 4 and want != sorted(want)  # without replacement, not in file order
+    # the default seed is rlkit's data.seed default, 1
+    assert [int(x["ground_truth"]) for x in RLDataset(path, tok, max_samples=4)] == \
+        np.random.default_rng(1).choice(10, size=4, replace=False).tolist()
+
+
+def test_max_samples_subset_is_drawn_over_the_concatenated_files(data, tok):
+    import numpy as np
+
+    ds = RLDataset([data["test"], data["train"]], tok, max_samples=5, seed=3)
+    want = np.random.default_rng(3).choice(1319 + 7473, size=5, replace=False).tolist()
+    assert [item["index"] for item in ds] == want
+    for item, row in zip(ds, want):  # rows >= 1319 come from the second file (train)
+        assert (item["extra_info"]["split"], item["extra_info"]["index"]) == \
+            (("test", row) if row < 1319 else ("train", row - 1319))
+
+
+def test_max_samples_unseeded_draw_when_seed_is_none(tmp_path, tok, monkeypatch):
+    import numpy as np
+
+    path = numbered_parquet(tmp_path / "ten.parquet", 10)
+    calls = []
+    real = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng", lambda *a: calls.append(a) or real(*a))
+    assert len(RLDataset(path, tok, max_samples=4, seed=None)) == 4
+    assert calls == [()]  # verl with data.seed=null: default_rng() without a seed
+
+
+def test_max_samples_is_applied_before_filtering(tmp_path, tok):
+    import numpy as np
+
+    path = tmp_path / "growing.parquet"  # row i asks " word" * i: prompts grow with the row number
+    pq.write_table(pa.table({
+        "prompt": [[{"role": "user", "content": "q" + " word" * i}] for i in range(10)],
+        "data_source": ["toy"] * 10,
+        "reward_model": [{"style": "rule", "ground_truth": str(i)} for i in range(10)],
+    }), path)
+    lengths = RLDataset(str(path), tok).prompt_lengths()
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    limit = lengths[4]  # rows 0..4 fit (or more, if lengths repeat)
+    ds = RLDataset(str(path), tok, max_samples=6, seed=0, filter_overlong_prompts=True, max_prompt_length=limit)
+    drawn = np.random.default_rng(0).choice(10, size=6, replace=False).tolist()  # verl: subset first, then filter
+    assert [int(x["ground_truth"]) for x in ds] == [r for r in drawn if lengths[r] <= limit]
+    assert ds.num_filtered == sum(lengths[r] > limit for r in drawn)
 
 
 def test_full_pass_is_fast(data, tok):
