@@ -5,27 +5,41 @@ import math
 
 import torch
 
+SCHEDULER_TYPES = ("constant", "cosine")
+
 
 def warmup_steps(lr_warmup_steps: int, lr_warmup_steps_ratio: float, total_steps: int) -> int:
-    """verl's rule: an explicit ``lr_warmup_steps >= 0`` wins, else ``ratio * total_steps``."""
+    """verl's rule: an explicit ``lr_warmup_steps >= 0`` wins, else ``int(ratio * total_steps)``."""
     if lr_warmup_steps is not None and lr_warmup_steps >= 0:
         return int(lr_warmup_steps)
     return int(lr_warmup_steps_ratio * max(total_steps, 0))
 
 
-def lr_multiplier(step: int, warmup: int, total: int, style: str, min_lr_ratio: float) -> float:
-    """lr(step) / lr: linear warmup ``step / warmup`` (0 at step 0, as verl), then constant or
-    cosine down to ``min_lr_ratio``."""
-    if warmup > 0 and step < warmup:
-        return step / warmup
+def scheduler_type(optim_cfg) -> str:
+    """``lr_scheduler_type``, unless the deprecated ``warmup_style`` is set: then it wins (as in verl)."""
+    style = optim_cfg.get("warmup_style", None)
+    return str(style) if style is not None else str(optim_cfg.get("lr_scheduler_type", "constant") or "constant")
+
+
+def lr_multiplier(step: int, warmup: int, total: int, style: str, min_lr_ratio: float | None,
+                  num_cycles: float = 0.5) -> float:
+    """lr(step) / lr, verl's schedules.
+
+    Warmup (``step < warmup``): ``step / max(1, warmup)``, 0 at step 0. Then ``constant``: 1;
+    ``cosine``: with ``p = (step - warmup) / max(1, total - warmup)`` and ``m = min_lr_ratio``
+    (None counts as 0), ``max(m, m + (1 - m) * 0.5 * (1 + cos(2 * pi * num_cycles * p)))``: the
+    default ``num_cycles=0.5`` falls from 1 to ``m`` over the decay; more cycles rise again.
+    """
+    if step < warmup:
+        return step / max(1, warmup)
     if style == "constant":
         return 1.0
     if style == "cosine":
-        span = max(total - warmup, 1)
-        progress = min(max(step - warmup, 0) / span, 1.0)
-        # cosine from 1 to min_lr_ratio: m + (1 - m) * 0.5 * (1 + cos(pi * progress))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown warmup_style {style!r}; valid: constant, cosine")
+        m = 0.0 if min_lr_ratio is None else float(min_lr_ratio)
+        progress = (step - warmup) / max(1, total - warmup)
+        x = math.cos(math.pi * float(num_cycles) * 2.0 * progress)
+        return max(m, m + (1 - m) * 0.5 * (1 + x))  # = x * (1-m)/2 + (1+m)/2
+    raise ValueError(f"unknown lr_scheduler_type {style!r}; valid: {', '.join(SCHEDULER_TYPES)}")
 
 
 def build_optimizer(params, optim_cfg) -> torch.optim.AdamW:
@@ -37,10 +51,14 @@ def build_optimizer(params, optim_cfg) -> torch.optim.AdamW:
 
 
 def build_scheduler(opt, optim_cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """verl's schedule (warmup steps or ratio, constant or cosine) over ``total_steps`` updates."""
+    """verl's schedule (warmup steps or ratio; ``lr_scheduler_type`` constant or cosine with
+    ``min_lr_ratio`` and ``num_cycles``) over ``total_steps`` updates."""
     total = int(optim_cfg.get("total_training_steps", -1) or -1)
     total = total if total > 0 else total_steps
     warm = warmup_steps(optim_cfg.get("lr_warmup_steps", -1), float(optim_cfg.get("lr_warmup_steps_ratio", 0.0)), total)
-    style = optim_cfg.get("warmup_style", "constant") or "constant"
-    min_ratio = float(optim_cfg.get("min_lr_ratio", 0.0) or 0.0)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, warm, total, style, min_ratio))
+    style = scheduler_type(optim_cfg)
+    if style not in SCHEDULER_TYPES:
+        raise ValueError(f"unknown lr_scheduler_type {style!r}; valid: {', '.join(SCHEDULER_TYPES)}")
+    min_ratio = optim_cfg.get("min_lr_ratio", 0.0)
+    cycles = float(optim_cfg.get("num_cycles", 0.5))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, warm, total, style, min_ratio, cycles))

@@ -25,3 +25,67 @@ def test_cosine_reaches_min_ratio():
 def test_unknown_style():
     with pytest.raises(ValueError, match="constant, cosine"):
         lr_multiplier(10, 0, 10, "linear", 0.0)
+
+
+# verl's get_cosine_schedule_with_warmup, by hand: warmup step/max(1, w); then
+# p = (s - w) / max(1, total - w), lr = max(m, m + (1 - m) * 0.5 * (1 + cos(2*pi*num_cycles*p)))
+
+def test_cosine_with_warmup_by_hand():
+    # warmup 2, total 10, min 0.2: s=0 -> 0, s=1 -> 1/2; s=2: p=0 -> 1; s=6: p=4/8, cos(pi/2)=0 -> 0.2 + 0.8/2 = 0.6;
+    # s=10: p=1, cos(pi)=-1 -> 0.2
+    got = [lr_multiplier(s, 2, 10, "cosine", 0.2) for s in (0, 1, 2, 6, 10)]
+    assert got == pytest.approx([0.0, 0.5, 1.0, 0.6, 0.2])
+
+
+def test_cosine_num_cycles_one_goes_down_and_back_up():
+    # num_cycles=1, no warmup, total 8, min 0: p = s/8, cos(2*pi*p) at s = 2, 4, 6, 8 is 0, -1, 0, 1
+    got = [lr_multiplier(s, 0, 8, "cosine", 0.0, num_cycles=1.0) for s in (2, 4, 6, 8)]
+    assert got == pytest.approx([0.5, 0.0, 0.5, 1.0])
+
+
+def test_cosine_min_lr_ratio_none_is_zero():
+    assert lr_multiplier(4, 0, 8, "cosine", None) == pytest.approx(0.5)  # cos(pi/2)=0 -> 0 + 1*0.5
+
+
+def _lrs(optim: dict, total: int, steps: int) -> list[float]:
+    """lr at each step of the real LambdaLR loop (lr 1.0, so lr = multiplier)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from rlkit.training.optim import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, OmegaConf.create({"lr": 1.0, **optim}), total)
+    out = []
+    for _ in range(steps):
+        out.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_scheduler_loop_equals_the_formula_cosine():
+    # lr_scheduler_type=cosine, warmup ratio 0.2 of 10 steps = int(2.0) = 2, min 0.2, half a cycle
+    got = _lrs({"lr_scheduler_type": "cosine", "lr_warmup_steps_ratio": 0.2, "min_lr_ratio": 0.2,
+                "num_cycles": 0.5, "warmup_style": None}, total=10, steps=11)
+    assert got == pytest.approx([lr_multiplier(s, 2, 10, "cosine", 0.2) for s in range(11)])
+    assert [got[i] for i in (0, 1, 2, 6, 10)] == pytest.approx([0.0, 0.5, 1.0, 0.6, 0.2])
+
+
+def test_scheduler_loop_num_cycles():
+    got = _lrs({"lr_scheduler_type": "cosine", "num_cycles": 1.0, "min_lr_ratio": 0.0}, total=8, steps=9)
+    assert [got[i] for i in (0, 2, 4, 6, 8)] == pytest.approx([1.0, 0.5, 0.0, 0.5, 1.0])
+
+
+def test_scheduler_loop_constant_with_warmup_steps():
+    got = _lrs({"lr_scheduler_type": "constant", "lr_warmup_steps": 4}, total=10, steps=6)
+    assert got == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_deprecated_warmup_style_wins_over_lr_scheduler_type():
+    from rlkit.training.optim import scheduler_type
+
+    assert scheduler_type({"lr_scheduler_type": "constant", "warmup_style": "cosine"}) == "cosine"
+    assert scheduler_type({"lr_scheduler_type": "cosine", "warmup_style": None}) == "cosine"
+    got = _lrs({"lr_scheduler_type": "constant", "warmup_style": "cosine", "min_lr_ratio": 0.0}, total=4, steps=5)
+    assert got == pytest.approx([1.0, 0.5 * (1 + 2 ** -0.5), 0.5, 0.5 * (1 - 2 ** -0.5), 0.0])
