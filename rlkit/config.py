@@ -70,6 +70,9 @@ __all__ = [
     "LOGGERS",
     "VERL_ONLY_LOGGERS",
     "TP_MEMORY_CHECKS",
+    "LR_SCHEDULER_TYPES",
+    "UNSUPPORTED_KEYS",
+    "ACCEPTED_UNREAD_KEYS",
     "DEFAULT_MODEL",
 ]
 
@@ -79,13 +82,16 @@ ROLLOUT_NAMES = ("hf", "sglang")
 ROLLOUT_MODES = ("sync", "async")
 ADV_ESTIMATORS = ("gae", "grpo", "rloo", "reinforce_plus_plus")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-KL_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+# verl's estimators, and each with "+": the same value with k2's gradient (straight-through)
+KL_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3",
+                "kl+", "k1+", "abs+", "mse+", "k2+", "low_var_kl+", "k3+")
 KL_CTRL_TYPES = ("fixed", "adaptive")
 LOGGERS = ("console", "jsonl", "tensorboard")
 VERL_ONLY_LOGGERS = ("wandb", "mlflow", "swanlab", "vemlp_wandb", "clearml", "trackio", "file")
 TP_MEMORY_CHECKS = ("error", "warn", "off")
 TRUNCATIONS = ("error", "left", "right", "middle")
-WARMUP_STYLES = ("constant", "cosine")
+WARMUP_STYLES = ("constant", "cosine")  # deprecated optim.warmup_style, an alias of lr_scheduler_type
+LR_SCHEDULER_TYPES = ("constant", "cosine")
 RESUME_MODES = ("auto", "disable", "resume_path")
 STRATEGIES = ("fsdp", "fsdp2")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -159,8 +165,9 @@ class OptimConfig:
     lr_warmup_steps: int = -1  # warmup steps; negative = use lr_warmup_steps_ratio
     lr_warmup_steps_ratio: float = 0.0  # warmup as a fraction of total steps
     min_lr_ratio: Optional[float] = 0.0  # cosine schedule floor, as a fraction of lr
-    num_cycles: float = 0.5  # cosine cycles over training
-    warmup_style: str = "constant"  # constant | cosine
+    num_cycles: float = 0.5  # cosine waves over the decay (0.5: one half-wave from lr down to min_lr_ratio*lr)
+    lr_scheduler_type: str = "constant"  # constant | cosine (after the linear warmup)
+    warmup_style: Optional[str] = None  # deprecated alias of lr_scheduler_type; when set it wins (verl)
     total_training_steps: int = -1  # filled in at run time
     weight_decay: float = 0.01  # AdamW weight decay
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
@@ -203,6 +210,8 @@ class ActorConfig:
     clip_ratio_c: float = 3.0  # dual-clip bound for negative advantages
     loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coeff: float = 0.0  # entropy bonus weight
+    calculate_entropy: bool = False  # compute the entropy in the update (rlkit: always computed, as with True)
+    loss_scale_factor: Optional[int] = None  # seq-mean-token-sum-norm divisor; None = response length (rlkit: null only)
     use_kl_loss: bool = False  # add KL(actor || ref) to the loss (GRPO style)
     use_torch_compile: bool = True  # torch.compile the log-prob helpers
     kl_loss_coef: float = 0.001  # weight of that KL loss
@@ -370,6 +379,17 @@ class KLCtrlConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    rollout_is: Optional[str] = None  # importance-sampling weights: token | sequence (rlkit: null only)
+    rollout_is_threshold: float = 2.0  # upper truncation of those weights
+    rollout_rs: Optional[str] = None  # rejection sampling mode (rlkit: null only)
+    rollout_rs_threshold: Any = None  # its threshold(s): a number or a string
+    bypass_mode: bool = False  # use rollout log-probs as the old policy
+    loss_type: str = "ppo_clip"  # policy loss in bypass mode
+    rollout_is_batch_normalize: bool = False  # normalise the IS weights over the batch
+
+
+@dataclass
 class AlgorithmConfig:
     gamma: float = 1.0  # discount
     lam: float = 1.0  # GAE lambda
@@ -378,6 +398,7 @@ class AlgorithmConfig:
     use_kl_in_reward: bool = False  # subtract a KL penalty from the reward
     kl_penalty: str = "kl"  # KL estimator for the in-reward penalty
     kl_ctrl: KLCtrlConfig = field(default_factory=KLCtrlConfig)  # KL coefficient controller
+    rollout_correction: RolloutCorrectionConfig = field(default_factory=RolloutCorrectionConfig)  # rollout/training mismatch (unsupported)
 
 
 @dataclass
@@ -580,6 +601,98 @@ _VERL_ONLY = (
     "data.sampler",
     "data.datagen",
 )
+
+
+# Keys of the schema that rlkit does not implement yet: their defaults are accepted (so that verl's
+# full config dumps load), any other value fails validation with
+# "<key> is not supported yet by rlkit (verl reads it for <what>)". The one list of them; a key leaves
+# it when rlkit implements it (tests/test_config.py checks that every key nothing in rlkit reads is
+# here or in ACCEPTED_UNREAD_KEYS).
+_RM = "the reward model (reward_model.enable=True)"
+UNSUPPORTED_KEYS: Dict[str, str] = {
+    "data.reward_fn_key": "the column that picks the reward function (rlkit uses data_source)",
+    "data.return_raw_input_ids": "un-templated prompt ids for a reward model with another tokenizer",
+    "data.return_raw_chat": "the raw chat messages in the batch (agent loops, reward models)",
+    "data.return_full_prompt": "the templated prompt text in the batch",
+    "data.validation_shuffle": "shuffling the validation set",
+    "data.image_key": "multimodal images", "data.video_key": "multimodal videos",
+    "actor_rollout_ref.hybrid_engine": "placing actor, rollout and reference on separate devices when False",
+    "actor_rollout_ref.model.external_lib": "a module imported before loading (custom architectures)",
+    "actor_rollout_ref.model.lora_rank": "LoRA fine-tuning", "actor_rollout_ref.model.lora_alpha": "LoRA fine-tuning",
+    "actor_rollout_ref.model.target_modules": "LoRA fine-tuning",
+    "actor_rollout_ref.model.exclude_modules": "LoRA fine-tuning",
+    "actor_rollout_ref.actor.loss_scale_factor": "the divisor of loss_agg_mode=seq-mean-token-sum-norm "
+                                                 "(the actor/entropy metric)",
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size": "Ulysses sequence parallelism",
+    "actor_rollout_ref.ref.ulysses_sequence_parallel_size": "Ulysses sequence parallelism",
+    "critic.ulysses_sequence_parallel_size": "Ulysses sequence parallelism",
+    "actor_rollout_ref.actor.checkpoint.load_contents": "loading only part of a checkpoint on resume",
+    "critic.checkpoint.load_contents": "loading only part of a checkpoint on resume",
+    "actor_rollout_ref.rollout.mode": "the asynchronous agent-loop rollout (mode=async)",
+    "critic.model.external_lib": "a module imported before loading (custom architectures)",
+    "critic.model.lora_rank": "LoRA fine-tuning", "critic.model.lora_alpha": "LoRA fine-tuning",
+    "critic.model.target_modules": "LoRA fine-tuning",
+    "reward_model.enable": "a model-based reward; rlkit scores with rule-based functions: "
+                           "custom_reward_function.path=<file.py> and custom_reward_function.name=<function>",
+    "reward_model.strategy": _RM, "reward_model.model.input_tokenizer": _RM, "reward_model.model.path": _RM,
+    "reward_model.model.external_lib": _RM, "reward_model.model.use_remove_padding": _RM,
+    "reward_model.model.trust_remote_code": _RM,
+    "reward_model.model.fsdp_config.wrap_policy.min_num_params": _RM,
+    "reward_model.model.fsdp_config.param_offload": _RM, "reward_model.model.fsdp_config.optimizer_offload": _RM,
+    "reward_model.model.fsdp_config.offload_policy": _RM,
+    "reward_model.model.fsdp_config.reshard_after_forward": _RM, "reward_model.model.fsdp_config.fsdp_size": _RM,
+    "reward_model.model.fsdp_config.forward_prefetch": _RM, "reward_model.micro_batch_size": _RM,
+    "reward_model.micro_batch_size_per_gpu": _RM, "reward_model.max_length": _RM,
+    "reward_model.ulysses_sequence_parallel_size": _RM, "reward_model.use_dynamic_bsz": _RM,
+    "reward_model.forward_max_token_len_per_gpu": _RM,
+    "reward_model.reward_manager": "the reward manager that turns scores into token rewards (rlkit: naive)",
+    "trainer.default_hdfs_dir": "copying checkpoints to HDFS",
+    "trainer.del_local_ckpt_after_load": "deleting the local checkpoint after loading it",
+    **{f"algorithm.rollout_correction.{k}": "rollout/training mismatch correction (importance sampling, "
+       "rejection sampling, bypass mode)" for k in ("rollout_is", "rollout_is_threshold", "rollout_rs",
+                                                    "rollout_rs_threshold", "bypass_mode", "loss_type",
+                                                    "rollout_is_batch_normalize")},
+}
+
+# Keys nothing in rlkit reads that are accepted with any valid value, each with why: they steer only
+# speed, memory or I/O (the numbers do not change), or rlkit always runs one way (said here and in
+# README "Notes for verl users").
+ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
+    "data.use_shm": "I/O only", "data.dataloader_num_workers": "I/O only (rlkit loads in the main process)",
+    "data.filter_overlong_prompts_workers": "I/O only (filtering runs in one process)",
+    "actor_rollout_ref.model.use_shm": "I/O only", "critic.model.use_shm": "I/O only",
+    "actor_rollout_ref.model.enable_activation_offload": "memory only (rlkit keeps activations on the GPU)",
+    "critic.model.enable_activation_offload": "memory only (rlkit keeps activations on the GPU)",
+    "actor_rollout_ref.model.use_remove_padding": "speed only (rlkit pads the sequences)",
+    "critic.model.use_remove_padding": "speed only (rlkit pads the sequences)",
+    "actor_rollout_ref.model.use_liger": "speed only (rlkit uses transformers' kernels)",
+    "actor_rollout_ref.model.use_fused_kernels": "speed only (rlkit uses transformers' kernels)",
+    "actor_rollout_ref.actor.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
+    "actor_rollout_ref.ref.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
+    "critic.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
+    "actor_rollout_ref.actor.use_torch_compile": "speed only", "actor_rollout_ref.ref.use_torch_compile": "speed only",
+    "actor_rollout_ref.actor.calculate_entropy": "rlkit computes the entropy in every actor update, as with True "
+                                                 "(False does not skip that work yet)",
+    "actor_rollout_ref.rollout.calculate_log_probs": "rlkit always returns the rollout log-probs (as with True)",
+    "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",
+    "actor_rollout_ref.ref.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",
+    "critic.model.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",
+    "actor_rollout_ref.actor.fsdp_config.forward_prefetch": "speed only",
+    "actor_rollout_ref.ref.fsdp_config.forward_prefetch": "speed only",
+    "critic.model.fsdp_config.forward_prefetch": "speed only",
+    "actor_rollout_ref.rollout.layered_summon": "memory only (rlkit pushes weights one parameter at a time)",
+    "actor_rollout_ref.rollout.max_num_batched_tokens": "engine speed only",
+    "actor_rollout_ref.rollout.max_model_len": "engine context length: rlkit uses prompt + response "
+                                               "(validation refuses a shorter one)",
+    "actor_rollout_ref.rollout.disable_log_stats": "engine logging only",
+    "actor_rollout_ref.rollout.enable_chunked_prefill": "engine speed only",
+    "actor_rollout_ref.rollout.multi_stage_wake_up": "memory only (rlkit always wakes weights before the KV cache)",
+    "actor_rollout_ref.rollout.engine_kwargs.vllm": "verl reads it only with rollout.name=vllm, which rlkit refuses",
+    "reward_model.launch_reward_fn_async": "timing only (rlkit scores after generation)",
+    "trainer.balance_batch": "rlkit keeps each step's batch in rollout order, as balance_batch=False; verl's "
+                             "default True reorders it to balance tokens over ranks (README: still different)",
+    "trainer.ray_wait_register_center_timeout": "a start-up timeout (rlkit's ranks report failures at once)",
+}
 
 
 def _lookup(key: str) -> Tuple[Optional[_Key], Optional[str]]:
@@ -1053,6 +1166,20 @@ def validate(cfg: Any) -> None:
                 f"e.g. {k}=~/data/gsm8k/train.parquet or {k}=[a.parquet,b.parquet]")
     rule("data.prompt_key", lambda v: bool(v), "must name the prompt column", "e.g. data.prompt_key=prompt")
 
+    # -- keys rlkit does not implement yet: only their defaults are accepted
+    for key, why in UNSUPPORTED_KEYS.items():
+        mine, default = _raw(cfg, key), _raw(_DEFAULT, key)
+        if mine is not _MISSING and mine != default:
+            problems.append(f"{key}={_fmt(mine)}: {key} is not supported yet by rlkit (verl reads it for {why}). "
+                            f"Fix: remove it or set {key}={_fmt(default)}.")
+    for key in ("data.train_max_samples", "data.val_max_samples"):  # see README "Notes for verl users"
+        if ok(key) and get(key) > 0 and (get("data.shuffle") is not True or get("data.seed") != 1):
+            problems.append(f"{key}={get(key)} with data.shuffle={_fmt(get('data.shuffle'))}, data.seed="
+                            f"{_fmt(get('data.seed'))}: drawing the {key.split('.')[1]} subset with other than "
+                            "data.shuffle=True, data.seed=1 is not supported yet by rlkit (verl reads them for "
+                            "the random subset; rlkit's Experiment does not pass them to the dataset yet). "
+                            f"Fix: keep data.shuffle=True and data.seed=1, or {key}=-1.")
+
     # -- cluster shape, SGLang TP groups, FSDP meshes and the batch arithmetic (verl counts batch sizes
     # in prompts; each prompt yields rollout.n responses, split over nnodes*n_gpus_per_node ranks): the
     # plan the workers run with checks them, so what validation accepts is what runs
@@ -1123,10 +1250,6 @@ def validate(cfg: Any) -> None:
             rule(k, lambda v: v >= 1, "must be >= 1", f"e.g. {k}=32768")
 
     # -- reward
-    if get("reward_model.enable") is True:
-        bad("reward_model.enable", "model-based reward is not supported by rlkit yet",
-            "set reward_model.enable=False and score with a rule-based function via "
-            "custom_reward_function.path=<file.py> and custom_reward_function.name=<function>")
     if ok("custom_reward_function.path"):
         rule("custom_reward_function.name", lambda v: bool(v), "must name the function in custom_reward_function.path",
              "e.g. custom_reward_function.name=compute_score")
@@ -1181,12 +1304,26 @@ def validate(cfg: Any) -> None:
         warnings.warn(note, ConfigWarning, stacklevel=2)
 
 
+def _raw(cfg: DictConfig, path: str) -> Any:
+    """The stored value at ``path``, interpolations unresolved, containers as plain lists/dicts."""
+    node: Any = cfg
+    for seg in path.split("."):
+        if not isinstance(node, DictConfig) or seg not in node:
+            return _MISSING
+        node = node._get_node(seg)
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=False)
+    return node._value() if hasattr(node, "_value") else node
+
+
 def _optim_rules(p: str, rule: Any, one_of: Any, ok: Any, get: Any, bad: Any) -> None:
     rule(f"{p}.lr", lambda v: v > 0, "must be > 0", f"e.g. {p}.lr={_fmt(OmegaConf.select(_DEFAULT, p + '.lr'))}")
     rule(f"{p}.weight_decay", lambda v: v >= 0, "must be >= 0", f"e.g. {p}.weight_decay=0.01")
     rule(f"{p}.lr_warmup_steps_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]", f"e.g. {p}.lr_warmup_steps_ratio=0.0")
     rule(f"{p}.min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1] or null", f"e.g. {p}.min_lr_ratio=0.0")
-    one_of(f"{p}.warmup_style", WARMUP_STYLES)
+    one_of(f"{p}.lr_scheduler_type", LR_SCHEDULER_TYPES)
+    one_of(f"{p}.warmup_style", WARMUP_STYLES, f" (deprecated: use {p}.lr_scheduler_type, or null)")
+    rule(f"{p}.num_cycles", lambda v: v >= 0, "must be >= 0 (cosine waves)", f"e.g. {p}.num_cycles=0.5")
     rule(f"{p}.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)",
          f"e.g. {p}.betas=[0.9,0.999]")
 

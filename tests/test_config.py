@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import typing
 import sys
 from pathlib import Path
 
@@ -207,7 +208,10 @@ def test_defaults_match_verl_sample():
         "actor_rollout_ref.actor.optim.lr": 1e-6, "actor_rollout_ref.actor.optim.lr_warmup_steps": -1,
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
         "actor_rollout_ref.actor.optim.min_lr_ratio": 0.0,
-        "actor_rollout_ref.actor.optim.warmup_style": "constant",
+        "actor_rollout_ref.actor.optim.warmup_style": None,  # verl: deprecated, null
+        "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
+        "actor_rollout_ref.actor.optim.num_cycles": 0.5,
+        "actor_rollout_ref.actor.calculate_entropy": False, "actor_rollout_ref.actor.loss_scale_factor": None,
         "actor_rollout_ref.actor.optim.total_training_steps": -1,
         "actor_rollout_ref.actor.optim.weight_decay": 0.01,
         "actor_rollout_ref.actor.optim.betas": [0.9, 0.999],
@@ -761,3 +765,122 @@ def test_runtime_problems_name_what_the_machine_lacks():
     (ray,) = runtime_problems(two, cuda_devices=0, have={"sglang": False, "ray": False})
     assert "2 ranks run as a Ray worker group, and ray is not installed" in ray
     assert runtime_problems(two, cuda_devices=0, have={"sglang": False, "ray": True}) == []
+
+
+# ----------------------------------------------------------------------------- keys rlkit does not read
+
+def _leaves():
+    """Every value of the default config: plain leaves and open dicts."""
+    from rlkit.config import _INDEX
+
+    return [p for p, k in _INDEX.items() if k.kind != "section"]
+
+
+def _unread_leaves():
+    """Leaves whose name appears nowhere in the package outside config.py, neither as an attribute
+    (``.name``) nor as a quoted key (``"name"``): nothing reads them."""
+    import re
+
+    pkg = Path(__file__).resolve().parents[1] / "rlkit"
+    text = "\n".join(f.read_text() for f in pkg.rglob("*.py") if f.name != "config.py")
+    out = []
+    for path in _leaves():
+        leaf = re.escape(path.rsplit(".", 1)[-1])
+        if not re.search(rf"\.{leaf}\b|[\"']{leaf}[\"']", text):
+            out.append(path)
+    return out
+
+
+def test_every_unread_key_is_refused_or_explained():
+    from rlkit.config import ACCEPTED_UNREAD_KEYS, UNSUPPORTED_KEYS
+
+    unread = _unread_leaves()
+    assert "actor_rollout_ref.actor.optim.num_cycles" not in unread  # rlkit.training.optim reads it now
+    listed = set(UNSUPPORTED_KEYS) | set(ACCEPTED_UNREAD_KEYS)
+    assert [k for k in unread if k not in listed] == []
+    assert set(UNSUPPORTED_KEYS).isdisjoint(ACCEPTED_UNREAD_KEYS)
+    assert [k for k in listed if k not in _leaves()] == []  # no stale names
+    assert all(why for why in list(UNSUPPORTED_KEYS.values()) + list(ACCEPTED_UNREAD_KEYS.values()))
+
+
+def _other_value(key):
+    """A value of ``key``'s type that differs from its default."""
+    from rlkit.config import _DEFAULT, _INDEX, _raw
+
+    default, tp = _raw(_DEFAULT, key), _INDEX[key].type
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if typing.get_origin(tp) is typing.Union else tp
+    if _INDEX[key].kind == "open":
+        return "{x: 1}"
+    if isinstance(default, str) and "${" in default:  # follows another key: any concrete value differs
+        default = None
+    if base is bool:
+        return str(not default)
+    if base is int:
+        return str((default or 0) + 3)
+    if base is float:
+        return str(float(default or 0) + 1.5)
+    if typing.get_origin(base) in (list, typing.List):
+        return "[model]"
+    return "other"
+
+
+@pytest.mark.parametrize("key", sorted(__import__("rlkit.config", fromlist=["x"]).UNSUPPORTED_KEYS))
+def test_unsupported_key_refused_when_not_default(key):
+    from rlkit.config import UNSUPPORTED_KEYS
+
+    PPOConfig.from_overrides([])  # the default is accepted
+    with pytest.raises(ConfigError) as err:
+        PPOConfig.from_overrides([f"{key}={_other_value(key)}"])
+    assert f"{key} is not supported yet by rlkit (verl reads it for {UNSUPPORTED_KEYS[key]})" in str(err.value)
+
+
+def test_verl_defaults_of_the_new_keys_load():
+    # as verl's generated ppo_trainer.yaml writes them
+    cfg = PPOConfig.from_dict({
+        "actor_rollout_ref": {"actor": {"calculate_entropy": False, "loss_scale_factor": None,
+                                        "optim": {"lr_scheduler_type": "constant", "warmup_style": None,
+                                                  "num_cycles": 0.5, "min_lr_ratio": 0.0}}},
+        "algorithm": {"rollout_correction": {"rollout_is": None, "rollout_is_threshold": 2.0, "rollout_rs": None,
+                                             "rollout_rs_threshold": None, "bypass_mode": False,
+                                             "loss_type": "ppo_clip", "rollout_is_batch_normalize": False}},
+    })
+    assert cfg.algorithm.rollout_correction.loss_type == "ppo_clip"
+
+
+def test_lr_scheduler_type_values():
+    cfg = PPOConfig.from_overrides(["actor_rollout_ref.actor.optim.lr_scheduler_type=cosine",
+                                    "critic.optim.num_cycles=1.0"])
+    assert cfg.actor_rollout_ref.actor.optim.lr_scheduler_type == "cosine"
+    _, msg = problems_of(["actor_rollout_ref.actor.optim.lr_scheduler_type=linear"])
+    assert "actor_rollout_ref.actor.optim.lr_scheduler_type='linear'" in msg or "lr_scheduler_type=linear" in msg
+    assert "must be one of constant, cosine" in msg
+    _, msg = problems_of(["actor_rollout_ref.actor.optim.num_cycles=-1.0"])
+    assert "num_cycles=-1.0: must be >= 0" in msg
+
+
+@pytest.mark.parametrize("name", ["k3+", "low_var_kl+", "k1+", "kl+", "abs+"])
+def test_kl_plus_names_accepted(name):
+    cfg = PPOConfig.from_overrides([f"actor_rollout_ref.actor.kl_loss_type={name}", f"algorithm.kl_penalty={name}"])
+    assert cfg.algorithm.kl_penalty == name
+
+
+def test_calculate_entropy_accepted():
+    assert PPOConfig.from_overrides(["actor_rollout_ref.actor.calculate_entropy=True"]).actor_rollout_ref.actor.calculate_entropy
+
+
+def test_ref_log_prob_micro_batch_per_gpu_sets_the_ref_forward():
+    # 1024 prompts * n=1 on one GPU = 1024 rows; ref micro 16 -> ceil(1024/16) = 64 forwards
+    from rlkit.parallel import ParallelPlan
+
+    cfg = PPOConfig.from_overrides(["actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16"])
+    ref = ParallelPlan.from_config(cfg).role("ref")
+    assert (ref.micro_batch_per_rank, ref.micro_source, ref.forward_passes) == (16, "per_gpu", 64)
+
+
+@pytest.mark.parametrize("extra", [["data.seed=3"], ["data.shuffle=False"]])
+def test_max_samples_subset_other_than_the_default_draw_refused(extra):
+    _, msg = problems_of(["data.val_max_samples=8"] + extra)
+    assert "data.val_max_samples=8 with data.shuffle=" in msg and "is not supported yet by rlkit" in msg
+    PPOConfig.from_overrides(["data.val_max_samples=8"])  # the default draw is fine
+    PPOConfig.from_overrides(extra)  # and so are those keys without a subset

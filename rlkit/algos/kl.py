@@ -21,7 +21,8 @@ __all__ = [
     "apply_kl_penalty",
 ]
 
-KL_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+_BASE_PENALTIES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+KL_PENALTIES = _BASE_PENALTIES + tuple(name + "+" for name in _BASE_PENALTIES)
 
 
 def kl_penalty(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kl_penalty: str = "kl") -> torch.Tensor:
@@ -37,10 +38,17 @@ def kl_penalty(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kl_penalty: s
             * ``mse`` / ``k2``: ``0.5 * (logp - logp_ref)^2``
             * ``low_var_kl`` / ``k3``: ``exp(x) - x - 1`` with ``x = clamp(logp_ref - logp, -20, 20)``,
               result clamped to ``[-10, 10]`` (non-negative, low variance)
+            * any of these with ``+`` (``k3+``, ``k1+`` ...): the same value, with the gradient of
+              ``k2`` (straight-through: ``k2 - k2.detach() + value.detach()``), whose expected
+              gradient is the KL's; verl's intent (fixed to work in verl PR #6058). ``k2+`` = ``k2``.
 
     Returns:
         ``(bs, response_length)`` per-token KL estimate (no masking applied).
     """
+    if kl_penalty.endswith("+") and kl_penalty[:-1] in _BASE_PENALTIES:
+        value = kl_penalty_fn(log_prob, ref_log_prob, kl_penalty[:-1])
+        k2 = 0.5 * (log_prob - ref_log_prob).square()
+        return k2 - k2.detach() + value.detach()  # forward: value; backward: d k2 = (logp - logp_ref) d logp
     if kl_penalty in ("kl", "k1"):
         return log_prob - ref_log_prob  # k1 = log pi - log pi_ref
     if kl_penalty == "abs":

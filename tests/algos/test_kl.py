@@ -74,7 +74,49 @@ def test_kl_unknown_lists_names():
     assert "unknown kl_penalty 'full'" in msg
     for name in KL_PENALTIES:
         assert name in msg
-    assert set(KL_PENALTIES) == {"kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"}
+    base = {"kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3"}
+    assert set(KL_PENALTIES) == base | {name + "+" for name in base}
+
+
+# ----------------------------------------------------------------------------- "+": k2's gradient (straight-through)
+# token 0: d = logp - ref = ln2, token 1: d = -ln2. d k2 / d logp = d = [ln2, -ln2] whatever the estimator's value.
+
+def _value_and_grad(name):
+    logp = LOGP.clone().requires_grad_(True)
+    kl = kl_penalty(logp, REF, name)
+    kl.sum().backward()
+    return kl.detach()[0].tolist(), logp.grad[0].tolist()
+
+
+@pytest.mark.parametrize("name, value", [
+    ("k3+", [0.5 + LN2 - 1, 2 + -LN2 - 1]),  # k3 = exp(x) - x - 1, x = ref - logp = [-ln2, ln2]: [0.1931, 0.3069]
+    ("low_var_kl+", [0.5 + LN2 - 1, 2 + -LN2 - 1]),
+    ("k1+", [LN2, -LN2]),  # k1 = d
+    ("kl+", [LN2, -LN2]),
+    ("abs+", [LN2, LN2]),  # |d|
+    ("k2+", [0.5 * LN2 ** 2, 0.5 * LN2 ** 2]),  # k2 itself: the trick changes nothing
+    ("mse+", [0.5 * LN2 ** 2, 0.5 * LN2 ** 2]),
+])
+def test_plus_keeps_the_value_and_takes_k2s_gradient(name, value):
+    got_value, got_grad = _value_and_grad(name)
+    assert got_value == pytest.approx(value, abs=1e-12)
+    assert got_grad == pytest.approx([LN2, -LN2], abs=1e-12)
+
+
+def test_without_plus_the_gradient_is_the_estimators_own():
+    # k3 = exp(ref - logp) - (ref - logp) - 1: d/d logp = -exp(ref - logp) + 1 = [1 - 1/2, 1 - 2] = [0.5, -1]
+    assert _value_and_grad("k3")[1] == pytest.approx([0.5, -1.0], abs=1e-12)
+    assert _value_and_grad("k1")[1] == pytest.approx([1.0, 1.0], abs=1e-12)  # d/d logp of logp - ref
+
+
+def test_plus_in_apply_kl_penalty_is_the_value():
+    # KL in the reward has no gradient: k3+ subtracts the k3 value, beta = 0.5
+    scores = torch.zeros(1, 2, dtype=torch.float64)
+    mask = torch.ones(1, 2)
+    plain, kl_plain = apply_kl_penalty(scores, LOGP, REF, mask, 0.5, "k3")
+    plus, kl_plus = apply_kl_penalty(scores, LOGP, REF, mask, 0.5, "k3+")
+    assert torch.equal(plain, plus) and kl_plain == kl_plus
+    assert plus[0].tolist() == pytest.approx([-0.5 * (LN2 - 0.5), -0.5 * (1 - LN2)], abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- controllers
