@@ -202,7 +202,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
-def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str = "token-mean") -> torch.Tensor:
+def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str = "token-mean",
+             loss_scale_factor: float | None = None) -> torch.Tensor:
     """Reduce a per-token loss matrix to a scalar.
 
     Args:
@@ -214,6 +215,9 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
             * ``seq-mean-token-sum``: ``mean_i sum_t L m`` (per-sequence sum, mean over sequences).
             * ``seq-mean-token-mean``: ``mean_i (sum_t L m / sum_t m)`` (every sequence weighs the same).
             * ``seq-mean-token-sum-norm``: ``sum_{i,t} L m / T`` (Dr. GRPO style, constant normaliser).
+        loss_scale_factor: the normaliser of ``seq-mean-token-sum-norm`` in place of ``T`` (the
+            response length), as verl's ``actor.loss_scale_factor``; None keeps ``T``. Other modes
+            ignore it.
 
     Sequences whose mask is entirely 0 contribute nothing and are left out of the
     "mean over sequences" denominators, so an empty sequence never produces NaN.
@@ -237,5 +241,5 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
         # per-sequence token mean, then mean over non-empty sequences
         seq_mean = seq_sum / tokens.clamp(min=1.0)  # empty sequence -> 0 / 1 = 0
         return masked_mean(seq_mean, seq_valid)
-    # seq-mean-token-sum-norm: total masked sum / response_length
-    return seq_sum.sum() / loss_mat.shape[-1]
+    # seq-mean-token-sum-norm: total masked sum / response_length (or loss_scale_factor)
+    return seq_sum.sum() / (loss_mat.shape[-1] if loss_scale_factor is None else loss_scale_factor)

@@ -237,6 +237,14 @@ def test_agg_loss_by_hand(mode, expected):
     assert agg_loss(LOSS[:2], LMASK[:2], mode).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_agg_loss_scale_factor_replaces_the_response_length():
+    # seq-mean-token-sum-norm with loss_scale_factor=10: 17 / 10 instead of 17 / 4 (verl's actor.loss_scale_factor)
+    assert agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", loss_scale_factor=10).item() == pytest.approx(1.7)
+    assert agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", loss_scale_factor=None).item() == pytest.approx(4.25)
+    # the other modes do not use it
+    assert agg_loss(LOSS, LMASK, "token-mean", loss_scale_factor=10).item() == pytest.approx(3.4)
+
+
 def test_agg_loss_modes_constant_and_unknown():
     assert set(LOSS_AGG_MODES) >= {"token-mean", "seq-mean-token-sum", "seq-mean-token-mean"}
     with pytest.raises(ValueError) as err:
