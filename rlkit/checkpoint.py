@@ -27,9 +27,11 @@ AdamW state with ``torch.distributed.checkpoint`` (DCP) and its own random state
 
 The ranks write into the checkpoint's temporary folder, so every rank must see that path: one
 machine's local disk is enough for one node; several nodes need a shared filesystem for
-``trainer.default_local_dir`` (as with verl and torch's DCP). A sharded checkpoint loads only into
-the same number of ranks, and a single-process one only into one process: loading N shards into M
-ranks (resharding) is not supported yet and is refused with both sizes named.
+``trainer.default_local_dir`` (as with verl and torch's DCP). rlkit saves the sharded layout at every
+world size, one rank included. A sharded checkpoint loads only into the same number of ranks:
+loading N shards into M ranks (resharding) is not supported yet and is refused with both sizes
+named. Checkpoints of the single-process layout (written by rlkit before the worker group, and
+format 1) still resume, into any number of ranks: each rank cuts its shards from the whole state.
 
 Sizes follow the model: weights are 4 bytes per parameter, AdamW keeps two more fp32 tensors per
 parameter, so a full checkpoint is about 12 bytes per trained parameter (actor, plus the critic
@@ -191,23 +193,18 @@ class Checkpoint:
             return any(k.startswith(f"{role}/dcp/") for k in self.files)
         return self.has(f"{role}/model.pt")
 
-    def require_layout(self, world_size: int, sharded: bool) -> None:
+    def require_world_size(self, world_size: int) -> None:
         """Refuse (CheckpointError naming both sizes) unless this checkpoint loads into a run of
-        ``world_size`` ranks that saves ``sharded`` (a WorkerGroup) or one process's state (PPOWorker)."""
-        want = SHARDED if sharded else SINGLE
-        if self.layout == want and (not sharded or self.world_size == world_size):
+        ``world_size`` ranks: a sharded checkpoint only into as many ranks as saved it; one process's
+        state dicts (the single-process layout) into any number (each rank cuts its shards)."""
+        if self.layout == SINGLE or self.world_size == world_size:
             return
-
-        saved = (f"{self.world_size} rank{'s' if self.world_size != 1 else ''} (sharded layout)"
-                 if self.layout == SHARDED else "one process (single-process layout)")
-        now = (f"{world_size} rank{'s' if world_size != 1 else ''} ("
-               f"{'sharded layout' if sharded else 'one process, single-process layout'})")
         raise CheckpointError(
-            f"{self.path} was saved by {saved} and this run has {now}: saved world size {self.world_size}, this "
-            f"run's world size {world_size}. Loading a checkpoint into another number of ranks (resharding "
-            "N -> M) is not supported yet. Fix: resume with the saved size (trainer.nnodes * "
-            f"trainer.n_gpus_per_node = {self.world_size}), or start a new run (trainer.resume_mode=disable or "
-            "another trainer.default_local_dir)")
+            f"{self.path} was saved by {self.world_size} rank{'s' if self.world_size != 1 else ''} (sharded layout) and "
+            f"this run has {world_size} rank{'s' if world_size != 1 else ''}: saved world size {self.world_size}, this "
+            f"run's world size {world_size}. Loading a checkpoint into another number of ranks (resharding N -> M) is "
+            f"not supported yet. Fix: resume with the saved size (trainer.nnodes * trainer.n_gpus_per_node = "
+            f"{self.world_size}), or start a new run (trainer.resume_mode=disable or another trainer.default_local_dir)")
 
     def describe(self) -> str:
         """Sizes per file, e.g. ``actor/model.pt 19.5 MB, actor/optim.pt 39.0 MB, ...``; the sharded
@@ -223,7 +220,8 @@ class Checkpoint:
                 continue
             groups[k] = groups.get(k, 0) + v
         parts = ", ".join(f"{k} {_mb(v)}" for k, v in groups.items())
-        shards = f"; {self.world_size} ranks, sharded" if self.layout == SHARDED else ""
+        shards = (f"; {self.world_size} rank{'s' if self.world_size != 1 else ''}, sharded" if self.layout == SHARDED
+                  else "")
         return f"{_mb(total)} ({parts}{shards})"
 
 
@@ -420,12 +418,21 @@ def refusal_message(path: Path, changes: ResumeChanges) -> str:
 
 def load_weights(directory: str | os.PathLike, role: str = "actor") -> dict:
     """The ``role`` model's state dict ("actor" or "critic") from a checkpoint folder, e.g. to
-    evaluate a saved policy: ``model.load_state_dict(rlkit.checkpoint.load_weights(path))``."""
+    evaluate a saved policy: ``model.load_state_dict(rlkit.checkpoint.load_weights(path))``.
+    A sharded checkpoint is assembled on the CPU from every rank's shards (no process group needed)."""
     ck = inspect(directory)
     if ck.layout == SHARDED:
-        raise CheckpointError(f"{ck.path} is sharded over {ck.world_size} ranks; load_weights reads the single-process "
-                              "layout (torch.distributed.checkpoint.format_utils.dcp_to_torch_save converts "
-                              f"{ck.path / role / 'dcp'} to one file)")
+        if not ck.has_role(role):
+            raise CheckpointError(f"{ck.path} holds no {role} weights (saved contents: {', '.join(ck.contents)})")
+        import tempfile
+
+        import torch
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory(prefix="rlkit-weights-") as tmp:
+            whole = Path(tmp) / "whole.pt"
+            dcp_to_torch_save(ck.path / role / "dcp", whole)
+            return torch.load(whole, map_location="cpu", weights_only=False)["model"]
     state = ck.load_worker_state([role])
     if role not in state:
         raise CheckpointError(f"{ck.path} holds no {role} weights (saved contents: {', '.join(ck.contents)})")

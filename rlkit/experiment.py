@@ -2,8 +2,9 @@
 
 ``step()`` reads top to bottom like the algorithm (cleanrl style): every phase is a numbered block,
 timed by :class:`~rlkit.diagnostics.timing.PhaseTimer`. Models, optimizers and the rollout engine
-live in the worker (:class:`~rlkit.training.worker.PPOWorker`); the controller moves batches of
-tensors between its calls and does the cheap math (rewards, KL penalty, advantages) itself.
+live in the worker group (:class:`~rlkit.distributed.group.WorkerGroup`: FSDP2 rank workers, one per
+GPU); the controller moves batches between its calls and does the cheap math (rewards, KL penalty,
+advantages) itself.
 """
 from __future__ import annotations
 
@@ -116,10 +117,10 @@ class Experiment:
             (``["data.train_batch_size=8", ...]``).
         reward_fn: optional callable ``(data_source, solution_str, ground_truth, extra_info) -> float | dict``;
             overrides ``custom_reward_function`` and the built-in per-data-source rewards.
-        worker: an already-built worker to drive (e.g. :class:`~rlkit.distributed.ray_worker.RayWorker`,
-            one PPOWorker in a Ray actor); by default a PPOWorker in this process for ``hf`` on one rank
-            and a :class:`~rlkit.distributed.group.WorkerGroup` (one FSDP2 rank per GPU, SGLang beside
-            the shards) for ``sglang`` and for several ranks (``trainer.nnodes * trainer.n_gpus_per_node``).
+        worker: an already-built :class:`~rlkit.distributed.group.WorkerGroup` to drive; by default
+            one built from the config: one FSDP2 rank per GPU (``trainer.nnodes *
+            trainer.n_gpus_per_node``) on Ray with SGLang beside the shards, or, for ``hf`` on one
+            rank, that rank in this process (``WorkerGroup(cfg, local=True)``).
 
     The README's quick start is a complete example: build, ``step()``, ``run(n)``, ``validate()``,
     ``save()`` and ``resume()``.
@@ -538,6 +539,8 @@ class Experiment:
             missing = [] if state.with_optimizer else list(state.roles)
         else:
             missing = [r for r in state if r != "rng" and state[r].get("optimizer") is None]
+            report.append(f"note: single-process checkpoint (saved by an older rlkit) loaded into {exp.worker.world_size} "
+                          "rank(s); checkpoints from now on are sharded")
         if missing:
             report.append(f"warning: no optimizer state saved for {', '.join(missing)} "
                           "(checkpoint.save_contents); AdamW starts fresh")
@@ -593,40 +596,24 @@ def _home_relative(path: Path) -> str:
         return str(path)
 
 
-def _uses_group(cfg) -> bool:
-    """Whether the run's worker is a :class:`~rlkit.distributed.group.WorkerGroup` (see :func:`_build_worker`)."""
-    from rlkit.parallel import ParallelPlan
-
-    return cfg.actor_rollout_ref.rollout.name == "sglang" or (ParallelPlan.from_config(cfg).world_size or 1) > 1
-
-
 def _refuse_other_world_size(cfg, ck: ckpt_lib.Checkpoint) -> None:
-    """A sharded checkpoint resumes only on as many ranks as saved it, a single-process one only in one
-    process (PPOWorker): refused here, before any model or rank starts."""
+    """A sharded checkpoint resumes only on as many ranks as saved it: refused here, before any model or rank
+    starts."""
     from rlkit.parallel import ParallelPlan
 
-    ck.require_layout(ParallelPlan.from_config(cfg).world_size or 1, _uses_group(cfg))
+    ck.require_world_size(ParallelPlan.from_config(cfg).world_size or 1)
 
 
 def _build_worker(cfg, total_training_steps: int, progress: bool):
-    """The worker a config asks for.
+    """A :class:`~rlkit.distributed.group.WorkerGroup` of FSDP2 rank workers, one per GPU (CPU ranks with
+    ``trainer.device=cpu``): on Ray for ``rollout.name=sglang`` (SGLang kills the process that starts a
+    failing engine, so it never starts here) and for several ranks, in this process for ``hf`` on one
+    rank. Checkpoints are sharded per rank (``torch.distributed.checkpoint``)."""
+    from rlkit.distributed.group import WorkerGroup
+    from rlkit.parallel import ParallelPlan
 
-    * ``rollout.name=sglang``, any number of ranks, and ``hf`` with ``trainer.nnodes *
-      trainer.n_gpus_per_node > 1``: a :class:`~rlkit.distributed.group.WorkerGroup` of FSDP2 rank
-      workers on Ray, one per GPU (CPU ranks with ``trainer.device=cpu``), with SGLang's engines
-      beside the shards, one per TP group. SGLang kills the process that starts its engine when
-      the engine fails, so it never starts in this process. Checkpoints are sharded per rank
-      (``torch.distributed.checkpoint``).
-    * ``hf`` on one rank: a PPOWorker in this process (single-process checkpoints).
-    """
-    kwargs = dict(progress=progress, total_training_steps=total_training_steps)
-    if _uses_group(cfg):
-        from rlkit.distributed.group import WorkerGroup
-
-        return WorkerGroup(cfg, **kwargs)
-    from rlkit.training.worker import PPOWorker
-
-    return PPOWorker(cfg, **kwargs)
+    local = cfg.actor_rollout_ref.rollout.name == "hf" and (ParallelPlan.from_config(cfg).world_size or 1) == 1
+    return WorkerGroup(cfg, progress=progress, total_training_steps=total_training_steps, local=local)
 
 
 def _load_tokenizer(cfg):

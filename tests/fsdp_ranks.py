@@ -62,6 +62,29 @@ def fsdp_step(rank: int, world: int, port: int, model_dir: str, ids: torch.Tenso
     finish()
 
 
+def fsdp_load_full_step(rank: int, world: int, port: int, model_dir: str, ids: torch.Tensor, mask: torch.Tensor,
+                        state: dict, out_dir: str) -> None:
+    """Load one process's model and AdamW state (``state``: ``{"model", "optim"}``) into the shards with
+    ``fsdp.load_full``, take one AdamW step on this rank's rows, save the full weights and the step count."""
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training import fsdp
+
+    init(rank, world, port)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    fsdp.shard_model(model, fsdp.device_mesh(world, -1, "cpu"), param_dtype=None, reduce_dtype=torch.float32)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    fsdp.load_full(model, state["model"], optim, state["optim"])
+    loaded = fsdp.full_state_dict(model)
+    rows = ids.chunk(world)[rank], mask.chunk(world)[rank]
+    ((token_losses(model, rows[0]) * rows[1]).sum() / mask.sum() * world).backward()
+    optim.step()
+    steps = sorted({float(s["step"]) for s in optim.state.values()})
+    torch.save({"loaded": loaded, "after": fsdp.full_state_dict(model), "steps": steps},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+    finish()
+
+
 class RecordingEngine:
     """A CPU stand-in for :class:`rlkit.rollout.sglang.SGLangRollout` in a rank group: the same
     classmethods and methods, recording what the group asks of it. ``serialize_bucket`` copies the

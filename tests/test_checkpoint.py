@@ -26,34 +26,61 @@ def n_params(module) -> int:
     return sum(p.numel() for p in module.parameters())  # tied weights once
 
 
+def one_process_state(exp) -> dict:
+    """What the in-process worker of rlkit before the worker group saved (the single-process layout):
+    whole state dicts, the optimizer's keyed by parameter index, from the experiment's one local rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    from rlkit.training import fsdp
+
+    rank = exp.worker.local
+    out = {"rng": {"cpu": rank._torch_rng["cpu"], "cuda": []}}
+    for role, model, optim, sched, *_ in rank._roles():
+        names = [n for n, _ in model.named_parameters()]
+        osd = get_optimizer_state_dict(model, optim, options=StateDictOptions(full_state_dict=True))
+        osd = {"state": {names.index(k): v for k, v in osd["state"].items()},
+               "param_groups": [dict(g, params=[names.index(k) for k in g["params"]]) for g in osd["param_groups"]]}
+        out[role] = {"model": fsdp.full_state_dict(model), "optimizer": {"optim": osd, "sched": sched.state_dict()}}
+    return out
+
+
 def test_layout_and_size_follow_the_model(toy, tmp_path):
     exp = make(toy)
     exp.step()
     path = exp.save(tmp_path / "c")
     meta = json.loads((path / ck.MARKER).read_text())
-    assert meta["format"] == 2 and meta["global_step"] == 1
-    assert set(meta["files"]) == {"actor/model.pt", "actor/optim.pt", "critic/model.pt", "critic/optim.pt",
-                                  "extra.pt", "config.yaml"}
-    # 4 bytes per weight, 8 more per weight of AdamW moments, per trained model
-    actor, critic = n_params(exp.worker.actor), n_params(exp.worker.critic)
-    weights = meta["files"]["actor/model.pt"] + meta["files"]["critic/model.pt"]
-    optim = meta["files"]["actor/optim.pt"] + meta["files"]["critic/optim.pt"]
-    assert weights == pytest.approx(4 * (actor + critic), rel=0.05, abs=60_000)
-    assert optim == pytest.approx(8 * (actor + critic), rel=0.05, abs=60_000)
-    assert "actor/model.pt" in ck.inspect(path).describe()
+    assert meta["format"] == 2 and meta["global_step"] == 1 and (meta["layout"], meta["world_size"]) == ("sharded", 1)
+    assert set(meta["files"]) == {"actor/dcp/.metadata", "actor/dcp/__0_0.distcp", "critic/dcp/.metadata",
+                                  "critic/dcp/__0_0.distcp", "ranks/rank_0.pt", "extra.pt", "config.yaml"}
+    # per trained model (one rank holds every shard): 4 bytes per state-dict entry (the tied lm_head is
+    # written under its own name too), 8 per trained weight of AdamW moments, plus DCP's per-tensor
+    # framing (under 2 KB per item; it dominates only for a model this small)
+    import torch.distributed.checkpoint as dcp
+
+    for role in ("actor", "critic"):
+        model = getattr(exp.worker.local, role)
+        payload = 4 * sum(t.numel() for t in model.state_dict().values()) + 8 * n_params(model)
+        items = len(dcp.FileSystemReader(str(path / role / "dcp")).read_metadata().state_dict_metadata)
+        assert payload <= meta["files"][f"{role}/dcp/__0_0.distcp"] <= payload + 2048 * items
+    assert "actor/dcp" in ck.inspect(path).describe()
 
 
 def test_model_only_checkpoint_resumes_with_fresh_optimizer(toy, tmp_path):
     exp = make(toy, **{"actor_rollout_ref.actor.checkpoint.save_contents": "[model,extra]"})
     exp.step()
     path = exp.save(tmp_path / "c")
-    assert not (path / "actor" / "optim.pt").exists() and (path / "actor" / "model.pt").exists()
+    with_optim = make(toy)
+    full = with_optim.save(tmp_path / "full")
+    assert (path / "actor" / "dcp" / "__0_0.distcp").stat().st_size < (full / "actor" / "dcp" / "__0_0.distcp").stat().st_size / 2
+    with_optim.shutdown()
     lines = []
     resumed = Experiment.resume(path, reward_fn=digit_fraction, log=lines.append)
     assert any("no optimizer state saved for actor, critic" in line for line in lines)
-    assert not resumed.worker.actor_optim.state  # fresh AdamW
-    assert torch.equal(ck.load_weights(path)["model.embed_tokens.weight"],
-                       resumed.worker.actor.state_dict()["model.embed_tokens.weight"])
+    assert not resumed.worker.local.actor_optim.state  # fresh AdamW
+    weights = ck.load_weights(path)  # assembled from the shards
+    assert set(weights) == set(exp.worker.local.full_state_dict()["actor"])
+    assert torch.equal(weights["model.embed_tokens.weight"],
+                       resumed.worker.local.full_state_dict()["actor"]["model.embed_tokens.weight"])
     resumed.step()
 
 
@@ -76,44 +103,65 @@ def test_damaged_checkpoint_is_refused_before_models_load(toy, tmp_path, monkeyp
     exp = make(toy)
     exp.step()
     path = exp.save(tmp_path / "c")
-    size = (path / "actor" / "optim.pt").stat().st_size
-    with open(path / "actor" / "optim.pt", "r+b") as f:  # a copy cut short
+    shard = path / "actor" / "dcp" / "__0_0.distcp"
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:  # a copy cut short
         f.truncate(size // 2)
-    from rlkit.training import worker
+    from rlkit.training.rank_worker import RankWorker
 
-    monkeypatch.setattr(worker.PPOWorker, "__init__", lambda *a, **k: pytest.fail("models loaded"))
-    with pytest.raises(ck.CheckpointError, match=rf"is damaged: actor/optim.pt is {size // 2} bytes, {size} were written"):
+    monkeypatch.setattr(RankWorker, "__init__", lambda *a, **k: pytest.fail("models loaded"))
+    with pytest.raises(ck.CheckpointError,
+                       match=rf"is damaged: actor/dcp/__0_0.distcp is {size // 2} bytes, {size} were written"):
         Experiment.resume(path, reward_fn=digit_fraction)
     (path / "extra.pt").unlink()
     with pytest.raises(ck.CheckpointError, match="extra.pt is missing"):
         ck.inspect(path)
 
 
-def test_format_1_checkpoints_still_resume(toy, tmp_path):
-    """Checkpoints of the single-file layout (format 1) resume to the same next step."""
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_single_process_checkpoints_still_resume(toy, tmp_path, fmt):
+    """Checkpoints of rlkit before the worker group - one state.pt (format 1) or whole state dicts per
+    role (format 2, single-process layout) - load into the rank's shards and resume to the same next
+    step as the run that never stopped; the next save is sharded."""
     from omegaconf import OmegaConf
 
     straight = make(toy)
     straight.run(2, progress=False)
     expected = _comparable(straight.history.iloc[-1].to_dict())
+    straight.shutdown()
 
     first = make(toy)
     first.step()
-    w = first.worker
+    state = one_process_state(first)
     old = tmp_path / "old"
-    old.mkdir()
-    torch.save({"worker": {"actor": w.actor.state_dict(), "actor_optim": w.actor_optim.state_dict(),
-                           "actor_sched": w.actor_sched.state_dict(), "critic": w.critic.state_dict(),
-                           "critic_optim": w.critic_optim.state_dict(), "critic_sched": w.critic_sched.state_dict()},
-                "sampler": first.sampler.state_dict(), "kl_ctrl": first.kl_ctrl.state_dict(), "global_step": 1,
-                "history": first._history, "val_history": [], "memory": [],
-                "rng": {"torch": torch.get_rng_state(), "python": None, "numpy": None, "cuda": None}}, old / "state.pt")
-    OmegaConf.save(first.config, old / "config.yaml")
-    (old / ck.MARKER).write_text(json.dumps({"format": 1, "global_step": 1}))
-    resumed = Experiment.resume(old, reward_fn=digit_fraction, log=lambda line: None)
-    resumed.worker._rng = first.worker._rng  # format 1 kept the random state globally
+    if fmt == 1:
+        old.mkdir()
+        worker = {k: state[role][part] if part == "model" else state[role]["optimizer"][part.split("_")[1]]
+                  for role in ("actor", "critic") for k, part in ((role, "model"), (f"{role}_optim", "x_optim"),
+                                                                (f"{role}_sched", "x_sched"))}
+        torch.save({"worker": worker, "sampler": first.sampler.state_dict(), "kl_ctrl": first.kl_ctrl.state_dict(),
+                    "global_step": 1, "history": first._history, "val_history": [], "memory": [],
+                    "rng": {"torch": torch.get_rng_state(), "python": None, "numpy": None, "cuda": None}}, old / "state.pt")
+        OmegaConf.save(first.config, old / "config.yaml")
+        (old / ck.MARKER).write_text(json.dumps({"format": 1, "global_step": 1}))
+    else:
+        extra = {"sampler": first.sampler.state_dict(), "kl_ctrl": first.kl_ctrl.state_dict(), "global_step": 1,
+                 "history": first._history, "val_history": [], "memory": []}
+        ck.write(old, worker_state=state, extra=extra, config_yaml=OmegaConf.to_yaml(first.config), global_step=1)
+        assert ck.inspect(old).layout == "single"
+    lines = []
+    resumed = Experiment.resume(old, reward_fn=digit_fraction, log=lines.append)
+    assert any("single-process checkpoint (saved by an older rlkit) loaded into 1 rank(s)" in line for line in lines)
+    for role in ("actor", "critic"):
+        got = resumed.worker.local.full_state_dict()[role]
+        assert all(torch.equal(got[k], v) for k, v in first.worker.local.full_state_dict()[role].items())
+    resumed.worker.local._rng.set_state(first.worker.local._rng.get_state())  # the sampling generator: not in them
+    if fmt == 1:
+        resumed.worker.local._torch_rng = first.worker.local._torch_rng  # format 1 kept the random state globally
+    first.shutdown()
     resumed.step()
     assert _comparable(resumed.history.iloc[-1].to_dict()) == pytest.approx(expected)
+    assert ck.inspect(resumed.save(tmp_path / "new")).layout == "sharded"
 
 
 def test_resume_applies_new_steps_warns_on_lr_and_refuses_batch_shape(toy, tmp_path):
@@ -128,9 +176,9 @@ def test_resume_applies_new_steps_warns_on_lr_and_refuses_batch_shape(toy, tmp_p
     assert "trainer.total_training_steps: 2 -> 5" in text
     assert "actor_rollout_ref.actor.optim.lr: 0.003 -> 0.001 (warning:" in text
     assert resumed.total_training_steps == 5
-    assert resumed.worker.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3)
-    assert resumed.worker.actor_sched.last_epoch == exp.worker.actor_sched.last_epoch  # the schedule goes on
-    assert resumed.worker.critic_optim.param_groups[0]["lr"] == pytest.approx(3e-3)
+    assert resumed.worker.local.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert resumed.worker.local.actor_sched.last_epoch == exp.worker.local.actor_sched.last_epoch  # the schedule goes on
+    assert resumed.worker.local.critic_optim.param_groups[0]["lr"] == pytest.approx(3e-3)
 
     other = toy_overrides(*toy, **{"data.train_batch_size": 4, "actor_rollout_ref.rollout.n": 2})
     with pytest.raises(ck.CheckpointError) as info:
@@ -195,31 +243,29 @@ def test_sharded_layout_is_recorded_size_checked_and_refused_into_other_sizes(tm
     state = c.load_worker_state(["actor", "critic"])
     assert state == ck.ShardedState(path, 2, ["actor"], True)
     assert torch.load(path / "extra.pt")["worker_rng"] is None  # the ranks keep their own random state
-    c.require_layout(2, sharded=True)
-    with pytest.raises(ck.CheckpointError, match=r"saved by 2 ranks \(sharded layout\) and this run has 4 ranks "
-                                                 r"\(sharded layout\): saved world size 2, this run's world size 4\. "
+    c.require_world_size(2)
+    with pytest.raises(ck.CheckpointError, match=r"saved by 2 ranks \(sharded layout\) and this run has 4 ranks: "
+                                                 r"saved world size 2, this run's world size 4\. "
                                                  r"Loading .*\(resharding N -> M\) is not supported yet"):
-        c.require_layout(4, sharded=True)
-    with pytest.raises(ck.CheckpointError, match=r"this run has 1 rank \(one process.*world size 1"):
-        c.require_layout(1, sharded=False)
-    with pytest.raises(ck.CheckpointError, match=r"is sharded over 2 ranks"):
-        ck.load_weights(path)
+        c.require_world_size(4)
+    with pytest.raises(ck.CheckpointError, match=r"this run has 1 rank: saved world size 2, this run's world size 1"):
+        c.require_world_size(1)
+    with pytest.raises(ck.CheckpointError, match=r"holds no critic weights"):
+        ck.load_weights(path, "critic")
     with open(path / "actor" / "dcp" / "__0_0.distcp", "r+b") as f:
         f.truncate(50)
     with pytest.raises(ck.CheckpointError, match=r"damaged: actor/dcp/__0_0.distcp is 50 bytes, 100 were written"):
         ck.inspect(path)
 
 
-def test_single_layout_is_recorded_and_refused_into_several_ranks(tmp_path):
+def test_single_layout_is_recorded_and_loads_into_any_number_of_ranks(tmp_path):
     path = ck.write(tmp_path / "c", worker_state={"actor": {"model": {"w": torch.ones(2)}, "optimizer": {}}},
                     extra={}, config_yaml="", global_step=3)
     c = ck.inspect(path)
     assert json.loads((path / ck.MARKER).read_text())["layout"] == "single" and (c.layout, c.world_size) == ("single", 1)
-    c.require_layout(1, sharded=False)
-    c.require_layout(2, sharded=False)  # the layout check itself: one process may drive several GPUs
-    with pytest.raises(ck.CheckpointError, match=r"saved by one process \(single-process layout\) and this run has 2 "
-                                                 r"ranks \(sharded layout\): saved world size 1, this run's world size 2"):
-        c.require_layout(2, sharded=True)
+    for world in (1, 2, 8):
+        c.require_world_size(world)  # every rank cuts its shards from the whole state
+    assert torch.equal(ck.load_weights(path)["w"], torch.ones(2))
     with pytest.raises(TypeError, match="exactly one of worker_state and write_worker"):
         ck.write(tmp_path / "d", worker_state={}, write_worker=fake_shards(1), extra={}, config_yaml="", global_step=0)
 

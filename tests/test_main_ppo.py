@@ -79,7 +79,7 @@ def test_retention_keeps_the_newest_checkpoints(toy, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in out.glob("global_step_*")) == ["global_step_3", "global_step_4"]
     assert "removed old checkpoint global_step_1" in proc.stderr
-    assert "saved global_step_4: " in proc.stderr and "actor/model.pt" in proc.stderr
+    assert "saved global_step_4: " in proc.stderr and "actor/dcp" in proc.stderr and "1 rank, sharded" in proc.stderr
 
 
 def test_user_errors_are_one_message_with_the_traceback_on_request(toy, tmp_path):

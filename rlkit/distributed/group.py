@@ -381,20 +381,25 @@ class WorkerGroup:
         return write_shards
 
     def load_state_dict(self, state) -> None:
-        """Load a sharded checkpoint (:class:`rlkit.checkpoint.ShardedState`, from
-        ``Checkpoint.load_worker_state``) saved by as many ranks as this group has; each rank reads its
-        own shards. A single-process checkpoint or another world size is refused with a
-        CheckpointError naming both sizes (resharding is not supported yet); the group is shut down
-        first, so its placement groups do not outlive the resume that failed."""
+        """Load a checkpoint's worker state (``Checkpoint.load_worker_state``): a sharded one
+        (:class:`rlkit.checkpoint.ShardedState`) saved by as many ranks as this group has, each rank
+        reading its own shards; or one process's state dicts (the single-process layout of rlkit
+        before the worker group), which every rank cuts its shards from. A sharded checkpoint of
+        another world size is refused with a CheckpointError naming both sizes (resharding is not
+        supported yet); the group is shut down first, so its placement groups do not outlive the
+        resume that failed."""
         from rlkit.checkpoint import CheckpointError, ShardedState
 
-        if not isinstance(state, ShardedState) or state.world_size != self.world_size:
-            saved = (f"{state.world_size} ranks (sharded layout)" if isinstance(state, ShardedState)
-                     else "one process (single-process layout)")
+        if not isinstance(state, ShardedState):
+            self._check()
+            self.call_all("load_full_state", self._put([state])[0], _what="loading a single-process checkpoint")
+            return
+        if state.world_size != self.world_size:
             self.shutdown()
             raise CheckpointError(
-                f"this checkpoint was saved by {saved} and this group has {self.world_size} ranks: saved world size "
-                f"{state.world_size if isinstance(state, ShardedState) else 1}, this group's {self.world_size}. "
+                f"this checkpoint was saved by {state.world_size} rank{'s' if state.world_size != 1 else ''} (sharded "
+                f"layout) and this group has "
+                f"{self.world_size} ranks: saved world size {state.world_size}, this group's {self.world_size}. "
                 "Loading a checkpoint into another number of ranks (resharding N -> M) is not supported yet")
         self._check()
         self.call_all("load_checkpoint", str(state.path), list(state.roles), bool(state.with_optimizer),

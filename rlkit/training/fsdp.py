@@ -20,6 +20,8 @@ One rank process per GPU (or per CPU rank with gloo) calls these after ``init_pr
   model and the AdamW state with ``torch.distributed.checkpoint`` (``get_state_dict`` /
   ``set_state_dict`` + ``dcp.save`` / ``dcp.load``) in one DCP folder; the folder must be the same
   path on every rank (a shared filesystem across nodes). Loads only into the same mesh size.
+* :func:`load_full` - load one process's whole ``state_dict()`` of a model and its optimizer (the
+  single-process checkpoint layout) into the shards, on a mesh of any size.
 * :func:`offload_optimizer` / :func:`load_optimizer` - move AdamW's state (exp_avg, exp_avg_sq:
   2x the sharded parameters) to the CPU between updates and back before the next step
   (verl's ``optimizer_offload``). With ``offload=True`` the state is already on the CPU.
@@ -48,7 +50,7 @@ import torch
 from torch import nn
 
 __all__ = ["device_mesh", "decoder_layers", "shard_model", "is_sharded", "clip_grad_norm", "full_state_dict",
-           "offload_optimizer", "load_optimizer", "full_tensors", "optimizer_state_device", "save_sharded", "load_sharded"]
+           "offload_optimizer", "load_optimizer", "full_tensors", "optimizer_state_device", "save_sharded", "load_sharded", "load_full"]
 
 
 def device_mesh(world_size: int, fsdp_size: int = -1, device_type: str = "cpu"):
@@ -239,3 +241,40 @@ def load_sharded(model: nn.Module, optim: torch.optim.Optimizer | None, path) ->
         set_model_state_dict(model, state["model"])
     else:
         set_state_dict(model, optim, model_state_dict=state["model"], optim_state_dict=state["optim"])
+
+
+def load_full(model: nn.Module, model_state: dict, optim: torch.optim.Optimizer | None = None,
+              optim_state: dict | None = None) -> None:
+    """Load an unsharded ``model.state_dict()`` (and an ``optim.state_dict()`` of an optimizer built over
+    ``model.parameters()`` in the same order) into the sharded ``model`` and ``optim``: every rank
+    passes the same full state and keeps its own shards of it (``distribute_tensor`` with
+    ``src_data_rank=None``: each rank cuts its part out of its own copy, no communication), on a mesh
+    of any size. Optimizer tensors shaped like their parameter are sharded like it and placed where
+    its shard lives (the CPU under ``CPUOffloadPolicy``); scalars (AdamW's ``step``) are copied."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True, strict=True))
+    if optim is None or optim_state is None:
+        return
+    params = list(model.parameters())
+    ids = sorted(i for g in optim_state["param_groups"] for i in g["params"])
+    if ids != list(range(len(params))) or len(optim_state["param_groups"]) != len(optim.param_groups):
+        raise ValueError(f"the optimizer state covers {len(ids)} parameters in {len(optim_state['param_groups'])} "
+                         f"groups; this model has {len(params)} in {len(optim.param_groups)} (was it saved for another "
+                         "model?)")
+
+    def shard(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        if value.dim() == 0 or not isinstance(param, DTensor) or value.shape != param.shape:
+            return value.detach().clone()
+        local = param.to_local()
+        full = value.detach().to(device=local.device, dtype=local.dtype)
+        out = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+        if out.to_local().device != local.device:  # the mesh is on the GPU, the shard offloaded to the CPU
+            out = DTensor.from_local(out.to_local().to(local.device), param.device_mesh, param.placements,
+                                     shape=param.shape, stride=param.stride())
+        return out
+
+    state = {i: {k: shard(v, params[i]) if torch.is_tensor(v) else v for k, v in st.items()}
+             for i, st in optim_state["state"].items()}
+    optim.load_state_dict({"state": state, "param_groups": optim_state["param_groups"]})

@@ -233,6 +233,12 @@ class RankWorker(worker_lib.HoldsRoles):
         if not dist.is_initialized():
             dist.init_process_group(self.backend, init_method=tcp_init_method(bare_host(addr), port), rank=self.rank,
                                     world_size=self.world_size, timeout=datetime.timedelta(seconds=self.timeout_s))
+        elif (dist.get_world_size(), dist.get_backend()) != (self.world_size, self.backend):
+            raise RuntimeError(f"this process already has a torch.distributed process group of {dist.get_world_size()} "
+                               f"rank(s) ({dist.get_backend()}); this rank needs {self.world_size} ({self.backend}). Shut "
+                               "down the other Experiment (exp.shutdown()) or run this one on Ray")
+        _PROCESS_GROUP_USERS[0] += 1  # local ranks of several experiments in one process share it
+        self._joined = True
         # FSDP's MixedPrecisionPolicy computes in bf16 on GPU; no autocast on top
         self.param_dtype = torch.bfloat16 if on_gpu else None
 
@@ -452,7 +458,8 @@ class RankWorker(worker_lib.HoldsRoles):
         model.eval()
         lps, ents = [], []
         try:
-            for mb in batch.split(self._micro(role, len(batch))):
+            micros = batch.split(self._micro(role, len(batch)))
+            for mb in self._progress(micros, "ref log-probs" if role == "ref" else "old log-probs"):
                 mb = mb.to(self.device)
                 logits = self._response_logits(model, mb)
                 lps.append(algos.logprobs_from_logits(logits, mb["responses"]).cpu())
@@ -474,9 +481,19 @@ class RankWorker(worker_lib.HoldsRoles):
         self.critic.eval()
         try:
             return torch.cat([self._values(mb.to(self.device)).cpu()
-                              for mb in batch.split(self._micro("values", len(batch)))])
+                              for mb in self._progress(batch.split(self._micro("values", len(batch))), "values")])
         finally:
             self.critic.train()
+
+    def _progress(self, items: list, desc: str):
+        """``items`` with a progress bar on rank 0 when the group was built with progress=True."""
+        bar = worker_lib.progress_bar(len(items), desc, self.progress and self.rank == 0)
+        try:
+            for item in items:
+                yield item
+                bar.update(1)
+        finally:
+            bar.close()
 
     def _values(self, mb: RolloutBatch) -> torch.Tensor:
         R = mb["responses"].shape[1]
@@ -507,6 +524,8 @@ class RankWorker(worker_lib.HoldsRoles):
         stats: dict[str, list[float]] = {}
         model.train()
         start = 0
+        bar = worker_lib.progress_bar(sum(-(-k // micro) for k in batch.meta["mini_batch_sizes"]), f"update {role}",
+                                      self.progress and self.rank == 0)
         for k in batch.meta["mini_batch_sizes"]:
             micros = batch.select(range(start, start + k)).split(micro)
             start += k
@@ -526,6 +545,7 @@ class RankWorker(worker_lib.HoldsRoles):
                     keys = sorted(row)
                     acc = torch.zeros(len(keys), dtype=torch.float64)
                 acc += torch.tensor([float(row[key]) for key in keys], dtype=torch.float64) * w_metric
+                bar.update(1)
             acc = self._all_reduce(acc)  # the global mini-batch's metrics, the same on every rank
             _append(stats, dict(zip(keys, acc.tolist())))
             if offload_optim:
@@ -539,6 +559,7 @@ class RankWorker(worker_lib.HoldsRoles):
             if offload_optim:
                 fsdp.offload_optimizer(optim)
             _append(stats, {f"{role}/grad_norm": grad_norm})
+        bar.close()
         sched.step()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out[f"{role}/lr"] = sched.get_last_lr()[0]
@@ -627,25 +648,53 @@ class RankWorker(worker_lib.HoldsRoles):
                                weights_only=False)
         if rank_file["world_size"] != self.world_size:
             raise ValueError(f"{root} was saved by {rank_file['world_size']} ranks; this group has {self.world_size}")
-        for role, model, optim, sched, offloaded, optim_cfg in self._roles():
-            if role not in roles:
-                raise ValueError(f"checkpoint {root} has no {role} but this config trains one "
-                                 "(algorithm.adv_estimator=gae)")
-            if offloaded and with_optimizer:
-                fsdp.load_optimizer(optim, self.device)
+
+        def load(role, model, optim):
             fsdp.load_sharded(model, optim if with_optimizer else None, os.path.join(root, role, "dcp"))
             if role in rank_file.get("fresh_optimizer", []):
                 optim.state.clear()  # saved before its first update: no moments, step 0
+            return rank_file["sched"][role] if with_optimizer else None
+
+        self._load_roles(roles, with_optimizer, load, f"checkpoint {root}")
+        self._rng.set_state(rank_file["rng"]["generator"])
+        self._set_torch_rng(rank_file["rng"])
+
+    def load_full_state(self, state: dict) -> None:
+        """Load one process's state (the single-process checkpoint layout:
+        ``{"actor": {"model": state_dict, "optimizer": {"optim", "sched"} or None}, "critic": ..., "rng": ...}``)
+        into this rank's shards (:func:`rlkit.training.fsdp.load_full`); every rank gets the same state.
+        Weights, AdamW moments and lr schedules carry over exactly; the saved CPU/CUDA random state
+        becomes the rank's (the sampling generator keeps its seed). Collective."""
+        def load(role, model, optim):
+            saved = state[role].get("optimizer")
+            fsdp.load_full(model, state[role]["model"], optim if saved else None, saved["optim"] if saved else None)
+            return saved["sched"] if saved else None
+
+        self._load_roles([r for r in ("actor", "critic") if r in state], True, load, "the single-process checkpoint")
+        if state.get("rng") is not None:
+            self._set_torch_rng(state["rng"])
+
+    def _set_torch_rng(self, rng: dict) -> None:
+        """torch's global CPU and CUDA generators from a saved ``{"cpu", "cuda": [...]}`` (inside a call:
+        :meth:`_rank_rng` keeps them as the rank's)."""
+        torch.set_rng_state(rng["cpu"])
+        if self.device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"][0], self.device)
+
+    def _load_roles(self, roles: list[str], with_optimizer: bool, load: Callable, source: str) -> None:
+        """For each trained role: refuse a role the checkpoint lacks, bring an offloaded AdamW state back,
+        ``load(role, model, optim)`` -> the saved lr schedule or None, offload again, set this config's lr."""
+        for role, model, optim, sched, offloaded, optim_cfg in self._roles():
+            if role not in roles:
+                raise ValueError(f"{source} has no {role} but this config trains one (algorithm.adv_estimator=gae)")
+            if offloaded and with_optimizer:
+                fsdp.load_optimizer(optim, self.device)
+            saved_sched = load(role, model, optim)
             if offloaded:
                 fsdp.offload_optimizer(optim)
-            if with_optimizer:
-                sched.load_state_dict(rank_file["sched"][role])
+            if saved_sched is not None:
+                sched.load_state_dict(saved_sched)
             worker_lib._set_base_lr(optim, sched, float(optim_cfg.lr))
-        rng = rank_file["rng"]
-        self._rng.set_state(rng["generator"])
-        torch.set_rng_state(rng["cpu"])
-        if self.device.type == "cuda" and rng["cuda"]:
-            torch.cuda.set_rng_state(rng["cuda"][0], self.device)
 
     def reset_after_interrupt(self) -> None:
         self.actor_optim.zero_grad(set_to_none=True)
@@ -664,11 +713,19 @@ class RankWorker(worker_lib.HoldsRoles):
         group, self.engine_group = self.engine_group, None
         if group is not None:
             group.shutdown()
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:
-                pass
+        if getattr(self, "_joined", False):
+            self._joined = False
+            _PROCESS_GROUP_USERS[0] -= 1
+            if _PROCESS_GROUP_USERS[0] == 0 and dist.is_initialized():
+                try:
+                    dist.destroy_process_group()
+                except Exception:
+                    pass
+
+
+# rank workers of this process on its default process group: local groups of several experiments in
+# one notebook share it, and the last one to shut down destroys it
+_PROCESS_GROUP_USERS = [0]
 
 
 def _param_offload(fsdp_cfg) -> bool:

@@ -198,6 +198,13 @@ class HoldsRoles:
         return self.tokenizer
 
 
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A transient tqdm bar over micro-batches or tokens (``leave=False``), or a disabled one."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
 class PPOWorker(HoldsRoles):
     """Owns every model, optimizer and the rollout engine of one PPO run on one device.
 
@@ -319,9 +326,7 @@ class PPOWorker(HoldsRoles):
 
     def _bar(self, total: int, desc: str):
         """A progress bar over micro-batches or tokens, shown when the worker was built with progress=True."""
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False, disable=not self.progress, dynamic_ncols=True)
+        return progress_bar(total, desc, self.progress)
 
     def _response_logits(self, model, mb: Batch) -> torch.Tensor:
         """(mb, R, V) logits predicting each response token, scaled by 1 / temperature."""

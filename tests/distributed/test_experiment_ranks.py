@@ -189,33 +189,58 @@ def test_damaged_shard_is_refused_before_ranks_start(two_rank_checkpoint, tmp_pa
 
 
 def test_other_world_sizes_are_refused_with_both_sizes(toy, two_rank_checkpoint, tmp_path, monkeypatch):
-    from rlkit.training.worker import PPOWorker
-
-    one = Experiment(ranks_config(toy, 1), reward_fn=digit_fraction)  # one rank: PPOWorker in this process
+    one = Experiment(ranks_config(toy, 1), reward_fn=digit_fraction)  # one rank: a local group, sharded too
     try:
         one.step()
-        single = one.save(tmp_path / "single")
+        single_rank = one.save(tmp_path / "one")
     finally:
         one.shutdown()
-    assert ckpt_lib.inspect(single).layout == "single"
+    assert (ckpt_lib.inspect(single_rank).layout, ckpt_lib.inspect(single_rank).world_size) == ("sharded", 1)
     monkeypatch.setattr(WorkerGroup, "__init__", lambda *a, **k: pytest.fail("the ranks started"))
-    monkeypatch.setattr(PPOWorker, "__init__", lambda *a, **k: pytest.fail("the models loaded"))
-    with pytest.raises(CheckpointError, match=r"saved by 2 ranks \(sharded layout\) and this run has 1 rank .*"
+    with pytest.raises(CheckpointError, match=r"saved by 2 ranks \(sharded layout\) and this run has 1 rank: "
                                               r"saved world size 2, this run's world size 1\. .*resharding N -> M\) "
                                               r"is not supported yet"):
         Experiment.resume(two_rank_checkpoint[0], reward_fn=digit_fraction, config=ranks_config(toy, 1),
                           log=lambda line: None)
-    with pytest.raises(CheckpointError, match=r"saved by one process \(single-process layout\) and this run has 2 "
-                                              r"ranks \(sharded layout\): saved world size 1, this run's world size 2"):
-        Experiment.resume(single, reward_fn=digit_fraction, config=ranks_config(toy, 2), log=lambda line: None)
-    with pytest.raises(CheckpointError, match=r"saved by 2 ranks .* this run's world size 3"):
-        ckpt_lib.inspect(two_rank_checkpoint[0]).require_layout(3, sharded=True)
+    with pytest.raises(CheckpointError, match=r"saved by 1 rank \(sharded layout\) and this run has 2 ranks: saved "
+                                              r"world size 1, this run's world size 2"):
+        Experiment.resume(single_rank, reward_fn=digit_fraction, config=ranks_config(toy, 2), log=lambda line: None)
     monkeypatch.undo()
     group = WorkerGroup(ranks_config(toy, 2), ready_timeout_s=20)  # the group refuses too, and frees its ranks
-    with pytest.raises(CheckpointError, match=r"saved by one process .* this group has 2 ranks"):
-        group.load_state_dict(ckpt_lib.inspect(single).load_worker_state(["actor", "critic"]))
+    with pytest.raises(CheckpointError, match=r"saved by 1 rank \(sharded layout\) and this group has 2 ranks"):
+        group.load_state_dict(ckpt_lib.inspect(single_rank).load_worker_state(["actor", "critic"]))
     assert group.actors == [] and group.placement_groups == []
     WorkerGroup(ranks_config(toy, 2), ready_timeout_s=20).shutdown()  # both CPUs are free again
+
+
+def test_single_process_checkpoint_loads_into_two_ranks(toy, tmp_path):
+    """The single-process layout of rlkit before the worker group holds whole state dicts: every rank of
+    a 2-rank run cuts its shards from them; gathered again they are the saved weights exactly."""
+    from omegaconf import OmegaConf
+
+    from test_checkpoint import one_process_state
+
+    one = Experiment(ranks_config(toy, 1), reward_fn=digit_fraction)
+    try:
+        one.step()
+        state = one_process_state(one)
+        extra = {"sampler": one.sampler.state_dict(), "kl_ctrl": one.kl_ctrl.state_dict(), "global_step": 1,
+                 "history": one._history, "val_history": [], "memory": []}
+        cfg = ranks_config(toy, 2)
+        old = ckpt_lib.write(tmp_path / "old", worker_state=state, extra=extra, config_yaml=OmegaConf.to_yaml(cfg),
+                             global_step=1)
+    finally:
+        one.shutdown()
+    lines = []
+    exp = Experiment.resume(old, reward_fn=digit_fraction, log=lines.append)
+    try:
+        assert any("single-process checkpoint (saved by an older rlkit) loaded into 2 rank(s)" in x for x in lines)
+        got = exp.worker.call_rank0("full_state_dict")
+        for role in ("actor", "critic"):
+            assert max_diff(got[role], state[role]["model"]) == 0.0, role
+        assert exp.step().step == 2
+    finally:
+        exp.shutdown()
 
 
 def test_main_ppo_with_two_ranks_saves_then_resumes(toy, tmp_path, capsys):

@@ -62,3 +62,18 @@ def test_a_failing_call_breaks_the_group_and_a_new_one_starts(model_dir):
     finally:
         again.shutdown()
     assert not dist.is_initialized() and "shut down" in repr(again)
+
+
+def test_two_local_groups_share_the_process_group_until_the_last_shuts_down(model_dir):
+    """Two experiments in one notebook: both local ranks use this process's (one-rank) process group;
+    shutting one down leaves the other working, and the last one takes the process group down."""
+    import torch.distributed as dist
+
+    first, second = WorkerGroup(config(model_dir, 1), local=True), WorkerGroup(config(model_dir, 1), local=True)
+    first.shutdown()
+    assert dist.is_initialized()
+    try:
+        assert second.update_critic(make_batch(), step=1)["critic/grad_norm"] > 0  # collectives still work
+    finally:
+        second.shutdown()
+    assert not dist.is_initialized()

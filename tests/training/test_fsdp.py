@@ -75,6 +75,51 @@ def test_sharded_step_equals_plain_step(tiny, tmp_path, world):
             assert got["rank0_only"] == (list(after) if rank == 0 else [])
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_full_state_of_one_process_loads_into_shards(tiny, tmp_path, world):
+    """A single-process checkpoint's model and AdamW state (after one plain step) loaded into 1 or 2
+    ranks' shards: the weights are the saved ones exactly, and the next step equals the plain
+    model's second step (same tolerance as above; a lost AdamW moment would move weights by ~lr)."""
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    from fsdp_ranks import fsdp_load_full_step, token_losses
+
+    ids, mask = batch()
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def plain_step():
+        optim.zero_grad()
+        ((token_losses(model, ids) * mask).sum() / mask.sum()).backward()
+        optim.step()
+
+    plain_step()
+    saved = {"model": {k: v.clone() for k, v in model.state_dict().items()},
+             "optim": __import__("copy").deepcopy(optim.state_dict())}
+    plain_step()
+    mp.spawn(fsdp_load_full_step, args=(world, free_port(), tiny, ids, mask, saved, str(tmp_path)), nprocs=world)
+    for rank in range(world):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert all(torch.equal(got["loaded"][k], v) for k, v in saved["model"].items())
+        assert got["steps"] == [2.0]  # AdamW's step count came with the moments
+        diff = max((got["after"][k] - v).abs().max().item() for k, v in model.state_dict().items())
+        print(f"world {world} rank {rank}: second step after load_full vs plain: max |diff| = {diff:.2e}")
+        assert diff < 1e-5
+
+
+def test_full_optimizer_state_of_another_model_is_refused(tiny):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training import fsdp
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    optim = torch.optim.AdamW(model.parameters())
+    other = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).state_dict()
+    with pytest.raises(ValueError, match="another model"):
+        fsdp.load_full(model, model.state_dict(), optim, other)
+
+
 def test_decoder_layers_of_tiny_qwen2_and_critic(tiny):
     from transformers import AutoModelForCausalLM
 
