@@ -152,8 +152,6 @@ class Checkpoint:
         return rel in self.files
 
     def load_extra(self) -> dict:
-        import torch
-
         if self.format == 1:
             return _torch_load(self.path / "state.pt")
         if not self.has("extra.pt"):

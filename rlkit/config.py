@@ -127,7 +127,7 @@ class DataConfig:
     return_full_prompt: bool = False  # also return the templated prompt text
     shuffle: bool = True  # shuffle the training set each epoch
     validation_shuffle: bool = False  # shuffle the validation set
-    seed: Optional[int] = 1  # dataloader shuffle seed and *_max_samples subset seed (rlkit: 1; verl: null = unseeded)
+    seed: Optional[int] = 1  # dataloader shuffle seed and *_max_samples subset seed (null: 1 in rlkit; verl: null = unseeded)
     dataloader_num_workers: int = 8  # dataloader worker processes
     filter_overlong_prompts: bool = False  # drop prompts longer than max_prompt_length
     filter_overlong_prompts_workers: int = 1  # processes used for that filtering
@@ -210,7 +210,7 @@ class ActorConfig:
     clip_ratio_c: float = 3.0  # dual-clip bound for negative advantages
     loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coeff: float = 0.0  # entropy bonus weight
-    calculate_entropy: bool = False  # compute the entropy in the update (rlkit: always computed, as with True)
+    calculate_entropy: bool = False  # compute (and report) the entropy in the update even with entropy_coeff=0
     loss_scale_factor: Optional[int] = None  # seq-mean-token-sum-norm divisor; None = response length (rlkit: null only)
     use_kl_loss: bool = False  # add KL(actor || ref) to the loss (GRPO style)
     use_torch_compile: bool = True  # torch.compile the log-prob helpers
@@ -420,7 +420,7 @@ class TrainerConfig:
     val_before_train: bool = True  # validate once before training
     val_only: bool = False  # validate and exit
     test_freq: int = -1  # validate every N steps; -1 = never
-    critic_warmup: int = 0  # steps that train only the critic
+    critic_warmup: int = 0  # the actor trains from step max(1, critic_warmup) on (verl's rule); before it only the critic
     default_hdfs_dir: Optional[str] = None  # HDFS checkpoint copy (cluster; unused by rlkit)
     del_local_ckpt_after_load: bool = False  # delete local checkpoint after loading
     default_local_dir: str = "checkpoints/${trainer.project_name}/${trainer.experiment_name}"  # checkpoint dir
@@ -671,8 +671,6 @@ ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
     "actor_rollout_ref.ref.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
     "critic.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
     "actor_rollout_ref.actor.use_torch_compile": "speed only", "actor_rollout_ref.ref.use_torch_compile": "speed only",
-    "actor_rollout_ref.actor.calculate_entropy": "rlkit computes the entropy in every actor update, as with True "
-                                                 "(False does not skip that work yet)",
     "actor_rollout_ref.rollout.calculate_log_probs": "rlkit always returns the rollout log-probs (as with True)",
     "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",
     "actor_rollout_ref.ref.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",
@@ -1172,13 +1170,6 @@ def validate(cfg: Any) -> None:
         if mine is not _MISSING and mine != default:
             problems.append(f"{key}={_fmt(mine)}: {key} is not supported yet by rlkit (verl reads it for {why}). "
                             f"Fix: remove it or set {key}={_fmt(default)}.")
-    for key in ("data.train_max_samples", "data.val_max_samples"):  # see README "Notes for verl users"
-        if ok(key) and get(key) > 0 and (get("data.shuffle") is not True or get("data.seed") != 1):
-            problems.append(f"{key}={get(key)} with data.shuffle={_fmt(get('data.shuffle'))}, data.seed="
-                            f"{_fmt(get('data.seed'))}: drawing the {key.split('.')[1]} subset with other than "
-                            "data.shuffle=True, data.seed=1 is not supported yet by rlkit (verl reads them for "
-                            "the random subset; rlkit's Experiment does not pass them to the dataset yet). "
-                            f"Fix: keep data.shuffle=True and data.seed=1, or {key}=-1.")
 
     # -- cluster shape, SGLang TP groups, FSDP meshes and the batch arithmetic (verl counts batch sizes
     # in prompts; each prompt yields rollout.n responses, split over nnodes*n_gpus_per_node ranks): the
@@ -1277,7 +1268,7 @@ def validate(cfg: Any) -> None:
             if entry in VERL_ONLY_LOGGERS:
                 bad("trainer.logger", f"'{entry}' is a verl logger that rlkit does not support; "
                     f"rlkit logs to {', '.join(LOGGERS)}",
-                    f"e.g. trainer.logger=['console','tensorboard']")
+                    "e.g. trainer.logger=['console','tensorboard']")
             elif entry not in LOGGERS:
                 bad("trainer.logger", f"unknown logger '{entry}'; rlkit supports {', '.join(LOGGERS)}",
                     "e.g. trainer.logger=['console']")
@@ -1300,7 +1291,12 @@ def validate(cfg: Any) -> None:
 
     if problems:
         raise ConfigError(problems)
-    for note in plan.warnings():  # accepted, with what is used instead
+    notes = list(plan.warnings())  # accepted, with what is used instead
+    if get("actor_rollout_ref.actor.shuffle") is True:
+        notes.append("actor_rollout_ref.actor.shuffle=True: rlkit shuffles each epoch's mini-batches (the same order "
+                     "on every rank); verl's FSDP workers ignore this key and keep rollout order, as rlkit does with "
+                     "the default False")
+    for note in notes:
         warnings.warn(note, ConfigWarning, stacklevel=2)
 
 

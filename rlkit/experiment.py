@@ -164,7 +164,7 @@ class Experiment:
         else:
             worker.set_total_training_steps(self.total_training_steps)
         self.worker = worker
-        self.memory_recorder.extend(self.worker.take_snapshots()[0])  # engine start, model load
+        self.memory_recorder.extend(self.worker.take_snapshots())  # engine start, model load
 
     # ------------------------------------------------------------------ setup helpers
     def _configured_reward_fn(self, rewards):
@@ -223,6 +223,7 @@ class Experiment:
 
         with timer.phase("step"):
             # 1. next batch of prompts; one uid per prompt groups its n samples (GRPO/RLOO)
+            epoch = self.sampler.epoch  # the batch's epoch (the sampler moves on after an epoch's last batch)
             items = [self.train_dataset[i] for i in self.sampler.next_batch()]
 
             # 2. generate n responses per prompt; the engine takes the GPU (wake) and gives it back (sleep)
@@ -245,7 +246,10 @@ class Experiment:
             with timer.phase("old_log_prob"):
                 out = worker.compute_log_prob(batch)
                 batch["old_log_probs"] = out["log_probs"]
-                metrics["actor/entropy"] = algos.masked_mean(out["entropys"], mask).item()
+                # verl: this pass's entropy aggregated like the loss; an update that computes the entropy
+                # (actor.calculate_entropy or entropy_coeff != 0) reports its own value instead
+                metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask,
+                                                          cfg.actor_rollout_ref.actor.loss_agg_mode).item()
                 metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
 
             # 5. reference log-probs (for the KL loss or the KL reward penalty)
@@ -280,8 +284,9 @@ class Experiment:
                 with timer.phase("update_critic"):
                     metrics.update(worker.update_critic(batch, step))
 
-            # 9. actor update, once the critic has warmed up
-            if step > int(cfg.trainer.critic_warmup):
+            # 9. actor update once the critic has warmed up: from step critic_warmup on (verl's test,
+            #    critic_warmup <= global step, steps counted from 1: 0 and 1 both update at step 1)
+            if int(cfg.trainer.critic_warmup) <= step:
                 with timer.phase("update_actor"):
                     metrics.update(worker.update_actor(batch, step))
 
@@ -292,17 +297,14 @@ class Experiment:
         metrics.update(_data_metrics(batch, int(cfg.data.max_response_length), int(cfg.data.max_prompt_length)))
         metrics.update(_timing_metrics(timer.timing, batch, n_gpus=self.world_size))
         metrics["training/global_step"] = step
-        metrics["training/epoch"] = self.sampler.epoch
+        metrics["training/epoch"] = epoch
         for k, v in extras.items():
             values = [x for x in v if x is not None]
             if values:
                 metrics[f"reward_extra/{k}/mean"] = float(np.mean(values))
         t0 = time.perf_counter()
-        snaps, worker_s = worker.take_snapshots()
-        self.memory_recorder.extend(snaps)
-        # the controller's cost (requests, collection); a remote worker's reading time adds to it
-        # (an in-process worker's is already inside the callbacks' time)
-        snapshot_s[0] += time.perf_counter() - t0 + (worker_s if getattr(worker, "remote", False) else 0.0)
+        self.memory_recorder.extend(worker.take_snapshots())
+        snapshot_s[0] += time.perf_counter() - t0  # the controller's cost: requests and collection
         step_records = self.memory_recorder.records[first_record:]
         metrics.update(memory_lib.peak_metrics(step_records))
         metrics["timing_s/memory_snapshots"] = snapshot_s[0]
@@ -426,41 +428,49 @@ class Experiment:
         return dash
 
     def validate(self) -> dict[str, float]:
-        """Score the validation set with ``rollout.val_kwargs`` (greedy by default).
-
-        Returns ``{"val-core/<data_source>/acc/mean": ..., "val-aux/<data_source>/reward/mean": ...}``;
-        the per-sample table is kept in ``self.last_validation``.
+        """Score the validation set with ``rollout.val_kwargs`` (greedy by default), named as verl names
+        it (:mod:`rlkit.rewards.validation`): ``val-core/<data_source>/reward/mean@N`` for a float score
+        (``.../acc/...`` when the reward returns a dict with ``acc``), with ``std@N``, ``best@k``,
+        ``worst@k`` and ``maj@k`` for ``val_kwargs.n > 1``, and ``val-aux/<data_source>/response_length/mean``.
+        The per-response table is kept in ``self.last_validation``.
         """
+        from rlkit.rewards.validation import validation_metrics
+
         bs = int(self.config.data.get("val_batch_size") or len(self.val_dataset))
         self.worker.wake_rollout()
         try:
-            rows = self._validation_rows(bs)
+            rows, extras = self._validation_rows(bs)
         finally:
             self.worker.sleep_rollout()
         df = pd.DataFrame(rows)
         self.last_validation = df
-        metrics: dict[str, float] = {}
+        metrics = validation_metrics(list(df["data_source"]), list(df["uid"]), {"reward": list(df["score"]), **extras})
         for ds, g in df.groupby("data_source"):
-            metrics[f"val-core/{ds}/acc/mean"] = float(g["score"].mean())
-            metrics[f"val-aux/{ds}/reward/mean"] = float(g["score"].mean())
             metrics[f"val-aux/{ds}/response_length/mean"] = float(g["response_length"].mean())
         self.val_history.append({"step": self.global_step, **metrics})
         return metrics
 
-    def _validation_rows(self, bs: int) -> list[dict]:
-        rows = []
+    def _validation_rows(self, bs: int) -> tuple[list[dict], dict[str, list]]:
+        """One row per response (``uid``: its prompt's index in the validation set) and the reward's extra
+        keys per response."""
+        rows, extras = [], {}
         for start in range(0, len(self.val_dataset), bs):
             items = [self.val_dataset[i] for i in range(start, min(start + bs, len(self.val_dataset)))]
             batch = self.worker.generate([it["prompt_ids"] for it in items], validate=True)
-            batch.update(_row_columns(items, len(batch) // len(items)))
+            n = len(batch) // len(items)
+            batch.update(_row_columns(items, n))
             texts = self._decode(batch)
-            scores, _ = self._score_samples(batch, texts)
+            scores, more = self._score_samples(batch, texts)
+            for key, values in more.items():
+                extras.setdefault(key, [None] * len(rows)).extend(values)
+            for key in set(extras) - set(more):
+                extras[key].extend([None] * len(texts))
             lengths = batch["response_mask"].sum(-1).long().tolist()
             for i, (text, score, length) in enumerate(zip(texts, scores, lengths)):
-                rows.append({"data_source": batch["data_source"][i], "prompt": batch["prompt_text"][i], "response": text,
-                             "ground_truth": batch["ground_truth"][i], "score": score, "response_length": length,
-                             "finish_reason": batch["finish_reason"][i]})
-        return rows
+                rows.append({"uid": start + i // n, "data_source": batch["data_source"][i], "prompt": batch["prompt_text"][i],
+                             "response": text, "ground_truth": batch["ground_truth"][i], "score": score,
+                             "response_length": length, "finish_reason": batch["finish_reason"][i]})
+        return rows, extras
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | os.PathLike) -> Path:
@@ -483,10 +493,9 @@ class Experiment:
             "memory": [r.to_dict() for r in self.memory_recorder.records],
         }
         contents = list(self.config.actor_rollout_ref.actor.checkpoint.save_contents)
-        state = self.worker.state_dict()  # a dict, or a WorkerGroup's writer of per-rank shards
-        worker = {"write_worker": state} if callable(state) else {"worker_state": state}
         return ckpt_lib.write(directory, extra=extra, config_yaml=OmegaConf.to_yaml(self.config),
-                              global_step=self.global_step, contents=contents, **worker)
+                              global_step=self.global_step, contents=contents,
+                              write_worker=self.worker.checkpoint_writer())  # every rank writes its shards
 
     @classmethod
     def resume(cls, directory: str | os.PathLike, reward_fn: Callable | None = None, *, config=None,
@@ -643,7 +652,8 @@ def _load_datasets(cfg, tokenizer):
                                         "or point data.train_files / data.val_files at verl-schema parquet files")
         ds = RLDataset(files, tokenizer, prompt_key=d.prompt_key, max_prompt_length=int(d.max_prompt_length),
                        truncation=d.truncation, filter_overlong_prompts=bool(d.filter_overlong_prompts),
-                       max_samples=int(d.get(max_key, -1) or -1))
+                       max_samples=int(d.get(max_key, -1) or -1), shuffle=bool(d.get("shuffle", True)),
+                       seed=int(d.get("seed") or 1))  # null: 1, as the sampler (a resumed run draws the same rows)
         if len(ds) == 0:
             raise ValueError(f"data.{key}: no prompts left in {', '.join(files)} (data.{max_key}, filtering)")
         if d.truncation == "error" and not d.filter_overlong_prompts:
@@ -717,6 +727,15 @@ def _data_metrics(batch, max_response_length: int, max_prompt_length: int) -> di
         m["critic/vf_explained_var"] = algos.explained_variance(batch["values"], batch["returns"], batch["response_mask"]).item()
     m.update(_stats("response_length", resp_len))
     m["response_length/clip_ratio"] = (resp_len >= max_response_length).float().mean().item()
+    # verl: a response of length 0 was aborted; the non-aborted ones get their own length statistics
+    aborted = resp_len == 0
+    kept = resp_len[~aborted]
+    m["response/aborted_ratio"] = aborted.float().mean().item()
+    if kept.numel():
+        m.update(_stats("response_length_non_aborted", kept))
+        m["response_length_non_aborted/clip_ratio"] = (kept >= max_response_length).float().mean().item()
+    else:
+        m.update({f"response_length_non_aborted/{k}": 0.0 for k in ("mean", "max", "min", "clip_ratio")})
     m.update(_stats("prompt_length", prompt_len))
     m["prompt_length/clip_ratio"] = (prompt_len >= max_prompt_length).float().mean().item()
     return m

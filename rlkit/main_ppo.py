@@ -131,8 +131,8 @@ def _user_error_types() -> tuple[type, ...]:
         types += [DatasetUnavailableError, SourceFormatError]
     except ImportError:  # pragma: no cover
         pass
-    if "rlkit.distributed.ray_worker" in sys.modules:
-        types.append(sys.modules["rlkit.distributed.ray_worker"].WorkerDiedError)
+    if "rlkit.distributed.group" in sys.modules:
+        types.append(sys.modules["rlkit.distributed.group"].WorkerDiedError)
     return tuple(types)
 
 

@@ -36,7 +36,6 @@ def fsdp_step(rank: int, world: int, port: int, model_dir: str, ids: torch.Tenso
     the loss normalised by the global token count, and save what the test compares."""
     from transformers import AutoModelForCausalLM
 
-    import torch.distributed as dist
     from rlkit.training import fsdp
 
     init(rank, world, port)
@@ -189,6 +188,49 @@ def engine_group_run(rank: int, world: int, port: int, model_dir: str, nnodes: i
         result.update(kwargs=engine.kwargs, visible=engine.visible, events=engine.events,
                       loaded=engine.loaded if group.is_leader else None, buckets=engine.buckets,
                       rank_copies_equal=engine.rank_copies_equal)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finish()
+
+
+def engine_preflight_run(rank: int, world: int, port: int, free_gib: list[float], mode: str, out_dir: str) -> None:
+    """An :class:`EngineGroup` of ``world`` ranks (one TP group) whose GPU readings say ``free_gib[rank]``
+    GiB free of 80: the pre-flight's verdict on every rank (the error text, the warning, whether an
+    engine part launched, the readings it kept)."""
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from rlkit.diagnostics import memory as memory_lib
+    from rlkit.parallel import ParallelPlan
+    from rlkit.training import engine_group
+
+    GiB = 2**30
+
+    def fake_snapshot(rank=0, step=None, phase=None, event=None, devices=None):
+        free = int(free_gib[dist_rank] * GiB)
+        gpu = memory_lib.GPUMemory(index=0, name="NVIDIA H100 80GB HBM3", uuid=f"GPU-{dist_rank}", total=80 * GiB,
+                                   used=80 * GiB - free, free=free)
+        return memory_lib.MemorySnapshot(time=0.0, node="n0", rank=rank, pid=os.getpid(), host_rss=0, gpus=[gpu],
+                                         source="nvml", notes=[], step=step, phase=phase, event=event)
+
+    dist_rank = rank
+    init(rank, world, port)
+    engine_group.memory_lib.snapshot = fake_snapshot
+    cfg = OmegaConf.create({"actor_rollout_ref": {"rollout": {"dtype": "float32", "tp_memory_check": mode,
+                                                              "gpu_memory_utilization": 0.9,
+                                                              "tensor_model_parallel_size": world}}})
+    plan = ParallelPlan.build(nnodes=1, gpus_per_node=world, tp=world, train_batch_size=world * 2)
+    result = {"error": None, "warnings": [], "launched": False}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            group = engine_group.EngineGroup(cfg, plan, rank, "unused", RecordingEngine, gpu_id=str(rank), timeout_s=60)
+        result["warnings"] = [f"{type(w.message).__name__}: {w.message}" for w in caught]
+        result["launched"] = group.engine is not None
+        result["readings"] = [round(s["gpus"][0]["free"] / GiB, 2) for s in group.preflight_snapshots]
+        group.shutdown()
+    except Exception as e:
+        result["error"] = f"{type(e).__name__}: {e}"
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finish()
 

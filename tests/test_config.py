@@ -878,9 +878,13 @@ def test_ref_log_prob_micro_batch_per_gpu_sets_the_ref_forward():
     assert (ref.micro_batch_per_rank, ref.micro_source, ref.forward_passes) == (16, "per_gpu", 64)
 
 
-@pytest.mark.parametrize("extra", [["data.seed=3"], ["data.shuffle=False"]])
-def test_max_samples_subset_other_than_the_default_draw_refused(extra):
-    _, msg = problems_of(["data.val_max_samples=8"] + extra)
-    assert "data.val_max_samples=8 with data.shuffle=" in msg and "is not supported yet by rlkit" in msg
-    PPOConfig.from_overrides(["data.val_max_samples=8"])  # the default draw is fine
-    PPOConfig.from_overrides(extra)  # and so are those keys without a subset
+def test_actor_shuffle_true_warns_that_verl_keeps_rollout_order():
+    import warnings as w
+
+    from rlkit.config import ConfigWarning
+
+    with pytest.warns(ConfigWarning, match="actor.shuffle=True: rlkit shuffles .* verl's FSDP workers ignore this key"):
+        PPOConfig.from_overrides(["actor_rollout_ref.actor.shuffle=True"])
+    with w.catch_warnings():
+        w.simplefilter("error", ConfigWarning)
+        PPOConfig.from_overrides([])  # the default (False, as verl) is silent

@@ -158,9 +158,9 @@ def test_reward_error_names_sample(char_model, toy_data):
 def test_validate(char_model, toy_data):
     exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
     m = exp.validate()
-    assert "val-core/toy/digits/acc/mean" in m
+    assert "val-core/toy/digits/reward/mean@1" in m
     assert len(exp.last_validation) == 4
-    assert m["val-core/toy/digits/acc/mean"] == pytest.approx(exp.last_validation["score"].mean())
+    assert m["val-core/toy/digits/reward/mean@1"] == pytest.approx(exp.last_validation["score"].mean())
 
 
 # ---------------------------------------------------------------------- GSM8K with the real Qwen2.5 tokenizer
@@ -207,7 +207,7 @@ def test_gsm8k_two_steps_experiment(qwen_tiny, gsm8k_files, tmp_path):
         assert res.rollouts["prompt"].str.contains("####").all()  # verl's instruction is in every prompt
         assert set(res.rollouts["score"]) <= {0.0, 1.0}
         assert res.rollouts["ground_truth"].str.fullmatch(r"-?[0-9.]+").all()
-    assert "val-core/openai/gsm8k/acc/mean" in exp.validate()
+    assert "val-core/openai/gsm8k/reward/mean@1" in exp.validate()
 
 
 @pytest.mark.slow
@@ -218,7 +218,7 @@ def test_gsm8k_two_steps_main_ppo(qwen_tiny, gsm8k_files, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("step:")]
     assert [l.split(" - ")[0] for l in lines] == ["step:0", "step:1", "step:2"]  # val before train, 2 steps
-    assert "critic/score/mean:" in lines[1] and "val-core/openai/gsm8k/acc/mean:" in lines[2]
+    assert "critic/score/mean:" in lines[1] and "val-core/openai/gsm8k/reward/mean@1:" in lines[2]
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert "actor/pg_loss" in rows[2]
@@ -253,12 +253,12 @@ def test_memory_recorded_at_every_phase_boundary(char_model, toy_data):
 @pytest.fixture
 def no_models(monkeypatch):
     """Fail the test if a worker (models) is built."""
-    from rlkit.training import worker
+    from rlkit.training.rank_worker import RankWorker
 
     def refuse(*a, **k):
         raise AssertionError("the worker was built before the input was checked")
 
-    monkeypatch.setattr(worker.PPOWorker, "__init__", refuse)
+    monkeypatch.setattr(RankWorker, "__init__", refuse)
 
 
 def test_overlong_prompts_refused_before_models_load(char_model, toy_data, no_models):
@@ -368,3 +368,37 @@ def test_a_step_whose_scores_are_all_equal_warns(char_model, toy_data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", NoLearningSignalWarning)
         varied.step()
+
+
+@pytest.mark.parametrize("seed, shuffle", [(3, True), (None, True), (3, False)])
+def test_max_samples_subsets_follow_data_seed_and_shuffle(char_model, toy_data, seed, shuffle):
+    """verl's draw (numpy default_rng(seed).choice(rows, N, replace=False), in the order drawn) with
+    data.shuffle, the first N rows without; data.seed=null reads as 1, like the prompt sampler."""
+    import numpy as np
+    import pandas as pd
+
+    ov = toy_overrides(char_model, toy_data, **{"data.train_max_samples": 8, "data.val_max_samples": 2,
+                                                "data.seed": "null" if seed is None else seed,
+                                                "data.shuffle": shuffle})
+    exp = Experiment(PPOConfig.from_overrides(ov), reward_fn=digit_fraction)
+    try:
+        rows = [exp.train_dataset[i]["index"] for i in range(len(exp.train_dataset))]
+        total = len(pd.read_parquet(f"{toy_data}/train.parquet"))
+        want = np.random.default_rng(seed or 1).choice(total, 8, replace=False).tolist() if shuffle else list(range(8))
+        assert rows == want
+        assert len(exp.val_dataset) == 2
+    finally:
+        exp.shutdown()
+
+
+@pytest.mark.parametrize("warmup, first_actor_step", [(0, 1), (1, 1), (2, 2)])
+def test_critic_warmup_follows_verls_rule(char_model, toy_data, warmup, first_actor_step):
+    """verl updates the actor when trainer.critic_warmup <= global step (steps from 1): warmup 0 and 1
+    both update at step 1, warmup 2 trains only the critic at step 1."""
+    exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data, **{"trainer.critic_warmup": warmup})),
+                     reward_fn=digit_fraction)
+    try:
+        updated = ["actor/pg_loss" in exp.step().metrics for _ in range(2)]
+        assert updated == [s >= first_actor_step for s in (1, 2)]
+    finally:
+        exp.shutdown()

@@ -133,5 +133,5 @@ def test_val_only_validates_and_stops(toy, tmp_path):
     proc = main_ppo(args(toy, tmp_path / "run", **{"trainer.val_only": True}), tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = step_lines(proc.stdout)
-    assert line.startswith("step:0 - val-core/toy/digits/acc/mean:")
+    assert line.startswith("step:0 - val-core/toy/digits/reward/mean@1:")
     assert not list((tmp_path / "run").glob("global_step_*"))

@@ -170,33 +170,30 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fraction of the return variance explained by the value predictions.
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       eps: float = 1e-5) -> torch.Tensor:
+    """Fraction of the return variance explained by the value predictions, as verl logs it
+    (``critic/vf_explained_var`` in ``metric_utils.compute_data_metrics``).
 
     Args:
         values: ``(bs, T)`` critic predictions.
         returns: ``(bs, T)`` regression targets.
         mask: ``(bs, T)``.
+        eps: added to ``Var(R)`` (verl's 1e-5).
 
     Returns:
-        Scalar float tensor ``1 - Var(R - V) / Var(R)`` over the masked positions
-        (1 = perfect, 0 = no better than a constant, < 0 = worse).
-        Convention: when ``Var(R) == 0`` (constant returns, or fewer than 2 valid
-        tokens) the metric is undefined and **0.0** is returned instead of NaN/inf,
-        so that it can be logged safely.
+        Scalar float tensor ``1 - Var(R - V) / (Var(R) + eps)`` over the masked positions, with
+        unbiased (n - 1) variances as ``torch.var``: 1 = perfect, about 0 = no better than a constant,
+        below 0 = worse. Constant returns give ``1 - Var(R - V) / eps`` (very negative unless V is
+        exact); fewer than 2 valid tokens give NaN - both as in verl.
     """
     m = torch.broadcast_to(mask, returns.shape).bool()
     r = returns[m].to(torch.float64)
     v = values[m].to(torch.float64)
     if r.numel() < 2:
-        return torch.tensor(0.0)
-    # Var with the same (biased) normalisation on both sides; the correction cancels in the ratio.
-    var_r = r.var(unbiased=False)
-    if var_r.item() == 0.0:
-        return torch.tensor(0.0)
-    var_diff = (r - v).var(unbiased=False)
-    # EV = 1 - Var(R - V) / Var(R)
-    return (1.0 - var_diff / var_r).to(torch.float32)
+        return torch.tensor(float("nan"))
+    # EV = 1 - Var(R - V) / (Var(R) + eps)
+    return (1.0 - (r - v).var() / (r.var() + eps)).to(torch.float32)
 
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")

@@ -9,11 +9,11 @@ it) and a port free there, and every ``host:port`` is built by :mod:`rlkit.distr
 (IPv6 bracketed). The ranks then meet in ``init_process_group`` (NCCL on GPU, gloo on CPU).
 
 Dispatch modes (:mod:`rlkit.distributed.dispatch`): :meth:`~WorkerGroup.call_all`,
-:meth:`~WorkerGroup.call_rank0`, :meth:`~WorkerGroup.split_gather`, and the PPOWorker-shaped
-methods ``generate``, ``compute_log_prob``, ``compute_ref_log_prob``, ``compute_values``,
+:meth:`~WorkerGroup.call_rank0`, :meth:`~WorkerGroup.split_gather`, and the phase methods
+``generate``, ``compute_log_prob``, ``compute_ref_log_prob``, ``compute_values``,
 ``update_actor``, ``update_critic``.
 
-Checkpoints: :meth:`~WorkerGroup.state_dict` returns a writer with which every rank writes its own
+Checkpoints: :meth:`~WorkerGroup.checkpoint_writer` returns a writer with which every rank writes its own
 shards (``torch.distributed.checkpoint``) into the checkpoint's temporary folder, and
 :meth:`~WorkerGroup.load_state_dict` has every rank read its own; layout in :mod:`rlkit.checkpoint`.
 The checkpoint folder must be reachable under the same path from every rank (a shared filesystem
@@ -24,7 +24,7 @@ Failures never hang the notebook:
 * too few resources: refused before anything starts, listing what the cluster has; a placement
   group not ready within ``ready_timeout_s`` (nodes busy, fragmented) is removed and reported;
 * a rank whose process dies (out of memory, a crash, a ``kill``) raises
-  :class:`~rlkit.distributed.ray_worker.WorkerDiedError` naming its node, rank, local rank and
+  :class:`WorkerDiedError` naming its node, rank, local rank and
   GPU, with its last memory reading (every call returns one; the group keeps the latest per rank).
   The other ranks, stuck in a collective with the dead one, are given ``grace_s`` to fail on their
   own (gloo/NCCL notice the closed connection, or time out after ``timeout_s``) and then ended;
@@ -48,10 +48,14 @@ from rlkit.datasets.batch import RolloutBatch
 from rlkit.distributed import dispatch
 from rlkit.distributed.addresses import format_host_port
 from rlkit.distributed.cluster import _import_ray, check_nodes, connect
-from rlkit.distributed.ray_worker import WorkerDiedError
 from rlkit.parallel import ParallelPlan
 
-__all__ = ["WorkerGroup", "describe_snapshot"]
+__all__ = ["WorkerGroup", "WorkerDiedError", "describe_snapshot"]
+
+
+class WorkerDiedError(RuntimeError):
+    """A rank's process died (out of memory, a crash, a kill; SGLang kills its launcher when the engine
+    fails). The message names node, rank, local rank and GPU with the rank's last memory reading."""
 
 GiB = 1024**3
 
@@ -99,8 +103,6 @@ class WorkerGroup:
         ready_timeout_s: how long the placement groups may take to be placed.
         grace_s: after one rank fails, how long the others get to finish or fail before they are ended.
     """
-
-    remote = True
 
     def __init__(self, cfg, total_training_steps: int = 1, *, timeout_s: float = 600, ready_timeout_s: float = 60,
                  grace_s: float = 30, progress: bool = False, local: bool = False):
@@ -310,7 +312,7 @@ class WorkerGroup:
         takes them as they are)."""
         return parts if self._ray is None else [self._ray.put(p) for p in parts]
 
-    # ------------------------------------------------------------------ PPOWorker's interface
+    # ------------------------------------------------------------------ the phases Experiment.step() calls
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
         """Each engine (TP group) samples a contiguous run of the prompts; one RolloutBatch, prompt-major."""
         per_rank = dispatch.split_to_leaders(prompt_ids, self.plan.tp_groups)
@@ -365,7 +367,7 @@ class WorkerGroup:
     def sync_rollout_weights(self) -> None:
         self.call_all("sync_rollout_weights", _what="pushing weights into the rollout engines")
 
-    def state_dict(self):
+    def checkpoint_writer(self):
         """The group's checkpoint writer, for :func:`rlkit.checkpoint.write`'s ``write_worker``: called
         with the checkpoint's temporary folder, every rank writes its own DCP shards of model and
         optimizer and its random state and lr schedules there (:meth:`RankWorker.save_checkpoint`);
@@ -412,9 +414,9 @@ class WorkerGroup:
         for a in self.actors:
             a.memory_snapshot.remote(step, phase, event)
 
-    def take_snapshots(self) -> tuple[list[dict], float]:
-        """Every rank's recorded snapshots (rank field set), and 0.0 seconds (PPOWorker's shape)."""
-        return [s for rank_snaps in self.call_all("take_snapshots") for s in rank_snaps], 0.0
+    def take_snapshots(self) -> list[dict]:
+        """Every rank's snapshots recorded since the last call (rank field set)."""
+        return [s for rank_snaps in self.call_all("take_snapshots") for s in rank_snaps]
 
     # ------------------------------------------------------------------ teardown
     def shutdown(self) -> None:

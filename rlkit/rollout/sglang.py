@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Iterable
-
 import torch
 
 from rlkit.diagnostics.balance import check_tp_memory_mode, preflight_tp_memory
@@ -141,7 +139,7 @@ class SGLangRollout:
 
     @classmethod
     def from_worker(cls, worker) -> "SGLangRollout":
-        """Build from a :class:`~rlkit.training.worker.PPOWorker`'s config (rollout.* keys)."""
+        """Build from a run's config (rollout.* keys)."""
         return cls.from_config(worker.cfg, worker.model_dir)
 
     @classmethod

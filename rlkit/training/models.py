@@ -183,13 +183,20 @@ class ValueModel(nn.Module):
     """Critic: the causal LM's backbone plus a scalar head, one value per token.
 
     forward(input_ids (bs, T), attention_mask (bs, T), position_ids (bs, T)) -> values (bs, T)
+
+    The head starts as verl's critic does (``AutoModelForTokenClassification`` with one label, whose
+    ``score`` layer transformers initialises): weight ~ N(0, ``init_std``^2) with the model's
+    ``initializer_range`` (0.02 for Qwen2), bias 0. ``seed`` draws it from a generator of its own, so
+    every rank (and a resumed run) starts from the same head; None uses torch's global stream.
     """
 
-    def __init__(self, backbone: nn.Module, hidden_size: int):
+    def __init__(self, backbone: nn.Module, hidden_size: int, init_std: float = 0.02, seed: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.value_head = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.value_head.weight)  # V = 0 at start: the first advantages are the raw returns
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            self.value_head.weight.copy_(torch.randn(self.value_head.weight.shape, generator=gen) * init_std)
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -200,14 +207,17 @@ class ValueModel(nn.Module):
 
 
 def load_value_model(model_dir: str, dtype: torch.dtype, override_config: dict | None = None,
-                     gradient_checkpointing: bool = False, trust_remote_code: bool = False) -> ValueModel:
+                     gradient_checkpointing: bool = False, trust_remote_code: bool = False,
+                     seed: int | None = None) -> ValueModel:
+    """The critic: ``model_dir``'s backbone (no LM head) and a new value head (:class:`ValueModel`)."""
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
                                          **dict(override_config or {}))
     if gradient_checkpointing:
         backbone.gradient_checkpointing_enable()
-    return ValueModel(backbone, backbone.config.hidden_size).to(dtype)
+    std = float(getattr(backbone.config, "initializer_range", None) or 0.02)
+    return ValueModel(backbone, backbone.config.hidden_size, init_std=std, seed=seed).to(dtype)
 
 
 def save_tiny_random_model(out_dir, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,

@@ -1,14 +1,13 @@
 """`RankWorker`: one training process per GPU (or per CPU rank), its roles sharded with FSDP2.
 
 A group of N rank workers (:class:`rlkit.distributed.group.WorkerGroup` starts them on Ray, one per
-placement-group bundle) trains like one :class:`~rlkit.training.worker.PPOWorker` holding the whole
-batch. Each rank:
+placement-group bundle, or one rank in the controller's process) trains like one process holding
+the whole batch. Each rank:
 
 1. joins the process group from ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT``
    (``tcp://`` init method, IPv6 bracketed; NCCL on CUDA, gloo on CPU; collectives time out after
    ``timeout_s`` instead of hanging when a peer is gone);
-2. loads actor, critic and reference with PPOWorker's loader
-   (:func:`rlkit.training.worker.load_role_models`), sharding each as it loads with
+2. loads actor, critic and reference (:func:`rlkit.training.worker.load_role_models`), sharding each as it loads with
    :func:`rlkit.training.fsdp.shard_model` (bf16 compute on GPU, fp32 on CPU;
    ``fsdp_config.param_offload`` -> CPUOffloadPolicy; ``optimizer_offload`` -> AdamW state on the
    CPU between updates; ``fsdp_size`` -> the HSDP mesh of :class:`~rlkit.parallel.ParallelPlan`);
@@ -18,7 +17,7 @@ batch. Each rank:
 Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
 
 * **Mini-batch layout.** :func:`update_shards` (called by the group, on the driver) draws one order
-  of the whole batch per epoch - ``torch.Generator`` seeded with the step, as PPOWorker does -
+  of the whole batch per epoch - ``torch.Generator`` seeded with the step -
   cuts it into global mini-batches and gives each rank an equal share of every mini-batch, in
   order. Every rank therefore takes the same number of optimizer steps over the same global
   mini-batches a single rank would take. A mini-batch that does not split evenly is padded with
@@ -30,12 +29,11 @@ Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
   count over the whole mini-batch on all ranks; ``seq-mean-token-sum-norm`` is a sum and is not
   rescaled. The result is multiplied by the world size because FSDP averages gradients over ranks.
   So the accumulated gradient is exactly that of one loss over the global mini-batch, whatever the
-  split into ranks and micro-batches (PPOWorker weighs micro-batch means by rows instead: the two
-  agree when a mini-batch is one micro-batch).
+  split into ranks and micro-batches.
 * **Clipping** uses the global norm over all shards (:func:`rlkit.training.fsdp.clip_grad_norm`);
   a non-finite norm skips the step on every rank alike.
 * **Metrics** are weighted like the loss and all-reduced, so every rank returns the same numbers,
-  those of the global mini-batch (averaged over mini-batches, like PPOWorker).
+  those of the global mini-batch (averaged over mini-batches).
 
 Generation with SGLang (``rollout.name=sglang``, verl's hybrid engine): one engine per TP group of
 ``rollout.tensor_model_parallel_size`` ranks, its TP ranks on those ranks' GPUs
@@ -115,7 +113,7 @@ def update_shards(batch: RolloutBatch, world: int, mini: int, epochs: int, shuff
         world: data-parallel ranks.
         mini: rows per global mini-batch (``ppo_mini_batch_size * rollout.n``); the last may be short.
         epochs, shuffle: ``ppo_epochs`` and ``shuffle``; one ``randperm`` per epoch from a generator
-            seeded with ``seed`` (PPOWorker's order on one rank).
+            seeded with ``seed`` (one rank's order, cut into shares).
 
     Returns ``world`` batches; ``meta["mini_batch_sizes"]`` lists the per-rank rows of each
     mini-batch (the same on every rank). Padding rows (``is_pad`` True) have a zero response_mask.
@@ -186,7 +184,7 @@ def _env_int(name: str, given: int | None, default: int | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- worker
-class RankWorker(worker_lib.HoldsRoles):
+class RankWorker:
     """One rank of a training group; see the module docstring.
 
     Args:
@@ -306,7 +304,7 @@ class RankWorker(worker_lib.HoldsRoles):
         self._memory("engine_start", "end")
 
     def _load_models(self, cfg) -> None:
-        """PPOWorker's loader (:func:`rlkit.training.worker.load_role_models`), each model sharded as it
+        """The roles (:func:`rlkit.training.worker.load_role_models`), each model sharded as it
         loads; for the ``hf`` engine the actor first leaves its unsharded generation copy."""
         arr = cfg.actor_rollout_ref
         fsdp_cfgs = {"actor": arr.actor.fsdp_config, "ref": arr.ref.fsdp_config, "critic": cfg.critic.model.fsdp_config}
@@ -337,7 +335,7 @@ class RankWorker(worker_lib.HoldsRoles):
         gpus = _ray_gpu_ids()
         return {"rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank, "node": self.node,
                 "pid": os.getpid(), "device": str(self.device), "gpu_ids": gpus, "backend": self.backend,
-                "has_ref": self.has_ref, "has_critic": self.has_critic, "model_dir": self.model_dir,
+                "has_ref": self.ref is not None, "has_critic": self.critic is not None, "model_dir": self.model_dir,
                 "load_time": self.load_time}
 
     def _memory(self, phase: str | None, event: str | None, step: int | None = None) -> dict:
@@ -408,8 +406,8 @@ class RankWorker(worker_lib.HoldsRoles):
                 "log_probs": out.log_probs, "finish_reasons": out.finish_reasons}
 
     def generate(self, prompt_ids: list[list[int]], validate: bool = False) -> RolloutBatch:
-        """:meth:`generate_tokens` as a RolloutBatch with a ``finish_reason`` column (PPOWorker.generate's
-        form). Needs at least one prompt."""
+        """:meth:`generate_tokens` as a RolloutBatch with a ``finish_reason`` column (what
+        Experiment.step() takes). Needs at least one prompt."""
         out = self.generate_tokens(prompt_ids, validate)
         return RolloutBatch.from_generation(out["prompts"], out["responses"], out["log_probs"],
                                             self.tokenizer.pad_token_id, columns={"finish_reason": out["finish_reasons"]})
@@ -560,9 +558,10 @@ class RankWorker(worker_lib.HoldsRoles):
                 fsdp.offload_optimizer(optim)
             _append(stats, {f"{role}/grad_norm": grad_norm})
         bar.close()
+        lr = optim.param_groups[0]["lr"]  # the rate this update used (verl's actor/lr), before the schedule moves
         sched.step()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
-        out[f"{role}/lr"] = sched.get_last_lr()[0]
+        out[f"{role}/lr"] = lr
         return out
 
     def update_critic(self, batch: RolloutBatch, step: int) -> dict[str, float]:
@@ -694,7 +693,7 @@ class RankWorker(worker_lib.HoldsRoles):
                 fsdp.offload_optimizer(optim)
             if saved_sched is not None:
                 sched.load_state_dict(saved_sched)
-            worker_lib._set_base_lr(optim, sched, float(optim_cfg.lr))
+            worker_lib.set_base_lr(optim, sched, float(optim_cfg.lr))
 
     def reset_after_interrupt(self) -> None:
         self.actor_optim.zero_grad(set_to_none=True)
@@ -704,6 +703,9 @@ class RankWorker(worker_lib.HoldsRoles):
 
     def ping(self) -> int:
         return self.rank
+
+    def get_tokenizer(self):
+        return self.tokenizer
 
     def shutdown(self) -> None:
         """Leave the process group (the process itself is ended by its owner)."""

@@ -195,24 +195,26 @@ def test_entropy_from_logits_vs_definition(seed):
 
 
 def test_explained_variance_by_hand():
+    """verl's formula: 1 - Var(R - V) / (Var(R) + 1e-5), unbiased variances."""
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    returns = torch.tensor([[1.0, 2.0, 3.0, 50.0]])
-    # perfect prediction -> 1
-    assert explained_variance(returns.clone(), returns, mask).item() == pytest.approx(1.0)
-    # constant offset: Var(R - V) = 0 -> 1
+    returns = torch.tensor([[1.0, 2.0, 3.0, 50.0]])  # Var(R) over the mask = 1 (unbiased)
+    # perfect prediction, and a constant offset: Var(R - V) = 0 -> 1
+    assert explained_variance(returns.clone(), returns, mask).item() == 1.0
     assert explained_variance(returns - 5, returns, mask).item() == pytest.approx(1.0)
-    # constant prediction: Var(R - V) = Var(R) -> 0
-    assert explained_variance(torch.zeros(1, 4), returns, mask).item() == pytest.approx(0.0, abs=1e-7)
-    # V = [1, 2, 4]: R - V = [0, 0, -1], Var = 2/9 (biased); Var(R) = 2/3 -> 1 - (2/9)/(2/3) = 2/3
+    # constant prediction: Var(R - V) = Var(R) = 1 -> 1 - 1 / (1 + 1e-5)
+    assert explained_variance(torch.zeros(1, 4), returns, mask).item() == pytest.approx(1 - 1 / 1.00001, rel=1e-4)
+    # V = [1, 2, 4]: R - V = [0, 0, -1], Var = 1/3 -> 1 - (1/3) / (1 + 1e-5)
     values = torch.tensor([[1.0, 2.0, 4.0, -9.0]])
-    assert explained_variance(values, returns, mask).item() == pytest.approx(2 / 3, rel=1e-6)
+    assert explained_variance(values, returns, mask).item() == pytest.approx(1 - (1 / 3) / 1.00001, rel=1e-6)
 
 
-def test_explained_variance_degenerate_is_zero():
+def test_explained_variance_degenerate_cases_follow_verl():
     mask = torch.tensor([[1.0, 1.0, 0.0]])
     const = torch.tensor([[2.0, 2.0, 7.0]])
-    assert explained_variance(torch.tensor([[0.0, 1.0, 0.0]]), const, mask).item() == 0.0
-    assert explained_variance(const, const, torch.tensor([[1.0, 0.0, 0.0]])).item() == 0.0
+    # constant returns: R - V = [2, 1], Var = 0.5 -> 1 - 0.5 / 1e-5
+    assert explained_variance(torch.tensor([[0.0, 1.0, 0.0]]), const, mask).item() == pytest.approx(1 - 0.5 / 1e-5)
+    assert explained_variance(const, const, mask).item() == 1.0  # exact values: 1 - 0 / 1e-5
+    assert math.isnan(explained_variance(const, const, torch.tensor([[1.0, 0.0, 0.0]])).item())  # one token
 
 
 # ----------------------------------------------------------------------------- agg_loss

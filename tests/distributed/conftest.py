@@ -11,3 +11,11 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The tiny character-level Qwen2 and its toy digit-prompt parquet (tests/tiny.py)."""
+    from tiny import char_tokenizer, make_tiny_model, toy_parquet
+
+    return make_tiny_model(tmp_path_factory.mktemp("m"), char_tokenizer()), toy_parquet(tmp_path_factory.mktemp("d"))

@@ -30,13 +30,12 @@ from rlkit import checkpoint as ckpt_lib  # noqa: E402
 from rlkit.checkpoint import CheckpointError  # noqa: E402
 from rlkit.datasets import RolloutBatch  # noqa: E402
 from rlkit.distributed.group import WorkerGroup  # noqa: E402
-from rlkit.distributed.ray_worker import WorkerDiedError  # noqa: E402
+from rlkit.distributed.group import WorkerDiedError  # noqa: E402
 
 from test_experiment import digit_fraction, toy_overrides  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's helpers (pytest imports with importlib)
 from test_group_cpu import TOL, max_diff  # noqa: E402
-from test_ray_worker import toy  # noqa: E402,F401  fixture: tiny model + toy parquet
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")  # tests/distributed/conftest.py
 
@@ -111,7 +110,7 @@ def test_whole_step_on_two_ranks_equals_one_rank(toy):
     runs = {}
     for world in (1, 2):
         cfg = ranks_config(toy, world)
-        group = WorkerGroup(cfg, timeout_s=60, grace_s=10)  # a 1-rank group too (Experiment builds PPOWorker)
+        group = WorkerGroup(cfg, timeout_s=60, grace_s=10)  # on Ray at 1 rank too (Experiment's is local)
         exp = Experiment(cfg, reward_fn=digit_fraction, worker=group)
         try:
             group.generate = fixed_generate(exp.tokenizer)

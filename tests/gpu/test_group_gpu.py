@@ -1,9 +1,9 @@
 """The worker group on one GPU: NCCL process group, FSDP2 with bf16 compute and fp32 master weights.
 
 The CPU tests (tests/distributed/test_group_cpu.py) prove 2 ranks equal 1 in fp32 with gloo; this
-runs the GPU branch of the same code: a 1-rank group's log-probs against the in-process PPOWorker
-on the same GPU (bf16 autocast there, FSDP2 mixed precision here: both round to bf16, so they agree
-to bf16 noise, not bit for bit), then one actor update that moves the weights and stays finite.
+runs the GPU branch of the same code: a 1-rank group's log-probs against the plain (unsharded) model
+on the same GPU under bf16 autocast (FSDP2 mixed precision in the group: both round to bf16, so they
+agree to bf16 noise, not bit for bit), then one actor update that moves the weights and stays finite.
 
 Set RLKIT_GPU_OUT=DIR to keep the numbers.
 """
@@ -24,13 +24,16 @@ pytestmark = pytest.mark.gpu
 HERE = Path(__file__).resolve().parent
 
 
-def test_one_gpu_group_matches_ppo_worker_and_updates(tmp_path):
+def test_one_gpu_group_matches_the_plain_model_and_updates(tmp_path):
     ray = pytest.importorskip("ray")
     sys.path.insert(0, str(HERE.parent / "distributed"))
     from test_group_cpu import config, make_batch
 
+    from transformers import AutoModelForCausalLM
+
+    from rlkit import algos
     from rlkit.distributed.group import WorkerGroup
-    from rlkit.training.worker import PPOWorker
+    from rlkit.training.worker import response_logits
 
     model = make_tiny_model(tmp_path / "m", char_tokenizer(), hidden=64, layers=2, heads=4, kv_heads=2,
                             intermediate=128)
@@ -52,8 +55,10 @@ def test_one_gpu_group_matches_ppo_worker_and_updates(tmp_path):
             group.shutdown()
     finally:
         ray.shutdown()
-    worker = PPOWorker(cfg)
-    lp_worker = worker.compute_log_prob(batch)["log_probs"]
+    plain = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).cuda().eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = response_logits(plain, batch.to("cuda"), cfg.actor_rollout_ref.rollout.temperature)
+        lp_worker = algos.logprobs_from_logits(logits, batch["responses"].cuda()).cpu()
     mask = batch["response_mask"].bool()
     gap = (lp_group - lp_worker).abs()[mask]
     moved = max((after[k].float() - before[k].float()).abs().max().item() for k in before)

@@ -147,27 +147,3 @@ def test_oom_message_names_each_gpu(fake_gpus):
     msg = sglang_mod._oom_message("starting", 0.5)
     assert "  GPU 0: free 77.14 GiB, used 2.86 GiB of 80.00 GiB\n  GPU 1: free 57.14 GiB, used 22.86 GiB" in msg
     assert "gpu_memory_utilization (now 0.5)" in msg
-
-
-def test_worker_records_the_engine_preflight(fake_gpus, fake_sglang, tmp_path):
-    """The worker reads memory itself (no hooks): engine start, the engine's pre-flight, model load."""
-    from test_experiment import toy_overrides
-    from tiny import char_tokenizer, make_tiny_model, toy_parquet
-
-    from rlkit import PPOConfig
-    from rlkit.training.worker import PPOWorker
-
-    fake_gpus(77.14, 57.14)
-    (tmp_path / "d").mkdir()
-    model, data = make_tiny_model(tmp_path / "m", char_tokenizer()), toy_parquet(tmp_path / "d")
-    cfg = PPOConfig.from_overrides(toy_overrides(model, data, **{
-        "actor_rollout_ref.rollout.name": "sglang", "actor_rollout_ref.rollout.tensor_model_parallel_size": 2,
-        "actor_rollout_ref.rollout.tp_memory_check": "warn", "trainer.n_gpus_per_node": 2}))
-    with pytest.warns(TPMemoryImbalanceWarning, match="actor_rollout_ref.rollout.gpu_memory_utilization \\(now"):
-        worker = PPOWorker(cfg)  # the run config reaches the report's advice
-    records, _ = worker.take_snapshots()
-    assert [(r["phase"], r["event"]) for r in records] == [
-        ("engine_start", "start"), ("engine_preflight", "start"), ("engine_start", "end"),
-        ("load_models", "start"), ("load_models", "end")]
-    assert [round(g["free"] / GiB, 2) for g in records[1]["gpus"]] == [77.14, 57.14]
-    assert worker.take_snapshots() == ([], 0.0)

@@ -98,3 +98,26 @@ def test_full_tensors_casts_and_passes_plain_tensors():
     assert name == "w" and out.dtype == torch.bfloat16 and out.tolist() == [1.0, 2.5]
     (_, same), = full_tensors([("w", t)])
     assert same.dtype == torch.float32 and torch.equal(same, t)
+
+
+@pytest.mark.parametrize("mode", ["error", "warn"])
+def test_preflight_reads_every_rank_before_any_engine_starts(tmp_path, mode):
+    """SGLang's TP memory rule over the group's own readings (rank 1's GPU has 57 of 80 GiB free, rank
+    0's 77): with ``error`` every rank raises the same report (naming the short rank and the config key
+    to change) and no engine part starts; with ``warn`` both warn and the leader's part starts."""
+    import torch.multiprocessing as mp
+
+    from fsdp_ranks import engine_preflight_run
+
+    mp.spawn(engine_preflight_run, args=(2, free_port(), [77.14, 57.14], mode, str(tmp_path)), nprocs=2)
+    res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    print(res[0]["error"] or res[0]["warnings"])
+    if mode == "error":
+        assert res[0]["error"] == res[1]["error"] and res[0]["error"].startswith("TPMemoryImbalanceError")
+        assert "(rank 1) is short by 12.29 GiB" in res[0]["error"]
+        assert "actor_rollout_ref.rollout.gpu_memory_utilization (now" in res[0]["error"]  # the run config reached it
+        assert not any(r["launched"] for r in res)
+    else:
+        assert all(r["error"] is None for r in res)
+        assert all(any(w.startswith("TPMemoryImbalanceWarning") for w in r["warnings"]) for r in res)
+        assert [r["launched"] for r in res] == [True, False] and res[0]["readings"] == [77.14, 57.14]

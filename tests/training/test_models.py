@@ -27,12 +27,19 @@ def test_missing_paths_fail_clearly(tmp_path):
         models.resolve_model_path(str(tmp_path), "x.gguf")
 
 
-def test_value_model_starts_at_zero(tmp_path):
+def test_value_head_starts_like_verls_critic(tmp_path):
+    """verl's critic is AutoModelForTokenClassification(num_labels=1): its score layer gets
+    transformers' init, weight ~ N(0, initializer_range^2), bias 0; so the first values are small and
+    not zero. The head is drawn from its own seeded generator: the same head for the same seed."""
     d = make_tiny_model(tmp_path / "m", char_tokenizer())
-    critic = models.load_value_model(d, torch.float32)
+    critic = models.load_value_model(d, torch.float32, seed=3)
+    w, b = critic.value_head.weight, critic.value_head.bias
+    assert torch.equal(w, torch.randn(1, w.shape[1], generator=torch.Generator().manual_seed(3)) * 0.02)
+    assert torch.equal(b, torch.zeros(1))
+    assert torch.equal(models.load_value_model(d, torch.float32, seed=3).value_head.weight, w)
     ids = torch.tensor([[5, 6, 7, 8]])
     v = critic(ids, torch.ones_like(ids), torch.arange(4)[None])
-    assert v.shape == (1, 4) and torch.equal(v, torch.zeros(1, 4))
+    assert v.shape == (1, 4) and v.abs().max() > 0
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ def test_ranks_share_exactly_the_one_rank_mini_batches(world):
         got = sorted(x for s in many for x in s["x"][m * k : (m + 1) * k].tolist())
         assert got == sorted(one["x"][m * 8 : (m + 1) * 8].tolist())
     assert one["x"][:8].tolist() != list(range(8))  # shuffled
-    assert torch.equal(one["x"][:8], torch.randperm(16, generator=torch.Generator().manual_seed(3))[:8])  # PPOWorker's order
+    assert torch.equal(one["x"][:8], torch.randperm(16, generator=torch.Generator().manual_seed(3))[:8])  # one rank's order
 
 
 def test_short_last_mini_batch_is_padded_with_empty_rows():

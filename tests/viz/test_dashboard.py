@@ -150,7 +150,7 @@ def test_ipython_display_and_no_pyplot_leak():
 
 
 def test_validation_source_adds_panel():
-    val = pd.DataFrame({"step": [1, 3], "val-core/openai/gsm8k/acc/mean": [0.1, 0.3]})
+    val = pd.DataFrame({"step": [1, 3], "val-core/openai/gsm8k/reward/mean@1": [0.1, 0.3]})
     d = Dashboard(history_frame, get_validation=lambda: val)
     assert len(png_outputs(d.training_out)) == 1
     assert d.refresh() == {"training": False, "memory": False, "samples": False}

@@ -64,7 +64,7 @@ def history_frame(n=6, with_val=True, drop=()):
         "timing_s/update_actor": np.full(n, 2.0),
     })
     if with_val:
-        df["val-core/openai/gsm8k/acc/mean"] = [0.2 if i % 3 == 0 else np.nan for i in range(n)]
+        df["val-core/openai/gsm8k/reward/mean@1"] = [0.2 if i % 3 == 0 else np.nan for i in range(n)]
     return df.drop(columns=list(drop))
 
 
@@ -349,7 +349,7 @@ def test_trace_frame_dtypes_and_setup_snapshots_without_step():
 
 def test_training_merges_validation_frame():
     h = history_frame(with_val=False)
-    val = pd.DataFrame({"step": [0, 3], "val-core/openai/gsm8k/acc/mean": [0.1, 0.3]})
+    val = pd.DataFrame({"step": [0, 3], "val-core/openai/gsm8k/reward/mean@1": [0.1, 0.3]})
     fig = plot_training(h, val_df=val)
     titles = [a.get_title() for a in fig.axes]
     assert len(fig.axes) == 8 and any("acc" in t for t in titles)
