@@ -264,10 +264,10 @@ def test_training_grid_counts_available_panels():
     titles = [a.get_title() for a in fig.axes]
     # score, reward, KL, clipfrac, entropy, response length, throughput, val acc (no kl_loss, vf_loss)
     assert len(fig.axes) == 8
-    assert "response length" in titles and any("gsm8k/acc" in t for t in titles)
+    assert "response length" in titles and any("gsm8k/reward/mean@1" in t for t in titles)
     rl = fig.axes[titles.index("response length")]
     assert len(rl.lines) == 2
-    val = fig.axes[[i for i, t in enumerate(titles) if "acc" in t][0]]
+    val = fig.axes[[i for i, t in enumerate(titles) if "gsm8k/reward/mean@1" in t][0]]
     assert len(val.lines[0].get_xdata()) == 2  # sparse: NaNs dropped
 
 
@@ -352,8 +352,8 @@ def test_training_merges_validation_frame():
     val = pd.DataFrame({"step": [0, 3], "val-core/openai/gsm8k/reward/mean@1": [0.1, 0.3]})
     fig = plot_training(h, val_df=val)
     titles = [a.get_title() for a in fig.axes]
-    assert len(fig.axes) == 8 and any("acc" in t for t in titles)
-    acc = fig.axes[[i for i, t in enumerate(titles) if "acc" in t][0]]
+    assert len(fig.axes) == 8 and any("val: openai/gsm8k/reward/mean@1" in t for t in titles)
+    acc = fig.axes[[i for i, t in enumerate(titles) if "gsm8k/reward/mean@1" in t][0]]
     assert list(acc.lines[0].get_xdata()) == [0, 3]
 
 
