@@ -402,3 +402,59 @@ def test_critic_warmup_follows_verls_rule(char_model, toy_data, warmup, first_ac
         assert updated == [s >= first_actor_step for s in (1, 2)]
     finally:
         exp.shutdown()
+
+
+def test_epoch_lr_and_entropy_metrics_follow_verl(char_model, toy_data):
+    """training/epoch is the trained batch's epoch (32 prompts / 8 = 4 batches: step 4 is epoch 0);
+    actor/lr is the rate the update used (2 warmup steps: 0, then lr/2, then lr); without
+    calculate_entropy and entropy_coeff=0 the update computes no entropy, and actor/entropy is the
+    old-log-prob pass's value aggregated with loss_agg_mode."""
+    lr = 3e-3
+    ov = toy_overrides(char_model, toy_data, **{"actor_rollout_ref.actor.optim.lr_warmup_steps": 2})
+    exp = Experiment(PPOConfig.from_overrides(ov), reward_fn=digit_fraction)
+    try:
+        rows = [exp.step().metrics for _ in range(5)]
+    finally:
+        exp.shutdown()
+    assert [r["training/epoch"] for r in rows] == [0, 0, 0, 0, 1]
+    assert [r["actor/lr"] for r in rows[:3]] == pytest.approx([0.0, lr / 2, lr])
+    assert all(0 < r["actor/entropy"] for r in rows)
+
+
+def test_update_computes_the_entropy_only_when_used_or_asked():
+    import torch
+
+    from rlkit.datasets import RolloutBatch
+    from rlkit.training.worker import actor_micro_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 5, generator=g)
+    mb = RolloutBatch({"responses": torch.randint(0, 5, (2, 3), generator=g), "response_mask": torch.ones(2, 3),
+                       "old_log_probs": -torch.rand(2, 3, generator=g), "advantages": torch.randn(2, 3, generator=g)})
+    results = {}
+    for coeff, calc in ((0.0, False), (0.0, True), (0.1, False)):
+        cfg = PPOConfig.from_overrides([f"actor_rollout_ref.actor.entropy_coeff={coeff}",
+                                        f"actor_rollout_ref.actor.calculate_entropy={calc}"])
+        results[(coeff, calc)] = actor_micro_loss(cfg, logits, mb)
+    (loss0, row0), (loss1, row1), (loss2, row2) = results.values()
+    assert "actor/entropy" not in row0 and loss0.item() == pytest.approx(row0["actor/pg_loss"])
+    assert row1["actor/entropy"] > 0 and loss1.item() == pytest.approx(loss0.item())  # reported, not in the loss
+    assert loss2.item() == pytest.approx(row2["actor/pg_loss"] - 0.1 * row2["actor/entropy"])
+
+
+def test_aborted_responses_are_counted_apart():
+    import torch
+
+    from rlkit.datasets import RolloutBatch
+    from rlkit.experiment import _data_metrics
+
+    mask = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # lengths 3, 0, 1, 0
+    z = torch.zeros(4, 3)
+    batch = RolloutBatch({"response_mask": mask, "prompts": torch.ones(4, 2, dtype=torch.long),
+                          "attention_mask": torch.cat([torch.ones(4, 2), mask], 1), "token_level_scores": z,
+                          "token_level_rewards": z, "advantages": z, "returns": z})
+    m = _data_metrics(batch, max_response_length=3, max_prompt_length=2)
+    assert m["response/aborted_ratio"] == 0.5
+    assert (m["response_length_non_aborted/mean"], m["response_length_non_aborted/max"],
+            m["response_length_non_aborted/min"], m["response_length_non_aborted/clip_ratio"]) == (2.0, 3.0, 1.0, 0.5)
+    assert m["response_length/mean"] == 1.0  # all four
