@@ -106,10 +106,10 @@ def validation_metrics(data_sources: Sequence[str], uids: Sequence[Any], infos: 
     for i, (ds, uid) in enumerate(zip(data_sources, uids)):
         rows.setdefault(ds, {}).setdefault(uid, []).append(i)
     out: dict[str, float] = {}
+    preds = infos.get("pred")
     for ds, prompts in rows.items():
         per_var: dict[str, dict[str, list[float]]] = {}
         for idx in prompts.values():
-            preds = infos.get("pred")
             for var, vals in infos.items():
                 keep = [i for i in idx if vals[i] is not None]
                 if not keep or isinstance(vals[keep[0]], str):
