@@ -149,7 +149,7 @@ class ModelConfig:
     override_config: Dict[str, Any] = field(default_factory=dict)  # open dict: HF config overrides
     enable_gradient_checkpointing: bool = False  # recompute activations in backward (rlkit: off; verl: on)
     enable_activation_offload: bool = False  # offload activations to CPU
-    use_remove_padding: bool = False  # pack sequences without padding (rmpad)
+    use_remove_padding: bool = False  # pack each micro-batch's sequences into one row without padding (faster)
     lora_rank: int = 0  # LoRA rank; 0 = full fine-tuning
     lora_alpha: int = 16  # LoRA alpha
     target_modules: Any = "all-linear"  # LoRA targets: "all-linear" or a list of module names
@@ -663,8 +663,6 @@ ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
     "actor_rollout_ref.model.use_shm": "I/O only", "critic.model.use_shm": "I/O only",
     "actor_rollout_ref.model.enable_activation_offload": "memory only (rlkit keeps activations on the GPU)",
     "critic.model.enable_activation_offload": "memory only (rlkit keeps activations on the GPU)",
-    "actor_rollout_ref.model.use_remove_padding": "speed only (rlkit pads the sequences)",
-    "critic.model.use_remove_padding": "speed only (rlkit pads the sequences)",
     "actor_rollout_ref.model.use_liger": "speed only (rlkit uses transformers' kernels)",
     "actor_rollout_ref.model.use_fused_kernels": "speed only (rlkit uses transformers' kernels)",
     "actor_rollout_ref.actor.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",

@@ -425,7 +425,8 @@ def test_update_computes_the_entropy_only_when_used_or_asked():
     import torch
 
     from rlkit.datasets import RolloutBatch
-    from rlkit.training.worker import actor_micro_loss
+    from rlkit.algos import token_logprobs
+    from rlkit.training.worker import actor_micro_loss, update_entropy
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 5, generator=g)
@@ -435,7 +436,9 @@ def test_update_computes_the_entropy_only_when_used_or_asked():
     for coeff, calc in ((0.0, False), (0.0, True), (0.1, False)):
         cfg = PPOConfig.from_overrides([f"actor_rollout_ref.actor.entropy_coeff={coeff}",
                                         f"actor_rollout_ref.actor.calculate_entropy={calc}"])
-        results[(coeff, calc)] = actor_micro_loss(cfg, logits, mb)
+        lp, ent = token_logprobs(logits.view(6, 5), mb["responses"].view(6), 1.0, update_entropy(cfg))
+        assert (ent is not None) == (coeff != 0 or calc)
+        results[(coeff, calc)] = actor_micro_loss(cfg, lp.view(2, 3), None if ent is None else ent.view(2, 3), mb)
     (loss0, row0), (loss1, row1), (loss2, row2) = results.values()
     assert "actor/entropy" not in row0 and loss0.item() == pytest.approx(row0["actor/pg_loss"])
     assert row1["actor/entropy"] > 0 and loss1.item() == pytest.approx(loss0.item())  # reported, not in the loss

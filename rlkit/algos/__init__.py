@@ -18,6 +18,7 @@ from .core import (
     LOSS_AGG_MODES,
     agg_loss,
     entropy_from_logits,
+    token_logprobs,
     explained_variance,
     logprobs_from_logits,
     masked_mean,
@@ -45,6 +46,7 @@ __all__ = [
     "masked_whiten",
     "logprobs_from_logits",
     "entropy_from_logits",
+    "token_logprobs",
     "explained_variance",
     "agg_loss",
     # advantages

@@ -24,6 +24,7 @@ __all__ = [
     "masked_whiten",
     "logprobs_from_logits",
     "entropy_from_logits",
+    "token_logprobs",
     "explained_variance",
     "agg_loss",
 ]
@@ -168,6 +169,55 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     p = torch.softmax(z, dim=-1)
     # H = -sum p log p = -sum p (z - lse) = lse - sum p z
     return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
+
+
+def _token_logprobs_chunk(logits: torch.Tensor, labels: torch.Tensor, inv_temperature: float,
+                          with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    z = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32) * inv_temperature
+    logp = torch.log_softmax(z, dim=-1)
+    picked = torch.gather(logp, -1, labels.long().unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return picked, picked.new_zeros(())
+    # H = -sum_v p_v log p_v
+    return picked, -(logp.exp() * logp).sum(-1)
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                   with_entropy: bool = False, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probability of each label and (optionally) the entropy, from rows of logits, in chunks.
+
+    Args:
+        logits: ``(M, V)`` one row per token (any float dtype, e.g. the bf16 output of the LM head).
+        labels: ``(M,)`` integer token ids.
+        temperature: the logits are divided by it (0 counts as 1), in fp32.
+        with_entropy: also return ``H = -sum_v p_v log p_v`` per row.
+        chunk_size: rows converted to fp32 at a time.
+
+    Returns ``(log_probs (M,), entropy (M,) or None)``, fp32 (fp64 kept). Only ``chunk_size x V`` fp32 values exist at
+    a time: with autograd on, each chunk is recomputed in the backward pass
+    (``torch.utils.checkpoint``) instead of keeping every chunk's fp32 log-softmax for it. Equal to
+    :func:`logprobs_from_logits` / :func:`entropy_from_logits` of ``logits / temperature``.
+    """
+    if logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"token_logprobs wants logits (M, V) and labels (M,), got {tuple(logits.shape)} and "
+                         f"{tuple(labels.shape)}")
+    inv_t = 1.0 / (float(temperature) or 1.0)
+    grad = torch.is_grad_enabled() and logits.requires_grad
+    lps, ents = [], []
+    for start in range(0, logits.shape[0], max(1, int(chunk_size))):
+        args = (logits[start : start + chunk_size], labels[start : start + chunk_size], inv_t, with_entropy)
+        if grad:
+            from torch.utils.checkpoint import checkpoint
+
+            lp, ent = checkpoint(_token_logprobs_chunk, *args, use_reentrant=False)
+        else:
+            lp, ent = _token_logprobs_chunk(*args)
+        lps.append(lp)
+        ents.append(ent)
+    if not lps:
+        empty = logits.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

@@ -5,7 +5,10 @@
 Default: PPO with GAE and a critic on GSM8K, a Qwen2.5-0.5B shape with random weights (no download;
 random weights rarely emit EOS, so responses run to full length), 256 prompts per step, prompts up to
 512 tokens, responses of 512, ``ppo_mini_batch_size=64``, ``ppo_micro_batch_size_per_gpu=8``,
-``log_prob_micro_batch_size_per_gpu=16``, SGLang rollout, 5 steps. The run goes through
+``log_prob_micro_batch_size_per_gpu=16``, SGLang rollout, 5 steps. ``--engine packed`` runs the same
+step with ``use_remove_padding`` (sequences packed without padding) and ``use_dynamic_bsz``
+(micro-batches by token budget: ``--max-token-len`` for the updates, ``--forward-max-token-len`` for
+the forward passes) for actor and critic. The run goes through
 :func:`rlkit.main_ppo.run` with a ``jsonl`` logger; the benchmark reads the metrics it wrote and adds,
 per training phase, the model FLOPs and the MFU:
 
@@ -151,6 +154,13 @@ def overrides(args, model: Path, data: dict, out: Path) -> list[str]:
         "trainer.logger=['jsonl']", f"trainer.default_local_dir={out}", "trainer.val_before_train=False",
         "trainer.test_freq=-1", "trainer.save_freq=-1",
     ]
+    if args.engine == "packed":
+        A, C = "actor_rollout_ref.actor", "critic"
+        o += ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
+              f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={args.max_token_len}",
+              f"{C}.ppo_max_token_len_per_gpu={args.max_token_len}",
+              f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={args.forward_max_token_len}",
+              f"{C}.forward_max_token_len_per_gpu={args.forward_max_token_len}"]
     return o + list(args.override)
 
 
@@ -194,6 +204,12 @@ def main(argv=None) -> dict:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--log-prob-micro-batch", type=int, default=16)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    p.add_argument("--engine", default="padded", choices=["padded", "packed"],
+                   help="padded: fixed micro-batches of padded rows (the default config); packed: use_remove_padding "
+                        "and use_dynamic_bsz with the token budgets below")
+    p.add_argument("--max-token-len", type=int, default=16384, help="packed: ppo_max_token_len_per_gpu (actor, critic)")
+    p.add_argument("--forward-max-token-len", type=int, default=32768,
+                   help="packed: log_prob_max_token_len_per_gpu and critic.forward_max_token_len_per_gpu")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (default: data sheet)")
     p.add_argument("--override", action="append", default=[], help="extra key=value (repeatable)")

@@ -167,12 +167,30 @@ def load_tokenizer(model_dir: str, tokenizer_path: str | None = None, trust_remo
     return tok
 
 
+def _attention(packed: bool, override_config: dict) -> dict:
+    """The ``attn_implementation`` to load with: rlkit's packed attention for ``use_remove_padding``
+    (:mod:`rlkit.training.packed_attention`; padded calls still run sdpa), else what the override
+    config names, else transformers' default."""
+    if not packed:
+        return {}
+    from rlkit.training.packed_attention import register
+
+    named = override_config.get("attn_implementation")
+    if named not in (None, "sdpa", "flash_attention_2", "flash_attention_3"):
+        raise ValueError(f"use_remove_padding=True runs rlkit's packed attention, but override_config names "
+                         f"attn_implementation={named!r}; drop one of the two")
+    return {"attn_implementation": register()}
+
+
 def load_causal_lm(model_dir: str, dtype: torch.dtype, override_config: dict | None = None,
-                   gradient_checkpointing: bool = False, trust_remote_code: bool = False):
+                   gradient_checkpointing: bool = False, trust_remote_code: bool = False, packed: bool = False):
+    """The actor or reference: a causal LM from ``model_dir``; ``packed`` loads it with rlkit's packed
+    attention (``use_remove_padding``)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 **dict(override_config or {}))
+    override = dict(override_config or {})
+    override.update(_attention(packed, override))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, **override)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -199,21 +217,27 @@ class ValueModel(nn.Module):
             self.value_head.weight.copy_(torch.randn(self.value_head.weight.shape, generator=gen) * init_std)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, keep: torch.Tensor | None = None, **kwargs):
+        """values (bs, T), or (bs, len(keep)) at the positions ``keep`` only; other keyword arguments go
+        to the backbone (the packed-attention boundaries)."""
+        kwargs["use_cache"] = False
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
         hidden = out.last_hidden_state
+        if keep is not None:
+            hidden = hidden[:, keep]
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
 
 def load_value_model(model_dir: str, dtype: torch.dtype, override_config: dict | None = None,
                      gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                     seed: int | None = None) -> ValueModel:
-    """The critic: ``model_dir``'s backbone (no LM head) and a new value head (:class:`ValueModel`)."""
+                     seed: int | None = None, packed: bool = False) -> ValueModel:
+    """The critic: ``model_dir``'s backbone (no LM head) and a new value head (:class:`ValueModel`);
+    ``packed`` as in :func:`load_causal_lm`."""
     from transformers import AutoModel
 
-    backbone = AutoModel.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code,
-                                         **dict(override_config or {}))
+    override = dict(override_config or {})
+    override.update(_attention(packed, override))
+    backbone = AutoModel.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, **override)
     if gradient_checkpointing:
         backbone.gradient_checkpointing_enable()
     std = float(getattr(backbone.config, "initializer_range", None) or 0.02)

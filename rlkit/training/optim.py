@@ -43,11 +43,14 @@ def lr_multiplier(step: int, warmup: int, total: int, style: str, min_lr_ratio: 
 
 
 def build_optimizer(params, optim_cfg) -> torch.optim.AdamW:
-    """AdamW from an ``optim`` config section (lr, betas, weight_decay)."""
+    """AdamW from an ``optim`` config section (lr, betas, weight_decay). Fused (one kernel for the
+    whole update) when every parameter lives on a GPU; torch's default (for-each) implementation
+    otherwise, e.g. for parameters offloaded to the CPU. The same arithmetic either way."""
     params = [p for p in params if p.requires_grad]
     betas = tuple(float(b) for b in optim_cfg.get("betas", (0.9, 0.999)))
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
     return torch.optim.AdamW(params, lr=float(optim_cfg.lr), betas=betas,
-                             weight_decay=float(optim_cfg.get("weight_decay", 0.01)))
+                             weight_decay=float(optim_cfg.get("weight_decay", 0.01)), fused=fused or None)
 
 
 def build_scheduler(opt, optim_cfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

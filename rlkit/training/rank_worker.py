@@ -92,6 +92,7 @@ import torch
 
 from rlkit import algos
 from rlkit.datasets.batch import PAD_COLUMN, RolloutBatch
+from rlkit.datasets.packing import token_budget_groups
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.parallel import ParallelPlan
 from rlkit.rollout.base import get_rollout_class
@@ -247,10 +248,6 @@ class RankWorker:
         problems = self.plan.problems()
         if problems:
             raise ValueError("the config's parallel layout is broken: " + "; ".join(problems))
-        arr = cfg.actor_rollout_ref
-        for sec, name in ((arr.actor, "actor_rollout_ref.actor"), (cfg.critic, "critic")):
-            if sec.get("use_dynamic_bsz"):
-                raise NotImplementedError(f"{name}.use_dynamic_bsz=True is not supported yet by the rank workers")
 
         # this rank's random streams, both seeded with data.seed + rank: sampling in generate (a generator
         # of its own), and torch's global CPU/GPU state, which is the rank's only inside its calls
@@ -437,8 +434,28 @@ class RankWorker:
             yield
 
     # ------------------------------------------------------------------ forward passes
-    def _micro(self, role: str, fallback: int) -> int:
-        return max(1, int(self.plan.role(role).micro_batch_per_rank or fallback))
+    def _micro_batches(self, batch: RolloutBatch, role: str) -> list[torch.Tensor]:
+        """Row indices of each micro-batch of ``batch`` for ``role``: the plan's fixed size, or with
+        ``use_dynamic_bsz`` groups of at most the role's token budget (real tokens), balanced by
+        length (:func:`rlkit.datasets.packing.token_budget_groups`). Every rank gets as many micro-batches
+        as the rank that needs the most (a sharded forward is a collective)."""
+        sizes = self.plan.role(role)
+        n = len(batch)
+        if not sizes.dynamic:
+            micro = max(1, int(sizes.micro_batch_per_rank or n))
+            return [torch.arange(s, min(s + micro, n)) for s in range(0, n, micro)]
+        lengths = batch["attention_mask"].sum(1).tolist()
+        budget = int(sizes.max_token_len_per_rank)
+        count = 1
+        while True:  # every rank runs the same rounds: each ends with one all-reduce of (most, -fewest)
+            groups = token_budget_groups(lengths, budget, min_groups=count)
+            most, neg_fewest = self._all_reduce(torch.tensor([len(groups), -len(groups)], dtype=torch.float64), "max")
+            if int(most) == -int(neg_fewest):
+                return [torch.tensor(g, dtype=torch.long) for g in groups]
+            if int(most) > n:
+                raise RuntimeError(f"rank {self.rank} has {n} rows but another rank needs {int(most)} micro-batches "
+                                   f"for {role}; give every rank the same rows (WorkerGroup does)")
+            count = int(most)
 
     @torch.no_grad()
     def compute_log_prob(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
@@ -451,35 +468,42 @@ class RankWorker:
             raise RuntimeError("no reference model: it is loaded only with actor.use_kl_loss or algorithm.use_kl_in_reward")
         return self._log_probs(self.ref, "ref", batch, with_entropy=False)["log_probs"]
 
+    def _forward_rows(self, batch: RolloutBatch, role: str, desc: str,
+                      fn: Callable[[RolloutBatch], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``fn`` over the micro-batches of ``batch`` (on the device); its (rows, ...) outputs in row order."""
+        groups = self._micro_batches(batch, role)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for idx in self._progress(groups, desc):
+            for k, v in fn(batch.select(idx).to(self.device)).items():
+                parts.setdefault(k, []).append(v.cpu())
+        order = torch.cat(groups)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return {k: torch.cat(v)[inverse] for k, v in parts.items()}
+
     def _log_probs(self, model, role: str, batch: RolloutBatch, with_entropy: bool) -> dict[str, torch.Tensor]:
         was_training = model.training
         model.eval()
-        lps, ents = [], []
+        packed = worker_lib.remove_padding(self.cfg, role)
+        temperature = self.cfg.actor_rollout_ref.rollout.temperature
+
+        def fn(mb):
+            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed)
+            return {"log_probs": lp, "entropys": ent} if with_entropy else {"log_probs": lp}
+
         try:
-            micros = batch.split(self._micro(role, len(batch)))
-            for mb in self._progress(micros, "ref log-probs" if role == "ref" else "old log-probs"):
-                mb = mb.to(self.device)
-                logits = self._response_logits(model, mb)
-                lps.append(algos.logprobs_from_logits(logits, mb["responses"]).cpu())
-                if with_entropy:
-                    ents.append(algos.entropy_from_logits(logits).cpu())
+            return self._forward_rows(batch, role, "ref log-probs" if role == "ref" else "old log-probs", fn)
         finally:
             model.train(was_training)
-        out = {"log_probs": torch.cat(lps)}
-        if with_entropy:
-            out["entropys"] = torch.cat(ents)
-        return out
-
-    def _response_logits(self, model, mb: RolloutBatch) -> torch.Tensor:
-        return worker_lib.response_logits(model, mb, self.cfg.actor_rollout_ref.rollout.temperature)
 
     @torch.no_grad()
     def compute_values(self, batch: RolloutBatch) -> torch.Tensor:
         """values (B, R) of this rank's rows: V(s_t) at the state before each response token."""
         self.critic.eval()
+        packed = worker_lib.remove_padding(self.cfg, "values")
         try:
-            return torch.cat([self._values(mb.to(self.device)).cpu()
-                              for mb in self._progress(batch.split(self._micro("values", len(batch))), "values")])
+            return self._forward_rows(batch, "values", "values",
+                                      lambda mb: {"values": worker_lib.response_values(self.critic, mb, packed)})["values"]
         finally:
             self.critic.train()
 
@@ -493,18 +517,14 @@ class RankWorker:
         finally:
             bar.close()
 
-    def _values(self, mb: RolloutBatch) -> torch.Tensor:
-        R = mb["responses"].shape[1]
-        v = self.critic(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
-        # the value of the state that generates response token t sits at position P - 1 + t
-        return v[:, -R - 1 : -1].float() * mb["response_mask"]
-
     # ------------------------------------------------------------------ updates
-    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+    def _all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         import torch.distributed as dist
 
+        if self.world_size == 1:
+            return t.clone()
         t = t.to(self.device)
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return t.cpu()
 
     def _train(self, role: str, model, optim, sched, batch: RolloutBatch, step: int, shuffle: bool,
@@ -518,14 +538,14 @@ class RankWorker:
                                  "(WorkerGroup.update_* lays the batch out)")
             batch = update_shards(batch, 1, int(sizes.mini_batch_per_rank or len(batch)), int(sizes.epochs or 1),
                                   shuffle, step)[0]
-        micro = int(sizes.micro_batch_per_rank or max(batch.meta["mini_batch_sizes"]))
         stats: dict[str, list[float]] = {}
         model.train()
         start = 0
-        bar = worker_lib.progress_bar(sum(-(-k // micro) for k in batch.meta["mini_batch_sizes"]), f"update {role}",
+        bar = worker_lib.progress_bar(len(batch.meta["mini_batch_sizes"]), f"update {role}",
                                       self.progress and self.rank == 0)
         for k in batch.meta["mini_batch_sizes"]:
-            micros = batch.select(range(start, start + k)).split(micro)
+            mini = batch.select(range(start, start + k))
+            micros = [mini.select(idx) for idx in self._micro_batches(mini, role)]
             start += k
             units = [loss_units(mb["response_mask"], agg) for mb in micros]
             rows = [float(sum(not p for p in mb[PAD_COLUMN])) for mb in micros]
@@ -543,7 +563,7 @@ class RankWorker:
                     keys = sorted(row)
                     acc = torch.zeros(len(keys), dtype=torch.float64)
                 acc += torch.tensor([float(row[key]) for key in keys], dtype=torch.float64) * w_metric
-                bar.update(1)
+            bar.update(1)
             acc = self._all_reduce(acc)  # the global mini-batch's metrics, the same on every rank
             _append(stats, dict(zip(keys, acc.tolist())))
             if offload_optim:
@@ -569,8 +589,10 @@ class RankWorker:
         c = self.cfg.critic
         agg = worker_lib.critic_loss_agg_mode(self.cfg)
 
+        packed = worker_lib.remove_padding(self.cfg, "critic")
+
         def micro_loss(mb):
-            return worker_lib.critic_micro_loss(self.cfg, self._values(mb), mb)
+            return worker_lib.critic_micro_loss(self.cfg, worker_lib.response_values(self.critic, mb, packed), mb)
 
         return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
                            bool(c.get("shuffle", False)), float(c.grad_clip), agg, self.critic_offload_optim, micro_loss)
@@ -580,8 +602,13 @@ class RankWorker:
         a = self.cfg.actor_rollout_ref.actor
         agg = a.loss_agg_mode
 
+        packed = worker_lib.remove_padding(self.cfg, "actor")
+        entropy = worker_lib.update_entropy(self.cfg)
+        temperature = self.cfg.actor_rollout_ref.rollout.temperature
+
         def micro_loss(mb):
-            return worker_lib.actor_micro_loss(self.cfg, self._response_logits(self.actor, mb), mb)
+            lp, ent = worker_lib.response_log_probs(self.actor, mb, temperature, entropy, packed)
+            return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb)
 
         return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),
                            float(a.grad_clip), agg, self.actor_offload_optim, micro_loss)

@@ -12,8 +12,9 @@ import torch
 
 from rlkit import algos
 from rlkit.datasets.batch import RolloutBatch
+from rlkit.datasets.packing import PackedLayout
 from rlkit.rollout.base import SamplingParams
-from rlkit.training import models
+from rlkit.training import models, packed_attention
 
 
 def needs_reference(cfg) -> bool:
@@ -45,11 +46,13 @@ def load_role_models(cfg, model_dir: str, device: torch.device | None, dtypes: d
             model = model.to(device)
         return place(role, model) if place is not None else model
 
+    packed = remove_padding(cfg, "actor")
     actor = finish("actor", models.load_causal_lm(model_dir, dtypes.get("actor", torch.float32), override,
-                                                  arr.model.enable_gradient_checkpointing, trust))
+                                                  arr.model.enable_gradient_checkpointing, trust, packed))
     ref = None
     if needs_reference(cfg):
-        ref = models.load_causal_lm(model_dir, dtypes.get("ref", torch.float32), override, trust_remote_code=trust)
+        ref = models.load_causal_lm(model_dir, dtypes.get("ref", torch.float32), override, trust_remote_code=trust,
+                                    packed=packed)
         ref = finish("ref", ref.eval().requires_grad_(False))
     critic = None
     if algos.estimator_needs_critic(cfg.algorithm.adv_estimator):
@@ -60,7 +63,8 @@ def load_role_models(cfg, model_dir: str, device: torch.device | None, dtypes: d
         critic = finish("critic", models.load_value_model(
             critic_dir, dtypes.get("critic", torch.float32), dict(c.model.get("override_config") or {}),
             c.model.enable_gradient_checkpointing, c.model.get("trust_remote_code", False),
-            seed=int(cfg.data.get("seed") or 1)))  # the same head on every rank
+            seed=int(cfg.data.get("seed") or 1),  # the same head on every rank
+            packed=remove_padding(cfg, "critic")))
     return actor, ref, critic
 
 
@@ -97,16 +101,16 @@ def critic_loss_agg_mode(cfg) -> str:
     return cfg.critic.get("loss_agg_mode") or cfg.actor_rollout_ref.actor.loss_agg_mode
 
 
-def actor_micro_loss(cfg, logits: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
+                     mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped policy loss (+ entropy bonus, + KL loss) of one micro-batch from the actor's
-    :func:`response_logits`; every term aggregated with ``actor.loss_agg_mode`` over the same units.
-    Returns the loss and its ``actor/*`` metrics. The entropy is computed only with
-    ``actor.calculate_entropy`` or a non-zero ``entropy_coeff`` (verl's rule); then it is reported as
+    :func:`response_log_probs` (``log_prob`` (mb, R); ``entropy`` (mb, R) when :func:`update_entropy`
+    says it is used, else None); every term aggregated with ``actor.loss_agg_mode`` over the same
+    units. Returns the loss and its ``actor/*`` metrics; with an entropy it is reported as
     ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics."""
     a = cfg.actor_rollout_ref.actor
     agg = a.loss_agg_mode
     mask = mb["response_mask"]
-    log_prob = algos.logprobs_from_logits(logits, mb["responses"])
     pg_loss, m = algos.compute_policy_loss(
         mb["old_log_probs"], log_prob, mb["advantages"], mask,
         clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
@@ -114,18 +118,25 @@ def actor_micro_loss(cfg, logits: torch.Tensor, mb: RolloutBatch) -> tuple[torch
         clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
     row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
            "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"]}
-    # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref); H only when it is used or asked for (verl)
+    # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
     loss = pg_loss
-    if a.get("calculate_entropy", False) or float(a.entropy_coeff) != 0:
-        entropy = algos.agg_loss(algos.entropy_from_logits(logits), mask, agg)
-        loss = loss - float(a.entropy_coeff) * entropy
-        row["actor/entropy"] = entropy.item()
+    if entropy is not None:
+        ent = algos.agg_loss(entropy, mask, agg)
+        loss = loss - float(a.entropy_coeff) * ent
+        row["actor/entropy"] = ent.item()
     if a.use_kl_loss:
         kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
         kl_loss = algos.agg_loss(kl, mask, agg)
         loss = loss + float(a.kl_loss_coef) * kl_loss
         row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
     return loss, row
+
+
+def update_entropy(cfg) -> bool:
+    """Whether the actor update computes the entropy: with ``actor.calculate_entropy`` or a non-zero
+    ``entropy_coeff`` (verl's rule); otherwise it is skipped (it costs a softmax over the vocabulary)."""
+    a = cfg.actor_rollout_ref.actor
+    return bool(a.get("calculate_entropy", False) or float(a.entropy_coeff) != 0)
 
 
 def critic_micro_loss(cfg, vpreds: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -137,13 +148,68 @@ def critic_micro_loss(cfg, vpreds: torch.Tensor, mb: RolloutBatch) -> tuple[torc
                   "critic/vpred_mean": m["vpred_mean"]}
 
 
-def response_logits(model, mb: RolloutBatch, temperature: float) -> torch.Tensor:
-    """(mb, R, V) fp32 logits predicting each response token, scaled by 1 / temperature (0 counts as 1)."""
+def remove_padding(cfg, role: str) -> bool:
+    """``model.use_remove_padding`` of the model a role runs (actor/rollout/ref: the actor's model;
+    critic/values: the critic's)."""
+    model = cfg.critic.model if role in ("critic", "values") else cfg.actor_rollout_ref.model
+    return bool(model.get("use_remove_padding", False))
+
+
+def _packed_inputs(mb: RolloutBatch) -> tuple[PackedLayout, dict]:
+    """The micro-batch as one packed row: its layout and the forward's keyword arguments."""
+    lay = PackedLayout.from_mask(mb["attention_mask"], mb["responses"].shape[1])
+    kwargs = {"input_ids": lay.pack(mb["input_ids"]), "position_ids": lay.pack(mb["position_ids"]), "use_cache": False,
+              **packed_attention.packed_forward_kwargs(lay.cu_seqlens, lay.max_seqlen)}
+    return lay, kwargs
+
+
+def _checked(before: int, model) -> None:
+    if packed_attention.calls() == before:
+        raise packed_attention.PackedAttentionNotUsed(
+            f"use_remove_padding=True but {type(model).__name__}'s forward did not pass the sequence boundaries to "
+            "its attention layers; set use_remove_padding=False for this model")
+
+
+def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy: bool = False,
+                       packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (mb, R) of the response tokens under ``model`` at ``temperature`` (0 counts as 1), and
+    their entropies (mb, R) with ``with_entropy`` (else None); 0 where a row has no response token.
+
+    The LM head runs only where a response token is predicted, and the fp32 softmax math in chunks
+    (:func:`rlkit.algos.token_logprobs`). ``packed`` (``use_remove_padding``): the micro-batch runs as
+    one row of its real tokens (:class:`~rlkit.datasets.packing.PackedLayout`, attention within each
+    sequence); the model must use :mod:`rlkit.training.packed_attention`. Otherwise the padded batch
+    runs with its attention mask. Both give the same numbers up to float rounding.
+    """
     R = mb["responses"].shape[1]
+    if packed:
+        lay, kwargs = _packed_inputs(mb)
+        before = packed_attention.calls()
+        logits = model(logits_to_keep=lay.predict_index, **kwargs).logits[0]  # (M, V)
+        _checked(before, model)
+        lp, ent = algos.token_logprobs(logits, lay.response_targets(mb["responses"]), temperature, with_entropy)
+        return lay.unpack_response(lp), (lay.unpack_response(ent) if ent is not None else None)
     out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
                 use_cache=False, logits_to_keep=R + 1)
-    logits = out.logits[:, -R - 1 : -1].float()  # logits at position t predict token t+1
-    return logits / (float(temperature) or 1.0)
+    logits = out.logits[:, -R - 1 : -1]  # logits at position t predict token t+1
+    b = logits.shape[0]
+    lp, ent = algos.token_logprobs(logits.reshape(b * R, -1), mb["responses"].reshape(-1), temperature, with_entropy)
+    return lp.view(b, R), (ent.view(b, R) if ent is not None else None)
+
+
+def response_values(critic, mb: RolloutBatch, packed: bool = False) -> torch.Tensor:
+    """Values (mb, R) fp32: V(s_t) of the state that generates response token t, times ``response_mask``.
+    ``packed`` as in :func:`response_log_probs`."""
+    R = mb["responses"].shape[1]
+    if packed:
+        lay, kwargs = _packed_inputs(mb)
+        before = packed_attention.calls()
+        v = critic(keep=lay.predict_index, **kwargs)[0]  # (M,)
+        _checked(before, critic)
+        return lay.unpack_response(v.float()) * mb["response_mask"]
+    v = critic(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
+    # the value of the state that generates response token t sits at position P - 1 + t
+    return v[:, -R - 1 : -1].float() * mb["response_mask"]
 
 
 def progress_bar(total: int, desc: str, enabled: bool):

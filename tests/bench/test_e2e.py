@@ -51,12 +51,13 @@ def test_summary_skips_the_warm_up_step():
     assert s["throughput_per_step"] == [1.0, 4.0, 6.0] and s["mfu"] == {}
 
 
-def test_benchmark_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir):
+@pytest.mark.parametrize("engine", ["padded", "packed"])
+def test_benchmark_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir, engine):
     from rlkit.datasets import gsm8k
 
     files = gsm8k(local_dir=tmp_path / "gsm8k", source=str(gsm8k_source))
     out = tmp_path / "e2e.json"
-    res = e2e.main(["--shape", "tiny", "--rollout", "hf", "--device", "cpu", "--tokenizer", str(qwen_tokenizer_dir),
+    res = e2e.main(["--engine", engine, "--max-token-len", "300", "--forward-max-token-len", "600", "--shape", "tiny", "--rollout", "hf", "--device", "cpu", "--tokenizer", str(qwen_tokenizer_dir),
                     "--data", str(tmp_path / "gsm8k"), "--prompts", "4", "--n", "2", "--prompt-len", "256",
                     "--response-len", "8", "--mini-batch", "2", "--micro-batch", "2", "--log-prob-micro-batch",
                     "4", "--steps", "2", "--out", str(out)])
@@ -70,5 +71,7 @@ def test_benchmark_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir):
     assert set(saved["summary"]["mfu"]) >= {"old_log_prob", "values", "update_critic", "update_actor"}
     assert all(v["mfu"] is None and v["tflops"] > 0 for v in saved["summary"]["mfu"].values())  # no peak on a CPU
     assert saved["model"]["shape"] == "tiny" and "<model>" in " ".join(saved["config_overrides"])
+    packed = "actor_rollout_ref.model.use_remove_padding=True" in saved["config_overrides"]
+    assert packed == (engine == "packed") and saved["setup"]["engine"] == engine
     assert str(tmp_path) not in out.read_text()  # shareable: no local paths
     assert out.with_suffix(".png").stat().st_size > 5000

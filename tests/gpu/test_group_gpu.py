@@ -31,9 +31,8 @@ def test_one_gpu_group_matches_the_plain_model_and_updates(tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    from rlkit import algos
     from rlkit.distributed.group import WorkerGroup
-    from rlkit.training.worker import response_logits
+    from rlkit.training.worker import response_log_probs
 
     model = make_tiny_model(tmp_path / "m", char_tokenizer(), hidden=64, layers=2, heads=4, kv_heads=2,
                             intermediate=128)
@@ -57,8 +56,7 @@ def test_one_gpu_group_matches_the_plain_model_and_updates(tmp_path):
         ray.shutdown()
     plain = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).cuda().eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = response_logits(plain, batch.to("cuda"), cfg.actor_rollout_ref.rollout.temperature)
-        lp_worker = algos.logprobs_from_logits(logits, batch["responses"].cuda()).cpu()
+        lp_worker = response_log_probs(plain, batch.to("cuda"), cfg.actor_rollout_ref.rollout.temperature)[0].cpu()
     mask = batch["response_mask"].bool()
     gap = (lp_group - lp_worker).abs()[mask]
     moved = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
