@@ -211,7 +211,7 @@ class ActorConfig:
     loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm
     entropy_coeff: float = 0.0  # entropy bonus weight
     calculate_entropy: bool = False  # compute (and report) the entropy in the update even with entropy_coeff=0
-    loss_scale_factor: Optional[int] = None  # seq-mean-token-sum-norm divisor; None = response length (rlkit: null only)
+    loss_scale_factor: Optional[float] = None  # seq-mean-token-sum-norm divisor of the actor's losses; None = response length
     use_kl_loss: bool = False  # add KL(actor || ref) to the loss (GRPO style)
     use_torch_compile: bool = True  # torch.compile the log-prob helpers
     kl_loss_coef: float = 0.001  # weight of that KL loss
@@ -621,8 +621,6 @@ UNSUPPORTED_KEYS: Dict[str, str] = {
     "actor_rollout_ref.model.lora_rank": "LoRA fine-tuning", "actor_rollout_ref.model.lora_alpha": "LoRA fine-tuning",
     "actor_rollout_ref.model.target_modules": "LoRA fine-tuning",
     "actor_rollout_ref.model.exclude_modules": "LoRA fine-tuning",
-    "actor_rollout_ref.actor.loss_scale_factor": "the divisor of loss_agg_mode=seq-mean-token-sum-norm "
-                                                 "(the actor/entropy metric)",
     "actor_rollout_ref.actor.ulysses_sequence_parallel_size": "Ulysses sequence parallelism",
     "actor_rollout_ref.ref.ulysses_sequence_parallel_size": "Ulysses sequence parallelism",
     "critic.ulysses_sequence_parallel_size": "Ulysses sequence parallelism",
@@ -685,8 +683,6 @@ ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
     "actor_rollout_ref.rollout.multi_stage_wake_up": "memory only (rlkit always wakes weights before the KV cache)",
     "actor_rollout_ref.rollout.engine_kwargs.vllm": "verl reads it only with rollout.name=vllm, which rlkit refuses",
     "reward_model.launch_reward_fn_async": "timing only (rlkit scores after generation)",
-    "trainer.balance_batch": "rlkit keeps each step's batch in rollout order, as balance_batch=False; verl's "
-                             "default True reorders it to balance tokens over ranks (README: still different)",
     "trainer.ray_wait_register_center_timeout": "a start-up timeout (rlkit's ranks report failures at once)",
 }
 
@@ -1216,6 +1212,8 @@ def validate(cfg: Any) -> None:
     rule(f"{A}.grad_clip", lambda v: v > 0, "must be > 0", f"e.g. {A}.grad_clip=1.0")
     rule(f"{A}.ppo_epochs", lambda v: v >= 1, "must be >= 1", f"e.g. {A}.ppo_epochs=1")
     rule(f"{A}.kl_loss_coef", lambda v: v >= 0, "must be >= 0", f"e.g. {A}.kl_loss_coef=0.001")
+    rule(f"{A}.loss_scale_factor", lambda v: v > 0, "must be > 0 or null (null divides by the response length)",
+         f"e.g. {A}.loss_scale_factor=512")
     rule(f"{A}.ulysses_sequence_parallel_size", lambda v: v >= 1, "must be >= 1", "use 1")
     for k in (f"{A}.ppo_max_token_len_per_gpu", f"{R}.log_prob_max_token_len_per_gpu",
               f"{RO}.log_prob_max_token_len_per_gpu"):

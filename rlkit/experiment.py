@@ -234,6 +234,8 @@ class Experiment:
             with timer.phase("sleep"):
                 worker.sleep_rollout()
             batch.update(_row_columns(items, n, uid_prefix=f"{step}-"))
+            if cfg.trainer.balance_batch:  # rows in training order, tokens balanced over the ranks (verl)
+                batch = self._balance_batch(batch, metrics)
             mask = batch["response_mask"]
             responses_text = self._decode(batch)
 
@@ -248,8 +250,9 @@ class Experiment:
                 batch["old_log_probs"] = out["log_probs"]
                 # verl: this pass's entropy aggregated like the loss; an update that computes the entropy
                 # (actor.calculate_entropy or entropy_coeff != 0) reports its own value instead
-                metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask,
-                                                          cfg.actor_rollout_ref.actor.loss_agg_mode).item()
+                a = cfg.actor_rollout_ref.actor
+                metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask, a.loss_agg_mode,
+                                                          a.get("loss_scale_factor")).item()
                 metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
 
             # 5. reference log-probs (for the KL loss or the KL reward penalty)
@@ -311,6 +314,28 @@ class Experiment:
         rollouts = self._rollout_frame(step, responses_text, batch)
         return StepResult(step=step, rollouts=rollouts, metrics=metrics, timing=dict(timer.timing),
                           memory=memory_lib.trace_frame(step_records), batch=batch)
+
+    def _balance_batch(self, batch, metrics: dict[str, float]):
+        """``trainer.balance_batch``, verl's classic ``_balance_batch``: the rows split into one group
+        per data-parallel rank, equal in count and near-equal in tokens (``attention_mask``: prompt +
+        response), rank r updating on group r in verl's order (:func:`rlkit.datasets.packing.balance_order`
+        interleaves the groups into rlkit's global mini-batches); adds verl's ``global_seqlen/*`` metrics.
+
+        Laid out with the actor's per-rank mini-batch. A critic with another ``ppo_mini_batch_size``
+        cuts its mini-batches from the same order, so its ranks' rows differ from verl's (where each
+        rank cuts its own group). With ``shuffle=True`` every update epoch draws its own order of the
+        whole batch and the ranks' rows are no longer balanced (verl's workers never shuffle). The
+        forward passes (old log-probs, reference, values) take contiguous parts of the reordered
+        batch, balanced only with one mini-batch per step; their results do not depend on the split.
+        """
+        from rlkit.datasets.packing import balance_order
+        from rlkit.parallel import ParallelPlan
+
+        mini_per_rank = ParallelPlan.from_config(self.config).role("actor").mini_batch_per_rank
+        order, balance_metrics = balance_order(batch["attention_mask"].sum(-1).tolist(), self.world_size,
+                                               mini_per_rank)
+        metrics.update(balance_metrics)
+        return batch.select(order)
 
     def _score_samples(self, batch, texts: list[str]):
         """Reward each response against its row's ground truth; (scores, extra reward columns)."""

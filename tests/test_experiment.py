@@ -461,3 +461,27 @@ def test_aborted_responses_are_counted_apart():
     assert (m["response_length_non_aborted/mean"], m["response_length_non_aborted/max"],
             m["response_length_non_aborted/min"], m["response_length_non_aborted/clip_ratio"]) == (2.0, 3.0, 1.0, 0.5)
     assert m["response_length/mean"] == 1.0  # all four
+
+
+def test_loss_scale_factor_divides_the_actors_summed_losses():
+    """seq-mean-token-sum-norm: every actor term is sum over tokens / loss_scale_factor (verl), or / R when null."""
+    import torch
+
+    from rlkit.datasets import RolloutBatch
+    from rlkit.training.worker import actor_micro_loss
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    lp = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.5, 0.9, 0.9]]))
+    # ratio 1 everywhere (old == new), so the clipped loss per token is -A; advantages 1, 2 / 4 -> sum -(1+2+4) = -7
+    mb = RolloutBatch({"response_mask": mask, "old_log_probs": lp.clone(),
+                       "advantages": torch.tensor([[1.0, 2.0, 9.0], [4.0, 9.0, 9.0]])})
+    ent = torch.tensor([[1.0, 3.0, 5.0], [2.0, 5.0, 5.0]])  # masked sum 6
+    for factor, divisor in ((None, 3.0), (4.0, 4.0)):
+        cfg = PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
+                                        f"actor_rollout_ref.actor.loss_scale_factor={'null' if factor is None else factor}",
+                                        "actor_rollout_ref.actor.calculate_entropy=True"])
+        loss, row = actor_micro_loss(cfg, lp, ent, mb)
+        assert row["actor/pg_loss"] == pytest.approx(-7.0 / divisor)
+        assert row["actor/entropy"] == pytest.approx(6.0 / divisor)
+    with pytest.raises(ValueError, match=r"loss_scale_factor=0(\.0)?: must be > 0 or null"):
+        PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_scale_factor=0"])

@@ -22,8 +22,10 @@ def compute_policy_loss(
     clip_ratio_high: float = 0.2,
     clip_ratio_c: float = 3.0,
     loss_agg_mode: str = "token-mean",
+    loss_scale_factor: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate loss with dual clipping for negative advantages.
+    """PPO clipped surrogate loss with dual clipping for negative advantages (aggregated by
+    :func:`~rlkit.algos.core.agg_loss` with ``loss_agg_mode`` and ``loss_scale_factor``).
 
     Per token, with ``r = exp(clamp(logp - logp_old, -20, 20))``::
 
@@ -67,7 +69,7 @@ def compute_policy_loss(
     pg_clipfrac_lower = masked_mean((torch.gt(clip_pg_losses1, pg_losses3) & negative).float(), response_mask)
 
     pg_losses = torch.where(negative, clip_pg_losses2, clip_pg_losses1)  # dual clip only where A < 0
-    loss = agg_loss(pg_losses, response_mask, loss_agg_mode)
+    loss = agg_loss(pg_losses, response_mask, loss_agg_mode, loss_scale_factor)
     metrics = {
         "pg_clipfrac": pg_clipfrac.item(),
         "ppo_kl": ppo_kl.item(),

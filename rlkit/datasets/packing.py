@@ -33,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["balanced_partitions", "token_budget_groups", "PackedLayout"]
+__all__ = ["balanced_partitions", "token_budget_groups", "PackedLayout", "balance_order"]
 
 
 def balanced_partitions(lengths: Sequence[int], k: int, equal_size: bool = False) -> list[list[int]]:
@@ -186,3 +186,66 @@ class PackedLayout:
     def to(self, device) -> PackedLayout:
         return PackedLayout(self.token_index.to(device), self.cu_seqlens.to(device), self.max_seqlen,
                             self.predict_index.to(device), self.response_slots.to(device), self.shape)
+
+
+def balance_order(seqlens: Sequence[int], dp: int,
+                  mini_per_rank: int | None = None) -> tuple[list[int], dict[str, float]]:
+    """A step's rows reordered so each data-parallel rank trains on about as many tokens (``trainer.balance_batch``).
+
+    verl splits the rows into ``dp`` equal-count groups of near-equal token sums
+    (:func:`balanced_partitions` with ``equal_size=True``) and gives group r to rank r, which cuts it
+    into mini-batches of ``mini_per_rank`` rows in order. rlkit's update layout
+    (:func:`rlkit.training.rank_worker.update_shards`) instead cuts global mini-batches of
+    ``dp * mini_per_rank`` rows from the whole batch and gives rank r the r-th share of each; so the
+    order returned here interleaves the groups mini-batch by mini-batch: global mini-batch m is
+    ``group_0[m*q:(m+1)*q] + ... + group_{dp-1}[m*q:(m+1)*q]`` (q = ``mini_per_rank``; the last
+    slice of each group may be shorter). Every rank then sees exactly verl's rows in verl's order.
+
+    Args:
+        seqlens: tokens of each row (prompt + response: ``attention_mask.sum(-1)``).
+        dp: data-parallel ranks; must divide ``len(seqlens)``.
+        mini_per_rank: rows per rank per optimizer step (``ppo_mini_batch_size * rollout.n / dp``);
+            None: one mini-batch (the groups one after another, verl's reordered batch as such).
+
+    Returns ``(order, metrics)``: the row indices in their new order, and verl's
+    ``global_seqlen/*`` metrics: ``min``, ``max`` and ``minmax_diff`` of the token sums of the
+    ``dp`` contiguous chunks of the original order (what each rank would have got unbalanced),
+    ``balanced_min`` and ``balanced_max`` of the groups' sums, and ``mean`` = total tokens / ``dp``.
+
+    Lengths 9, 8, 7, 6, 1, 2, 3, 4 over 2 ranks: rows 0-3 hold 30 tokens and rows 4-7 hold 10;
+    groups {0, 3, 4, 7} and {1, 2, 5, 6} hold 20 each. Two rows per rank per mini-batch::
+
+        >>> from rlkit.datasets.packing import balance_order
+        >>> order, m = balance_order([9, 8, 7, 6, 1, 2, 3, 4], dp=2, mini_per_rank=2)
+        >>> order  # mini-batch 1: rows 0, 3 (rank 0) and 1, 2 (rank 1); mini-batch 2: 4, 7 and 5, 6
+        [0, 3, 1, 2, 4, 7, 5, 6]
+        >>> m["global_seqlen/min"], m["global_seqlen/max"], m["global_seqlen/minmax_diff"]
+        (10.0, 30.0, 20.0)
+        >>> m["global_seqlen/balanced_min"], m["global_seqlen/balanced_max"], m["global_seqlen/mean"]
+        (20.0, 20.0, 20.0)
+
+    One rank: one group, all rows in ascending order (the order is unchanged)::
+
+        >>> balance_order([5, 1, 3], dp=1)[0]
+        [0, 1, 2]
+    """
+    n = len(seqlens)
+    if dp < 1 or n == 0 or n % dp:
+        raise ValueError(f"balance_order: {n} rows must split into dp={dp} equal non-empty groups")
+    per_rank = n // dp
+    q = per_rank if mini_per_rank is None else int(mini_per_rank)
+    if q < 1:
+        raise ValueError(f"balance_order: mini_per_rank must be >= 1, got {mini_per_rank}")
+    groups = balanced_partitions(seqlens, dp, equal_size=True)
+    order = [i for start in range(0, per_rank, q) for g in groups for i in g[start : start + q]]
+    chunk_sums = [sum(seqlens[s : s + per_rank]) for s in range(0, n, per_rank)]
+    group_sums = [sum(seqlens[i] for i in g) for g in groups]
+    metrics = {
+        "global_seqlen/min": min(chunk_sums),
+        "global_seqlen/max": max(chunk_sums),
+        "global_seqlen/minmax_diff": max(chunk_sums) - min(chunk_sums),
+        "global_seqlen/balanced_min": min(group_sums),
+        "global_seqlen/balanced_max": max(group_sums),
+        "global_seqlen/mean": sum(seqlens) / dp,
+    }
+    return order, {k: float(v) for k, v in metrics.items()}

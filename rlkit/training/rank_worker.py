@@ -12,7 +12,7 @@ the whole batch. Each rank:
    ``fsdp_config.param_offload`` -> CPUOffloadPolicy; ``optimizer_offload`` -> AdamW state on the
    CPU between updates; ``fsdp_size`` -> the HSDP mesh of :class:`~rlkit.parallel.ParallelPlan`);
 3. runs forward passes on its share of a batch (``compute_log_prob``, ``compute_ref_log_prob``,
-   ``compute_values``: any rows, micro-batches of the plan's per-rank size), and updates.
+   ``compute_values``: any rows, in micro-batches), and updates.
 
 Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
 
@@ -58,8 +58,12 @@ and ``<dir>/critic/dcp``, and its random state (its sampling generator, the CPU 
 generators) and lr schedules into ``<dir>/ranks/rank_<r>.pt``; layout in :mod:`rlkit.checkpoint`.
 ``<dir>`` must be the same path on every rank (a shared filesystem across nodes).
 
-Not implemented yet: dynamic batch size (token-budget micro-batches; refused), Ulysses sequence
-parallelism, resharding a checkpoint to another number of ranks.
+Micro-batches: the plan's fixed number of rows, or with ``use_dynamic_bsz`` groups of at most the
+role's token budget, balanced by length, as many on every rank (:meth:`RankWorker._micro_batches`).
+With ``use_remove_padding`` each micro-batch runs as one packed row of its real tokens
+(:func:`rlkit.training.worker.response_log_probs`). Neither changes the numbers, only speed and memory.
+
+Not implemented yet: Ulysses sequence parallelism, resharding a checkpoint to another number of ranks.
 
 The layout, checked by hand (8 rows, global mini-batch 4, 2 ranks, no shuffle)::
 

@@ -1,6 +1,7 @@
 """The PPO pieces a rank worker (:class:`~rlkit.training.rank_worker.RankWorker`) is built from, as
 plain functions of the run's config: loading the roles, the engines' sampling parameters and stop
-ids, the response logits, and one micro-batch's actor and critic losses with their metrics. The
+ids, one micro-batch's response log-probs and values (padded, or packed without padding for
+``use_remove_padding``), and its actor and critic losses with their metrics. The
 batch that goes in is a :class:`~rlkit.datasets.batch.RolloutBatch` (its module docstring has the
 shape table); micro- and mini-batch sizes come from :class:`~rlkit.parallel.ParallelPlan`.
 """
@@ -110,23 +111,24 @@ def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
     ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics."""
     a = cfg.actor_rollout_ref.actor
     agg = a.loss_agg_mode
+    scale = None if a.get("loss_scale_factor") is None else float(a.loss_scale_factor)  # seq-mean-token-sum-norm only
     mask = mb["response_mask"]
     pg_loss, m = algos.compute_policy_loss(
         mb["old_log_probs"], log_prob, mb["advantages"], mask,
         clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
         clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
-        clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg)
+        clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg, loss_scale_factor=scale)
     row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
            "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"]}
     # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
     loss = pg_loss
     if entropy is not None:
-        ent = algos.agg_loss(entropy, mask, agg)
+        ent = algos.agg_loss(entropy, mask, agg, scale)
         loss = loss - float(a.entropy_coeff) * ent
         row["actor/entropy"] = ent.item()
     if a.use_kl_loss:
         kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
-        kl_loss = algos.agg_loss(kl, mask, agg)
+        kl_loss = algos.agg_loss(kl, mask, agg, scale)
         loss = loss + float(a.kl_loss_coef) * kl_loss
         row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
     return loss, row

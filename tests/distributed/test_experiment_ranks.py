@@ -31,6 +31,7 @@ from rlkit.checkpoint import CheckpointError  # noqa: E402
 from rlkit.datasets import RolloutBatch  # noqa: E402
 from rlkit.distributed.group import WorkerGroup  # noqa: E402
 from rlkit.distributed.group import WorkerDiedError  # noqa: E402
+from rlkit.training.rank_worker import update_shards  # noqa: E402
 
 from test_experiment import digit_fraction, toy_overrides  # noqa: E402
 
@@ -76,6 +77,10 @@ def test_two_ranks_step_and_a_killed_rank_is_named(toy, tmp_path):
         for key in ("critic/score/mean", "actor/pg_loss", "actor/grad_norm", "critic/vf_loss", "critic/grad_norm",
                     "actor/entropy", "response_length/mean", "timing_s/step"):
             assert math.isfinite(res.metrics[key]), key
+        # balance_batch (default on): each rank updates on its balanced partition's tokens
+        shards = update_shards(res.batch, 2, 4 * N, 1, False, 0)  # ppo_mini_batch_size=4 prompts, no shuffle
+        assert sorted(float(s["attention_mask"].sum()) for s in shards) == [
+            res.metrics["global_seqlen/balanced_min"], res.metrics["global_seqlen/balanced_max"]]
     assert exp.global_step == 2 and len(exp.rollouts) == 2 * BATCH * N
     assert set(exp.memory["rank"]) == {0, 1}
     step_memory = exp.memory[exp.memory["step"] == 2]
@@ -106,10 +111,13 @@ def test_two_ranks_step_and_a_killed_rank_is_named(toy, tmp_path):
 
 
 def test_whole_step_on_two_ranks_equals_one_rank(toy):
-    """Fixed generation, then old log-probs, values, GAE, critic and actor updates on 1 and 2 ranks."""
+    """Fixed generation, then old log-probs, values, GAE, critic and actor updates on 1 and 2 ranks.
+
+    balance_batch off: on 2 ranks it reorders the rows (tokens balanced over the ranks, as verl), which
+    puts other rows into each mini-batch than on 1 rank; the equivalence holds for the same row order."""
     runs = {}
     for world in (1, 2):
-        cfg = ranks_config(toy, world)
+        cfg = ranks_config(toy, world, **{"trainer.balance_batch": False})
         group = WorkerGroup(cfg, timeout_s=60, grace_s=10)  # on Ray at 1 rank too (Experiment's is local)
         exp = Experiment(cfg, reward_fn=digit_fraction, worker=group)
         try:
