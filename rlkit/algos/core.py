@@ -202,13 +202,13 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
         raise ValueError(f"token_logprobs wants logits (M, V) and labels (M,), got {tuple(logits.shape)} and "
                          f"{tuple(labels.shape)}")
     inv_t = 1.0 / (float(temperature) or 1.0)
+    from torch.utils.checkpoint import checkpoint
+
     grad = torch.is_grad_enabled() and logits.requires_grad
     lps, ents = [], []
     for start in range(0, logits.shape[0], max(1, int(chunk_size))):
         args = (logits[start : start + chunk_size], labels[start : start + chunk_size], inv_t, with_entropy)
         if grad:
-            from torch.utils.checkpoint import checkpoint
-
             lp, ent = checkpoint(_token_logprobs_chunk, *args, use_reentrant=False)
         else:
             lp, ent = _token_logprobs_chunk(*args)

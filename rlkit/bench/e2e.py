@@ -154,14 +154,55 @@ def overrides(args, model: Path, data: dict, out: Path) -> list[str]:
         "trainer.logger=['jsonl']", f"trainer.default_local_dir={out}", "trainer.val_before_train=False",
         "trainer.test_freq=-1", "trainer.save_freq=-1",
     ]
-    if args.engine == "packed":
-        A, C = "actor_rollout_ref.actor", "critic"
-        o += ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
-              f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={args.max_token_len}",
-              f"{C}.ppo_max_token_len_per_gpu={args.max_token_len}",
-              f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={args.forward_max_token_len}",
-              f"{C}.forward_max_token_len_per_gpu={args.forward_max_token_len}"]
-    return o + list(args.override)
+    return o + engine_overrides(args.engine, args.max_token_len, args.forward_max_token_len) + list(args.override)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, default: str = "padded", both: bool = False) -> None:
+    """``--engine`` (and the packed engine's token budgets) for the benchmarks that compare the two."""
+    p.add_argument("--engine", default=default, choices=["padded", "packed"] + (["both"] if both else []),
+                   help="padded: fixed micro-batches of padded rows (the default config); packed: use_remove_padding "
+                        "and use_dynamic_bsz with the token budgets below")
+    p.add_argument("--max-token-len", type=int, default=16384, help="packed: ppo_max_token_len_per_gpu (actor, critic)")
+    p.add_argument("--forward-max-token-len", type=int, default=32768,
+                   help="packed: log_prob_max_token_len_per_gpu and critic.forward_max_token_len_per_gpu")
+
+
+def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int) -> list[str]:
+    """The config keys of ``--engine``: none for ``padded``; for ``packed`` ``use_remove_padding`` and
+    ``use_dynamic_bsz`` for actor and critic with the update and forward token budgets.
+
+    >>> from rlkit.bench.e2e import engine_overrides
+    >>> engine_overrides("padded", 16384, 32768)
+    []
+    >>> engine_overrides("packed", 16384, 32768)[:3]
+    ['actor_rollout_ref.model.use_remove_padding=True', 'critic.model.use_remove_padding=True', 'actor_rollout_ref.actor.use_dynamic_bsz=True']
+    """
+    if engine == "padded":
+        return []
+    A, C = "actor_rollout_ref.actor", "critic"
+    return ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
+            f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={max_token_len}",
+            f"{C}.ppo_max_token_len_per_gpu={max_token_len}",
+            f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={forward_max_token_len}",
+            f"{C}.forward_max_token_len_per_gpu={forward_max_token_len}"]
+
+
+def machine_record(device: str, peak_tflops: float | None = None) -> tuple[dict, float | None]:
+    """``({"date", "card", "versions"}, peak bf16 FLOP/s or None)`` of the machine a benchmark runs on:
+    the card's data-sheet peak (``peak_tflops`` overrides) on a GPU, None on a CPU."""
+    import torch
+    import transformers
+
+    on_gpu = device == "cuda"
+    card = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
+    record = {"date": datetime.date.today().isoformat(), "card": card,
+              "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
+                           "transformers": transformers.__version__, "python": platform.python_version(),
+                           "rlkit": _version("rlkit"), "sglang": _version("sglang"), "ray": _version("ray")}}
+    peak = None
+    if on_gpu:
+        peak = (peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), 0.0)) * 1e12 or None
+    return record, peak
 
 
 def summarize(rows: list[dict], model_cfg: dict, rows_per_step: int, peak: float | None, measured: float | None,
@@ -204,21 +245,13 @@ def main(argv=None) -> dict:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--log-prob-micro-batch", type=int, default=16)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
-    p.add_argument("--engine", default="padded", choices=["padded", "packed"],
-                   help="padded: fixed micro-batches of padded rows (the default config); packed: use_remove_padding "
-                        "and use_dynamic_bsz with the token budgets below")
-    p.add_argument("--max-token-len", type=int, default=16384, help="packed: ppo_max_token_len_per_gpu (actor, critic)")
-    p.add_argument("--forward-max-token-len", type=int, default=32768,
-                   help="packed: log_prob_max_token_len_per_gpu and critic.forward_max_token_len_per_gpu")
+    add_engine_arguments(p)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (default: data sheet)")
     p.add_argument("--override", action="append", default=[], help="extra key=value (repeatable)")
     p.add_argument("--out", default="e2e_bench.json")
     p.add_argument("--figure", default=None, help="phase-breakdown PNG (default: next to --out)")
     args = p.parse_args(argv)
-
-    import torch
-    import transformers
 
     from rlkit.diagnostics.memory import sanitize
     from rlkit.main_ppo import run
@@ -229,16 +262,10 @@ def main(argv=None) -> dict:
     for f in data.values():
         if not Path(f).exists():
             raise SystemExit(f"{f} not found: prepare GSM8K first (python -m rlkit.datasets.gsm8k) or pass --data")
-    on_gpu = args.device == "cuda"
-    card = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
-    res = {"date": datetime.date.today().isoformat(), "card": card,
-           "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-                        "python": platform.python_version(), "rlkit": _version("rlkit"), "sglang": _version("sglang"),
-                        "ray": _version("ray")},
-           "setup": vars(args)}
-    peak = None
-    if on_gpu:
-        peak = (args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), 0.0)) * 1e12 or None
+    machine, peak = machine_record(args.device, args.peak_tflops)
+    card = machine["card"]
+    res = dict(machine, setup=vars(args))
+    if args.device == "cuda":
         res["peak_bf16_tflops_datasheet"] = peak / 1e12 if peak else None
         res["matmul_bf16_tflops_measured"] = matmul_peak() / 1e12
     with tempfile.TemporaryDirectory(prefix="rlkit-e2e-") as tmp:

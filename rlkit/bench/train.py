@@ -19,9 +19,7 @@ Writes JSON (card, versions, date, setup, per engine and phase: seconds, TFLOP/s
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -54,6 +52,7 @@ def synthetic_batch(rows: int, prompt_min: int, prompt_max: int, response_len: i
 
 def config(args, model: Path, engine: str):
     from rlkit import PPOConfig
+    from rlkit.bench.e2e import engine_overrides
 
     A, C = "actor_rollout_ref.actor", "critic"
     o = [f"data.train_files={model}", f"data.val_files={model}", f"data.train_batch_size={args.rows}",
@@ -63,12 +62,7 @@ def config(args, model: Path, engine: str):
          f"{A}.ppo_micro_batch_size_per_gpu={args.micro_batch}", f"{C}.ppo_micro_batch_size_per_gpu={args.micro_batch}",
          f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.log_prob_micro_batch}",
          f"trainer.device={args.device}"]
-    if engine == "packed":
-        o += ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
-              f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={args.max_token_len}",
-              f"{C}.ppo_max_token_len_per_gpu={args.max_token_len}",
-              f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={args.forward_max_token_len}",
-              f"{C}.forward_max_token_len_per_gpu={args.forward_max_token_len}"]
+    o += engine_overrides(engine, args.max_token_len, args.forward_max_token_len)
     return PPOConfig.from_overrides(o + list(args.override))
 
 
@@ -127,10 +121,11 @@ def run_engine(args, model: Path, engine: str, batch, model_cfg: dict, peak: flo
 
 
 def main(argv=None) -> dict:
+    from rlkit.bench.e2e import add_engine_arguments
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="0.5b", help="0.5b | 1.5b | tiny (Qwen2.5 shapes, random weights)")
     p.add_argument("--tokenizer", default="Qwen/Qwen2.5-0.5B", help="tokenizer folder or hub id (Qwen2.5's)")
-    p.add_argument("--engine", default="both", choices=["padded", "packed", "both"])
     p.add_argument("--rows", type=int, default=256)
     p.add_argument("--prompt-min", type=int, default=100)
     p.add_argument("--prompt-max", type=int, default=250)
@@ -138,8 +133,7 @@ def main(argv=None) -> dict:
     p.add_argument("--mini-batch", type=int, default=64)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--log-prob-micro-batch", type=int, default=16)
-    p.add_argument("--max-token-len", type=int, default=16384)
-    p.add_argument("--forward-max-token-len", type=int, default=32768)
+    add_engine_arguments(p, default="both", both=True)
     p.add_argument("--reps", type=int, default=2, help="timed rounds after the warm-up (median reported)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--profile", action="store_true", help="keep the top operators of each update")
@@ -147,18 +141,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="train_bench.json")
     args = p.parse_args(argv)
 
-    import torch
-    import transformers
+    from rlkit.bench.e2e import make_model, machine_record
 
-    from rlkit.bench.e2e import PEAK_BF16_TFLOPS, _version, make_model
-
-    on_gpu = args.device == "cuda"
-    card = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
-    peak = (next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), 0.0) * 1e12 or None) if on_gpu else None
-    res = {"date": datetime.date.today().isoformat(), "card": card,
-           "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-                        "python": platform.python_version(), "rlkit": _version("rlkit")},
-           "setup": vars(args), "peak_bf16_tflops_datasheet": peak / 1e12 if peak else None, "engines": {}}
+    machine, peak = machine_record(args.device)
+    res = dict(machine, setup=vars(args), peak_bf16_tflops_datasheet=peak / 1e12 if peak else None, engines={})
     with tempfile.TemporaryDirectory(prefix="rlkit-train-bench-") as tmp:
         model, model_cfg = make_model(args.shape, args.tokenizer, Path(tmp) / "model")
         res["model"] = dict(model_cfg, shape=args.shape)

@@ -183,10 +183,6 @@ class PackedLayout:
         out = values.new_zeros(self.shape[0] * self.shape[1])
         return out.index_put((self.response_slots,), values).view(self.shape)
 
-    def to(self, device) -> PackedLayout:
-        return PackedLayout(self.token_index.to(device), self.cu_seqlens.to(device), self.max_seqlen,
-                            self.predict_index.to(device), self.response_slots.to(device), self.shape)
-
 
 def balance_order(seqlens: Sequence[int], dp: int,
                   mini_per_rank: int | None = None) -> tuple[list[int], dict[str, float]]:
