@@ -213,7 +213,7 @@ class ActorConfig:
     calculate_entropy: bool = False  # compute (and report) the entropy in the update even with entropy_coeff=0
     loss_scale_factor: Optional[float] = None  # seq-mean-token-sum-norm divisor of the actor's losses; None = response length
     use_kl_loss: bool = False  # add KL(actor || ref) to the loss (GRPO style)
-    use_torch_compile: bool = True  # torch.compile the log-prob helpers
+    use_torch_compile: bool = True  # on GPU: torch.compile each decoder layer of actor and critic
     kl_loss_coef: float = 0.001  # weight of that KL loss
     kl_loss_type: str = "low_var_kl"  # KL estimator for the loss
     ppo_epochs: int = 1  # passes over each batch
@@ -228,7 +228,7 @@ class ActorConfig:
 class RefConfig:
     strategy: str = II("actor_rollout_ref.actor.strategy")  # follows the actor
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)  # FSDP settings (param_offload matters)
-    use_torch_compile: bool = II("actor_rollout_ref.actor.use_torch_compile")  # follows the actor
+    use_torch_compile: bool = II("actor_rollout_ref.actor.use_torch_compile")  # the reference's layers; follows the actor
     log_prob_micro_batch_size: Optional[int] = None  # deprecated global micro-batch (all GPUs)
     log_prob_micro_batch_size_per_gpu: Optional[int] = None  # responses per ref forward per GPU
     log_prob_use_dynamic_bsz: bool = II("actor_rollout_ref.actor.use_dynamic_bsz")  # follows the actor
@@ -666,7 +666,6 @@ ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
     "actor_rollout_ref.actor.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
     "actor_rollout_ref.ref.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
     "critic.strategy": "fsdp and fsdp2 both run as FSDP2 in rlkit",
-    "actor_rollout_ref.actor.use_torch_compile": "speed only", "actor_rollout_ref.ref.use_torch_compile": "speed only",
     "actor_rollout_ref.rollout.calculate_log_probs": "rlkit always returns the rollout log-probs (as with True)",
     "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",
     "actor_rollout_ref.ref.fsdp_config.wrap_policy.min_num_params": "memory/speed only (FSDP2 wraps each layer)",

@@ -281,3 +281,52 @@ def rank_worker_engine_run(rank: int, world: int, port: int, cfg, out_dir: str) 
     if engine is not None:
         result["events"] = engine.events
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def packed_rows(lengths: list[list[int]], vocab: int, seed: int = 0):
+    """One packed row per entry of ``lengths``: (input_ids (1, N), position_ids (1, N), cu_seqlens, max length)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for lens in lengths:
+        ids = torch.randint(5, vocab, (1, sum(lens)), generator=g)
+        pos = torch.cat([torch.arange(n) for n in lens])[None]
+        cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+        rows.append((ids, pos, cu, max(lens)))
+    return rows
+
+
+def compiled_step(rank: int, world: int, port: int, model_dir: str, lengths: list[list[int]], backend: str,
+                  out_dir: str) -> None:
+    """Shard a packed-attention model, eager and with :func:`rlkit.training.fsdp.compile_layers`; run each
+    packed row of ``lengths`` forward and backward (the rows' lengths differ), then one AdamW step; save
+    logits, gradients, weights and how many graphs were compiled."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from fsdp_ranks import packed_rows
+    from rlkit.training import fsdp, models
+    from rlkit.training.packed_attention import packed_forward_kwargs
+
+    init(rank, world, port)
+    mesh = fsdp.device_mesh(world, -1, "cpu")
+    results = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        model = models.load_causal_lm(model_dir, torch.float32, packed=True)
+        fsdp.shard_model(model, mesh)
+        n_compiled = fsdp.compile_layers(model, backend=backend) if compiled else 0
+        if compiled:
+            assert fsdp.compile_layers(model, backend=backend) == n_compiled  # a second call does not re-wrap
+        optim = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        logits = []
+        for ids, pos, cu, longest in packed_rows(lengths, 90, seed=rank):
+            out = model(input_ids=ids, position_ids=pos, use_cache=False, **packed_forward_kwargs(cu, longest)).logits
+            (out.float().log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).sum() / 100).backward()
+            logits.append(out.detach())
+        grads = {k: p.grad.full_tensor().clone() for k, p in model.named_parameters()}
+        optim.step()
+        results[compiled] = {"logits": logits, "grads": grads, "after": fsdp.full_state_dict(model),
+                             "n_compiled": n_compiled, "graphs": int(counters["stats"]["unique_graphs"])}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finish()

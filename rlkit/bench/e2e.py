@@ -5,10 +5,11 @@
 Default: PPO with GAE and a critic on GSM8K, a Qwen2.5-0.5B shape with random weights (no download;
 random weights rarely emit EOS, so responses run to full length), 256 prompts per step, prompts up to
 512 tokens, responses of 512, ``ppo_mini_batch_size=64``, ``ppo_micro_batch_size_per_gpu=8``,
-``log_prob_micro_batch_size_per_gpu=16``, SGLang rollout, 5 steps. ``--engine packed`` runs the same
-step with ``use_remove_padding`` (sequences packed without padding) and ``use_dynamic_bsz``
-(micro-batches by token budget: ``--max-token-len`` for the updates, ``--forward-max-token-len`` for
-the forward passes) for actor and critic. The run goes through
+``log_prob_micro_batch_size_per_gpu=16``, SGLang rollout, 5 steps, eager training (``--engine padded``).
+``--engine packed`` runs the same step with ``use_remove_padding`` (sequences packed without padding)
+and ``use_dynamic_bsz`` (micro-batches by token budget: ``--max-token-len`` for the updates,
+``--forward-max-token-len`` for the forward passes) for actor and critic; ``--engine compiled`` adds
+``use_torch_compile`` (each decoder layer compiled). The run goes through
 :func:`rlkit.main_ppo.run` with a ``jsonl`` logger; the benchmark reads the metrics it wrote and adds,
 per training phase, the model FLOPs and the MFU:
 
@@ -157,34 +158,53 @@ def overrides(args, model: Path, data: dict, out: Path) -> list[str]:
     return o + engine_overrides(args.engine, args.max_token_len, args.forward_max_token_len) + list(args.override)
 
 
-def add_engine_arguments(p: argparse.ArgumentParser, default: str = "padded", both: bool = False) -> None:
-    """``--engine`` (and the packed engine's token budgets) for the benchmarks that compare the two."""
-    p.add_argument("--engine", default=default, choices=["padded", "packed"] + (["both"] if both else []),
-                   help="padded: fixed micro-batches of padded rows (the default config); packed: use_remove_padding "
-                        "and use_dynamic_bsz with the token budgets below")
+ENGINES = ("padded", "packed", "compiled")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser, default: str = "padded", several: bool = False) -> None:
+    """``--engine`` (and the packed engines' token budgets) for the benchmarks that compare training engines;
+    with ``several`` it takes a comma-separated list (``padded,packed,compiled``; ``all`` for every one)."""
+    help_ = ("padded: fixed micro-batches of padded rows, eager; packed: use_remove_padding and use_dynamic_bsz with "
+             "the token budgets below, eager; compiled: packed with use_torch_compile (each decoder layer compiled)")
+    if several:
+        p.add_argument("--engine", default=default, type=_engine_list, help=help_ + " - a comma-separated list, or all")
+    else:
+        p.add_argument("--engine", default=default, choices=ENGINES, help=help_)
     p.add_argument("--max-token-len", type=int, default=16384, help="packed: ppo_max_token_len_per_gpu (actor, critic)")
     p.add_argument("--forward-max-token-len", type=int, default=32768,
                    help="packed: log_prob_max_token_len_per_gpu and critic.forward_max_token_len_per_gpu")
 
 
+def _engine_list(text: str) -> list[str]:
+    names = list(ENGINES) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in ENGINES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown engine(s) {bad or text!r}: choose from {', '.join(ENGINES)} or all")
+    return names
+
+
 def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int) -> list[str]:
-    """The config keys of ``--engine``: none for ``padded``; for ``packed`` ``use_remove_padding`` and
-    ``use_dynamic_bsz`` for actor and critic with the update and forward token budgets.
+    """The config keys of ``--engine``: ``use_torch_compile`` off for ``padded`` and ``packed``, on for
+    ``compiled``; for ``packed`` and ``compiled`` also ``use_remove_padding`` and ``use_dynamic_bsz``
+    for actor and critic with the update and forward token budgets.
 
     >>> from rlkit.bench.e2e import engine_overrides
     >>> engine_overrides("padded", 16384, 32768)
-    []
-    >>> engine_overrides("packed", 16384, 32768)[:3]
-    ['actor_rollout_ref.model.use_remove_padding=True', 'critic.model.use_remove_padding=True', 'actor_rollout_ref.actor.use_dynamic_bsz=True']
+    ['actor_rollout_ref.actor.use_torch_compile=False']
+    >>> engine_overrides("compiled", 16384, 32768)[:3]
+    ['actor_rollout_ref.actor.use_torch_compile=True', 'actor_rollout_ref.model.use_remove_padding=True', 'critic.model.use_remove_padding=True']
     """
-    if engine == "padded":
-        return []
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
     A, C = "actor_rollout_ref.actor", "critic"
-    return ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
-            f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={max_token_len}",
-            f"{C}.ppo_max_token_len_per_gpu={max_token_len}",
-            f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={forward_max_token_len}",
-            f"{C}.forward_max_token_len_per_gpu={forward_max_token_len}"]
+    keys = [f"{A}.use_torch_compile={engine == 'compiled'}"]
+    if engine == "padded":
+        return keys
+    return keys + ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
+                   f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={max_token_len}",
+                   f"{C}.ppo_max_token_len_per_gpu={max_token_len}",
+                   f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={forward_max_token_len}",
+                   f"{C}.forward_max_token_len_per_gpu={forward_max_token_len}"]
 
 
 def machine_record(device: str, peak_tflops: float | None = None) -> tuple[dict, float | None]:

@@ -2,6 +2,10 @@
 the decode roofline; plus seconds per weight sync and per sleep/wake.
 
     python -m rlkit.bench.rollout --out rollout_bench.json
+    python -m rlkit.bench.rollout --prompts 1024 --cuda-graph-max-bs 1024 --skip-hf   # verl-sized batches
+
+The two SGLang sides run with the same engine arguments, each in ``--rounds`` fresh engines, one at a
+time, in alternating order; each engine generates once to warm up and then ``--repeats`` timed times.
 
 Models are random-weight checkpoints of Qwen2.5 shapes (no download). Every generation uses
 ``ignore_eos`` so each request decodes exactly ``--new-tokens`` tokens.
@@ -88,7 +92,11 @@ def main(argv=None) -> dict:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=512)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="timed generations per engine start")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="fresh engines per side; the order alternates (direct first in even rounds)")
+    p.add_argument("--cuda-graph-max-bs", type=int, default=None,
+                   help="sglang cuda_graph_max_bs (CUDA graphs up to this many running requests; default: sglang's)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
     p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
     p.add_argument("--skip-hf", action="store_true")
@@ -124,44 +132,72 @@ def main(argv=None) -> dict:
     res["bandwidth_gbps"] = device_bandwidth() / 1e9
     res["roofline"] = roofline(args.shape, args.prompts, args.prompt_len, args.new_tokens, res["bandwidth_gbps"] * 1e9)
 
-    # (b) sglang.Engine, then (a) rlkit SGLangRollout with the same engine arguments and requests; one
-    # engine at a time (two resident engines disturb each other's timings), median of --repeats runs each
+    # (a) rlkit SGLangRollout and (b) sglang.Engine with the same engine arguments and requests. Fair
+    # comparison: every round starts a fresh engine for each side, one engine at a time (two resident
+    # engines disturb each other's timings), and the order alternates between rounds (the engine that
+    # runs second in a process has been measured up to 1.3x faster or slower); medians over all runs.
     from transformers import AutoModelForCausalLM
 
+    extra = {"cuda_graph_max_bs": args.cuda_graph_max_bs} if args.cuda_graph_max_bs else {}
     engine_args = SGLangRollout.engine_kwargs(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                                              enforce_eager=args.enforce_eager, load_format="auto")
-    t = time.perf_counter()
-    direct = sglang.Engine(**engine_args)  # what SGLangRollout passes
-    res["direct_engine_start_s"] = time.perf_counter() - t
+                                              enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
+    res["engine_args"] = {k: v for k, v in engine_args.items() if k != "model_path"}
     rows = [list(p) for p in prompts]
     params = {"max_new_tokens": args.new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
               "skip_special_tokens": False}
-    direct.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=16), return_logprob=True)
-    times_b = []
-    for _ in range(args.repeats):
-        outs, secs = timed(direct.generate, input_ids=rows, sampling_params=params, return_logprob=True)
-        assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
-        times_b.append(secs)
-    res["direct_sglang"] = {"seconds": times_b, "median_s": statistics.median(times_b),
-                            "tokens_per_s": n_tokens / statistics.median(times_b)}
-    save()
-    direct.shutdown()
-    torch.cuda.empty_cache()
 
-    t = time.perf_counter()
-    eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                        enforce_eager=args.enforce_eager, load_format="auto")
-    res["rlkit_engine_start_s"] = time.perf_counter() - t
-    eng.generate(prompts, warm)  # compiles kernels
-    times_a, inner = [], []
-    for _ in range(args.repeats):
-        out, secs = timed(eng.generate, prompts, sampling)
-        assert all(len(r) == args.new_tokens for r in out.response_ids)
-        times_a.append(secs)
-        inner.append(eng.last_timing)
-    res["rlkit_sglang"] = {"seconds": times_a, "median_s": statistics.median(times_a),
-                           "tokens_per_s": n_tokens / statistics.median(times_a), "inside": inner}
+    def run_direct():
+        t = time.perf_counter()
+        engine = sglang.Engine(**engine_args)  # what SGLangRollout passes
+        start = time.perf_counter() - t
+        engine.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=16), return_logprob=True)
+        secs = []
+        for _ in range(args.repeats):
+            outs, dt = timed(engine.generate, input_ids=rows, sampling_params=params, return_logprob=True)
+            assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
+            secs.append(dt)
+        return {"start_s": start, "seconds": secs}, engine
+
+    def run_rlkit():
+        t = time.perf_counter()
+        engine = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                               enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
+        start = time.perf_counter() - t
+        engine.generate(prompts, warm)
+        secs, inside = [], []
+        for _ in range(args.repeats):
+            out, dt = timed(engine.generate, prompts, sampling)
+            assert all(len(r) == args.new_tokens for r in out.response_ids)
+            secs.append(dt)
+            inside.append(engine.last_timing)
+        return {"start_s": start, "seconds": secs, "inside": inside}, engine
+
+    sides = {"direct_sglang": run_direct, "rlkit_sglang": run_rlkit}
+    res["rounds"] = []
+    eng = None
+    for r in range(args.rounds):
+        order = ["direct_sglang", "rlkit_sglang"] if r % 2 == 0 else ["rlkit_sglang", "direct_sglang"]
+        rnd = {"order": order}
+        for name in order:
+            rec, engine = sides[name]()
+            rnd[name] = rec
+            if name == "rlkit_sglang" and r == args.rounds - 1 and order[-1] == name:
+                eng = engine  # the last engine of all stays up for the weight-sync and sleep/wake timings
+            else:
+                engine.shutdown()
+                torch.cuda.empty_cache()
+        rnd["rlkit_over_direct"] = statistics.median(rnd["direct_sglang"]["seconds"]) / statistics.median(
+            rnd["rlkit_sglang"]["seconds"])
+        res["rounds"].append(rnd)
+        save()
+    for name in sides:
+        secs = [x for rnd in res["rounds"] for x in rnd[name]["seconds"]]
+        res[name] = {"seconds": secs, "median_s": statistics.median(secs),
+                     "tokens_per_s": n_tokens / statistics.median(secs)}
     save()
+    if eng is None:  # the last round ended with the direct engine
+        eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                            enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
     # weight sync and sleep / wake with the actor's weights (fp32 on the GPU, as in training)
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
     eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers
@@ -203,8 +239,11 @@ def main(argv=None) -> dict:
         torch.cuda.empty_cache()
 
     a = res["rlkit_sglang"]["tokens_per_s"]
+    roof = res["roofline"]["tokens_per_s_weights_and_kv"]
     res["ratios"] = {"rlkit_over_direct": a / res["direct_sglang"]["tokens_per_s"],
-                     "rlkit_over_roofline_weights_and_kv": a / res["roofline"]["tokens_per_s_weights_and_kv"]}
+                     "rlkit_over_direct_per_round": [rnd["rlkit_over_direct"] for rnd in res["rounds"]],
+                     "rlkit_over_roofline_weights_and_kv": a / roof,
+                     "direct_over_roofline_weights_and_kv": res["direct_sglang"]["tokens_per_s"] / roof}
     if "hf" in res:
         res["ratios"]["rlkit_over_hf"] = a / res["hf"]["tokens_per_s"]
     save()

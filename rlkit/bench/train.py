@@ -1,6 +1,6 @@
 """Training-phase benchmark: the four PPO training phases on synthetic rows, no rollout engine.
 
-    python -m rlkit.bench.train --engine both --profile --out data/gpu/train_phases.json
+    python -m rlkit.bench.train --engine all --profile --out data/gpu/train_phases.json
 
 A one-rank worker group (the code ``Experiment`` trains with) holds a random-weight model of a Qwen2.5
 shape (actor and critic); a batch of ``--rows`` rows with prompt lengths drawn uniformly from
@@ -8,8 +8,10 @@ shape (actor and critic); a batch of ``--rows`` rows with prompt lengths drawn u
 goes through ``compute_log_prob``, ``compute_values``, ``update_critic`` and ``update_actor``, one
 warm-up round and then ``--reps`` timed ones, for each engine asked for: ``padded`` (fixed
 micro-batches of padded rows: ``--micro-batch`` for updates, ``--log-prob-micro-batch`` for forward
-passes) and ``packed`` (``use_remove_padding`` and ``use_dynamic_bsz`` with ``--max-token-len`` /
-``--forward-max-token-len``), side by side in one process. MFU as in :mod:`rlkit.bench.e2e`.
+passes), ``packed`` (``use_remove_padding`` and ``use_dynamic_bsz`` with ``--max-token-len`` /
+``--forward-max-token-len``) and ``compiled`` (packed, each decoder layer compiled:
+``use_torch_compile``; the warm-up round includes the compilation, timed separately as
+``warmup_seconds``), side by side in one process. MFU as in :mod:`rlkit.bench.e2e`.
 ``--profile`` records each update once more under ``torch.profiler`` and keeps the operators
 with the most GPU time, so what holds a phase back is on record.
 
@@ -98,22 +100,26 @@ def run_engine(args, model: Path, engine: str, batch, model_cfg: dict, peak: flo
              "update_critic": lambda: group.update_critic(batch, step=1),
              "update_actor": lambda: group.update_actor(batch, step=1)}
     times: dict[str, list[float]] = {p: [] for p in PHASES}
+    warmup: dict[str, float] = {}
     try:
-        for rep in range(args.reps + 1):  # the first round warms up
+        for rep in range(args.reps + 1):  # the first round warms up (and compiles)
             for phase in PHASES:
                 sync()
                 t0 = time.perf_counter()
                 calls[phase]()
                 sync()
+                seconds = time.perf_counter() - t0
                 if rep:
-                    times[phase].append(time.perf_counter() - t0)
+                    times[phase].append(seconds)
+                else:
+                    warmup[phase] = seconds
         profiles = {p: _profile(calls[p]) for p in ("update_critic", "update_actor")} if args.profile else {}
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
     finally:
         group.shutdown()
     row = {f"timing_s/{p}": statistics.median(v) for p, v in times.items()}
     row["perf/total_num_tokens"] = float(batch["attention_mask"].sum())
-    out = {"seconds": {p: row[f"timing_s/{p}"] for p in PHASES}, "all_seconds": times,
+    out = {"seconds": {p: row[f"timing_s/{p}"] for p in PHASES}, "all_seconds": times, "warmup_seconds": warmup,
            "mfu": phase_mfu(row, model_cfg, len(batch), peak or 0.0), "peak_memory_allocated_gib": peak_mem}
     if profiles:
         out["profile_top_ops"] = profiles
@@ -133,7 +139,7 @@ def main(argv=None) -> dict:
     p.add_argument("--mini-batch", type=int, default=64)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--log-prob-micro-batch", type=int, default=16)
-    add_engine_arguments(p, default="both", both=True)
+    add_engine_arguments(p, default="padded,packed", several=True)
     p.add_argument("--reps", type=int, default=2, help="timed rounds after the warm-up (median reported)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--profile", action="store_true", help="keep the top operators of each update")
@@ -150,7 +156,7 @@ def main(argv=None) -> dict:
         res["model"] = dict(model_cfg, shape=args.shape)
         batch = synthetic_batch(args.rows, args.prompt_min, args.prompt_max, args.response_len, model_cfg["vocab_size"])
         res["tokens"] = {"real": int(batch["attention_mask"].sum()), "padded": int(batch["attention_mask"].numel())}
-        for engine in (["padded", "packed"] if args.engine == "both" else [args.engine]):
+        for engine in args.engine:
             res["engines"][engine] = run_engine(args, model, engine, batch, model_cfg, peak)
             s = res["engines"][engine]["seconds"]
             print(f"{engine}: " + ", ".join(f"{ph} {v:.2f} s" for ph, v in s.items()), flush=True)

@@ -12,6 +12,10 @@ One rank process per GPU (or per CPU rank with gloo) calls these after ``init_pr
   weights, optimizer state and the gradient reduction stay fp32. ``offload=True`` adds
   ``CPUOffloadPolicy``: sharded parameters, gradients and the optimizer step live on the CPU and
   each layer is copied to the GPU for its forward/backward (verl's ``fsdp_config.param_offload``).
+* :func:`compile_layers` - ``torch.compile`` each decoder layer's ``forward`` (verl's
+  ``use_torch_compile``): Inductor fuses the element-wise work between the matmuls (RMSNorm's fp32
+  casts, rotary embeddings, the MLP's gating, residual adds) that otherwise dominates a small
+  model's step. FSDP2's hooks (all-gather before, reshard after) run outside the compiled code.
 * :func:`clip_grad_norm` - the global gradient norm over every shard (``clip_grad_norm_`` on
   DTensor gradients reduces across the mesh), as a float, identical on every rank.
 * :func:`full_state_dict` - the whole unsharded state dict (for checkpoints, tests and the ``hf``
@@ -49,7 +53,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-__all__ = ["device_mesh", "decoder_layers", "shard_model", "is_sharded", "clip_grad_norm", "full_state_dict",
+__all__ = ["device_mesh", "decoder_layers", "shard_model", "compile_layers", "is_sharded", "clip_grad_norm", "full_state_dict",
            "offload_optimizer", "load_optimizer", "full_tensors", "optimizer_state_device", "save_sharded", "load_sharded", "load_full"]
 
 
@@ -108,6 +112,25 @@ def shard_model(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = Non
     # the root's own parameters are used last in backward; keeping them gathered after the forward saves one all-gather
     fully_shard(model, reshard_after_forward=False, **kwargs)
     return model
+
+
+def compile_layers(model: nn.Module, backend: str = "inductor", dynamic: bool | None = True) -> int:
+    """``torch.compile`` the ``forward`` of every decoder layer of ``model`` (after :func:`shard_model`
+    or without it); returns how many layers were compiled. Compilation happens at each layer's first
+    call.
+
+    Only the layer's own computation is compiled: FSDP2's pre/post-forward hooks (parameter all-gather,
+    mixed-precision cast, reshard) live in the module's ``__call__`` and stay eager, so sharding,
+    offload and checkpoints work as without compiling. All layers share one compiled graph (their
+    code is the same; the parameters are graph inputs). ``dynamic=True`` compiles for any token count
+    at once (packed micro-batches change length every call) instead of recompiling for each new length.
+    """
+    layers = decoder_layers(model)
+    for layer in layers:
+        if not hasattr(layer, "_rlkit_eager_forward"):  # compiling twice would wrap the compiled function
+            layer._rlkit_eager_forward = layer.forward
+            layer.forward = torch.compile(layer.forward, backend=backend, dynamic=dynamic)
+    return len(layers)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -42,6 +42,13 @@ def calls() -> int:
     return _CALLS[0]
 
 
+@torch.compiler.disable
+def _count() -> None:
+    # kept out of compiled graphs (a graph break in a compiled layer) so that the counter moves on every
+    # call; traced, it would be baked in as a constant and recompile the layer at each call
+    _CALLS[0] += 1
+
+
 @functools.lru_cache(maxsize=1)
 def _varlen():
     """(varlen_attn, its keyword style) when this torch has the variable-length kernel, else None."""
@@ -79,7 +86,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     if kwargs.get("sliding_window"):
         raise NotImplementedError("use_remove_padding with sliding-window attention layers is not supported yet; "
                                   "set use_remove_padding=False for this model")
-    _CALLS[0] += 1
+    _count()
     groups = query.shape[1] // key.shape[1]
     kernel = _varlen() if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) else None
     default_scale = scaling is None or abs(scaling - query.shape[-1] ** -0.5) < 1e-9

@@ -11,6 +11,9 @@ the whole batch. Each rank:
    :func:`rlkit.training.fsdp.shard_model` (bf16 compute on GPU, fp32 on CPU;
    ``fsdp_config.param_offload`` -> CPUOffloadPolicy; ``optimizer_offload`` -> AdamW state on the
    CPU between updates; ``fsdp_size`` -> the HSDP mesh of :class:`~rlkit.parallel.ParallelPlan`);
+   on GPU, with ``actor.use_torch_compile`` (the default, as verl), each decoder layer is compiled
+   (:func:`rlkit.training.fsdp.compile_layers`; ``ref.use_torch_compile`` for the reference, the
+   actor's switch for the critic); CPU ranks run eager (compiling costs more there than it saves);
 3. runs forward passes on its share of a batch (``compute_log_prob``, ``compute_ref_log_prob``,
    ``compute_values``: any rows, in micro-batches), and updates.
 
@@ -285,8 +288,11 @@ class RankWorker:
     def _shard(self, model, role: str, fsdp_cfg):
         off = _param_offload(fsdp_cfg)
         model = model.to("cpu" if off else self.device)  # CPUOffloadPolicy wants the shards on the CPU
-        return fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
-                                offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
+        model = fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
+                                 offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
+        if self.device.type == "cuda" and _compiles(self.cfg, role):
+            fsdp.compile_layers(model)
+        return model
 
     def _start_engine(self, cfg) -> None:
         """Start this rank's part of its TP group's engine, then put it to sleep (collective over the group)."""
@@ -759,6 +765,13 @@ class RankWorker:
 # rank workers of this process on its default process group: local groups of several experiments in
 # one notebook share it, and the last one to shut down destroys it
 _PROCESS_GROUP_USERS = [0]
+
+
+def _compiles(cfg, role: str) -> bool:
+    """Whether ``role``'s decoder layers are compiled (on GPU): ``actor.use_torch_compile`` for the actor
+    and the critic, ``ref.use_torch_compile`` (which follows the actor's) for the reference."""
+    arr = cfg.actor_rollout_ref
+    return bool((arr.ref if role == "ref" else arr.actor).get("use_torch_compile", True))
 
 
 def _param_offload(fsdp_cfg) -> bool:

@@ -75,3 +75,21 @@ def test_benchmark_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir, engin
     assert packed == (engine == "packed") and saved["setup"]["engine"] == engine
     assert str(tmp_path) not in out.read_text()  # shareable: no local paths
     assert out.with_suffix(".png").stat().st_size > 5000
+
+
+def test_engine_list_and_overrides():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    e2e.add_engine_arguments(p, default="padded,packed", several=True)
+    assert p.parse_args([]).engine == ["padded", "packed"]  # argparse runs the string default through the parser
+    assert p.parse_args(["--engine", "all"]).engine == list(e2e.ENGINES)
+    assert p.parse_args(["--engine", "compiled, padded"]).engine == ["compiled", "padded"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--engine", "packed,fast"])
+    keys = {e: e2e.engine_overrides(e, 100, 200) for e in e2e.ENGINES}
+    assert keys["packed"][1:] == keys["compiled"][1:]  # the same packing; only the compile switch differs
+    assert keys["packed"][0].endswith("use_torch_compile=False") and keys["compiled"][0].endswith("=True")
+    assert "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=100" in keys["packed"]
+    with pytest.raises(ValueError, match="choose from padded, packed, compiled"):
+        e2e.engine_overrides("fast", 100, 200)

@@ -77,3 +77,24 @@ def test_two_local_groups_share_the_process_group_until_the_last_shuts_down(mode
     finally:
         second.shutdown()
     assert not dist.is_initialized()
+
+
+def test_use_torch_compile_picks_roles_and_cpu_ranks_stay_eager(model_dir):
+    """use_torch_compile (verl's key, on by default) compiles decoder layers on GPU only: actor and critic by
+    the actor's switch, the reference by ref.use_torch_compile; a CPU rank runs its layers eagerly."""
+    from rlkit.training.rank_worker import _compiles
+
+    cfg = config(model_dir, 1)
+    assert cfg.actor_rollout_ref.actor.use_torch_compile and all(_compiles(cfg, r) for r in ("actor", "ref", "critic"))
+    cfg.actor_rollout_ref.ref.use_torch_compile = False
+    assert [_compiles(cfg, r) for r in ("actor", "ref", "critic")] == [True, False, True]
+    cfg.actor_rollout_ref.actor.use_torch_compile = False
+    assert not any(_compiles(cfg, r) for r in ("actor", "critic"))
+    group = WorkerGroup(config(model_dir, 1), local=True)
+    try:
+        from rlkit.training.fsdp import decoder_layers
+
+        layers = decoder_layers(group.local.actor) + decoder_layers(group.local.critic)
+        assert len(layers) == 4 and not any(hasattr(m, "_rlkit_eager_forward") for m in layers)
+    finally:
+        group.shutdown()
