@@ -14,6 +14,8 @@ Semantics follow verl's ``verl.utils.torch_functional`` and ``core_algos``.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = [
@@ -182,8 +184,14 @@ def _token_logprobs_chunk(logits: torch.Tensor, labels: torch.Tensor, inv_temper
     return picked, -(logp.exp() * logp).sum(-1)
 
 
+@functools.lru_cache(maxsize=1)
+def _compiled_chunk():
+    return torch.compile(_token_logprobs_chunk, dynamic=True)
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-                   with_entropy: bool = False, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool = False, chunk_size: int = 2048,
+                   compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probability of each label and (optionally) the entropy, from rows of logits, in chunks.
 
     Args:
@@ -192,6 +200,9 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
         temperature: the logits are divided by it (0 counts as 1), in fp32.
         with_entropy: also return ``H = -sum_v p_v log p_v`` per row.
         chunk_size: rows converted to fp32 at a time.
+        compiled: run each chunk's math through ``torch.compile`` (cast, log-softmax and gather
+            fused, so the ``chunk_size x V`` fp32 intermediates are not written to memory); the same
+            numbers up to float rounding.
 
     Returns ``(log_probs (M,), entropy (M,) or None)``, fp32 (fp64 kept). Only ``chunk_size x V`` fp32 values exist at
     a time: with autograd on, each chunk is recomputed in the backward pass
@@ -205,13 +216,14 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     from torch.utils.checkpoint import checkpoint
 
     grad = torch.is_grad_enabled() and logits.requires_grad
+    chunk = _compiled_chunk() if compiled else _token_logprobs_chunk
     lps, ents = [], []
     for start in range(0, logits.shape[0], max(1, int(chunk_size))):
         args = (logits[start : start + chunk_size], labels[start : start + chunk_size], inv_t, with_entropy)
         if grad:
-            lp, ent = checkpoint(_token_logprobs_chunk, *args, use_reentrant=False)
+            lp, ent = checkpoint(chunk, *args, use_reentrant=False)
         else:
-            lp, ent = _token_logprobs_chunk(*args)
+            lp, ent = chunk(*args)
         lps.append(lp)
         ents.append(ent)
     if not lps:

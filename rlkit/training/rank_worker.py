@@ -272,6 +272,7 @@ class RankWorker:
         self.eos_ids = worker_lib.eos_token_ids(self.tokenizer, self.model_dir)
         self.engine_group = None  # the rank's part of its TP group's engine (rollout.name=sglang)
         self.gen_model = None  # the hf engine's unsharded generation copy
+        self.compiled: dict[str, bool] = {}  # role -> its layers (and log-prob math) run compiled
         if arr.rollout.name != "hf":
             self._start_engine(cfg)
         self._memory("load_models", "start")
@@ -290,7 +291,8 @@ class RankWorker:
         model = model.to("cpu" if off else self.device)  # CPUOffloadPolicy wants the shards on the CPU
         model = fsdp.shard_model(model, self._mesh(role), param_dtype=self.param_dtype, reduce_dtype=torch.float32,
                                  offload=off, reshard_after_forward=bool(fsdp_cfg.get("reshard_after_forward", True)))
-        if self.device.type == "cuda" and _compiles(self.cfg, role):
+        self.compiled[role] = self.device.type == "cuda" and _compiles(self.cfg, role)
+        if self.compiled[role]:
             fsdp.compile_layers(model)
         return model
 
@@ -498,7 +500,8 @@ class RankWorker:
         temperature = self.cfg.actor_rollout_ref.rollout.temperature
 
         def fn(mb):
-            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed)
+            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed,
+                                                    self.compiled.get(role, False))
             return {"log_probs": lp, "entropys": ent} if with_entropy else {"log_probs": lp}
 
         try:
@@ -617,7 +620,8 @@ class RankWorker:
         temperature = self.cfg.actor_rollout_ref.rollout.temperature
 
         def micro_loss(mb):
-            lp, ent = worker_lib.response_log_probs(self.actor, mb, temperature, entropy, packed)
+            lp, ent = worker_lib.response_log_probs(self.actor, mb, temperature, entropy, packed,
+                                                    self.compiled["actor"])
             return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb)
 
         return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),

@@ -173,7 +173,7 @@ def _checked(before: int, model) -> None:
 
 
 def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy: bool = False,
-                       packed: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       packed: bool = False, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (mb, R) of the response tokens under ``model`` at ``temperature`` (0 counts as 1), and
     their entropies (mb, R) with ``with_entropy`` (else None); 0 where a row has no response token.
 
@@ -181,7 +181,8 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
     (:func:`rlkit.algos.token_logprobs`). ``packed`` (``use_remove_padding``): the micro-batch runs as
     one row of its real tokens (:class:`~rlkit.datasets.packing.PackedLayout`, attention within each
     sequence); the model must use :mod:`rlkit.training.packed_attention`. Otherwise the padded batch
-    runs with its attention mask. Both give the same numbers up to float rounding.
+    runs with its attention mask. Both give the same numbers up to float rounding. ``compiled``: the
+    softmax math through ``torch.compile`` (``token_logprobs(compiled=True)``).
     """
     R = mb["responses"].shape[1]
     if packed:
@@ -189,13 +190,15 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
         before = packed_attention.calls()
         logits = model(logits_to_keep=lay.predict_index, **kwargs).logits[0]  # (M, V)
         _checked(before, model)
-        lp, ent = algos.token_logprobs(logits, lay.response_targets(mb["responses"]), temperature, with_entropy)
+        lp, ent = algos.token_logprobs(logits, lay.response_targets(mb["responses"]), temperature, with_entropy,
+                                       compiled=compiled)
         return lay.unpack_response(lp), (lay.unpack_response(ent) if ent is not None else None)
     out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
                 use_cache=False, logits_to_keep=R + 1)
     logits = out.logits[:, -R - 1 : -1]  # logits at position t predict token t+1
     b = logits.shape[0]
-    lp, ent = algos.token_logprobs(logits.reshape(b * R, -1), mb["responses"].reshape(-1), temperature, with_entropy)
+    lp, ent = algos.token_logprobs(logits.reshape(b * R, -1), mb["responses"].reshape(-1), temperature, with_entropy,
+                                   compiled=compiled)
     return lp.view(b, R), (ent.view(b, R) if ent is not None else None)
 
 

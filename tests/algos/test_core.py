@@ -294,3 +294,42 @@ def test_agg_loss_vs_loop_reference(seed, shape, mode):
     mask = ragged_mask(*shape, gen, min_len=0)
     expected = _ref_agg(loss.tolist(), mask.tolist(), mode)
     assert agg_loss(loss, mask, mode).item() == pytest.approx(expected, rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 2048])
+def test_token_logprobs_in_chunks_equals_whole_rows(chunk_size):
+    """Any chunking gives logprobs_from_logits / entropy_from_logits of logits / T, values and gradients
+    (the chunks are recomputed in backward, not kept)."""
+    from rlkit.algos import token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (7,), generator=g)
+    lp, ent = token_logprobs(logits, labels, temperature=0.7, with_entropy=True, chunk_size=chunk_size)
+    ref_lp = logprobs_from_logits(logits / 0.7, labels)
+    ref_ent = entropy_from_logits(logits / 0.7)
+    assert lp.dtype == torch.float64 and torch.allclose(lp, ref_lp, atol=1e-12) and torch.allclose(ent, ref_ent, atol=1e-12)
+    (g1,) = torch.autograd.grad((lp * 2 + ent).sum(), logits)
+    (g2,) = torch.autograd.grad((ref_lp * 2 + ref_ent).sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-12)
+    lp0, none = token_logprobs(logits, labels, temperature=0)  # 0 counts as 1
+    assert none is None and torch.allclose(lp0, logprobs_from_logits(logits, labels), atol=1e-12)
+    with pytest.raises(ValueError, match="logits \\(M, V\\) and labels \\(M,\\)"):
+        token_logprobs(logits[None], labels)
+
+
+def test_token_logprobs_compiled_equals_eager():
+    """compiled=True (torch.compile of the chunk math; Inductor on this CPU) gives the eager numbers and
+    gradients, for chunks of different sizes (the last one is short: dynamic shapes)."""
+    from rlkit.algos import token_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(9, 13, generator=g, requires_grad=True)
+    labels = torch.randint(0, 13, (9,), generator=g)
+    out = {}
+    for compiled in (False, True):
+        lp, ent = token_logprobs(logits, labels, 1.3, with_entropy=True, chunk_size=4, compiled=compiled)
+        (grad,) = torch.autograd.grad((lp + ent).sum(), logits)
+        out[compiled] = (lp.detach(), ent.detach(), grad)
+    for a, b in zip(out[False], out[True]):
+        assert torch.allclose(a, b, atol=1e-5)
