@@ -1,0 +1,297 @@
+"""Side by side on one GPU: rlkit vs verl 0.9.1 vs TRL 1.12.0, each run as its own command.
+
+    python -m rlkit.bench.peers --sides rlkit,verl --estimator gae --out data/gpu/peers --dry-run
+
+Every side gets the same verl-style keys (:func:`common_overrides`: :mod:`rlkit.bench.e2e`'s throughput
+configuration, 7 steps = 2 warm-up + 5 measured; ``gae`` trains a critic, ``grpo`` samples 5 responses per prompt
+with the KL loss) and runs as a subprocess (rlkit imports neither verl nor TRL), in turn, in ``<out>/<side>/``,
+output to ``<out>/<side>.log``. TRL's driver ``rlkit.bench.peer_trl`` is not written yet: it is to take the same
+keys and write rlkit-style jsonl rows. :func:`side_summary` and :func:`compare` go to ``<out>/peers.json``.
+``--dry-run`` prints the exact commands with their environment and runs nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from rlkit.bench import e2e
+
+SIDES = ("rlkit", "verl", "trl")
+TRL_DRIVER = "rlkit.bench.peer_trl"
+MEM = "perf/max_memory_allocated_gb"
+# keys whose rlkit and verl defaults differ (gradient checkpointing: rlkit off, verl on; remove-padding: rlkit
+# off, verl on; max_num_seqs: verl 256, passed to SGLang as max_running_requests), set for every side
+SHARED = ["actor_rollout_ref.actor.optim.lr=1e-6", "critic.optim.lr=1e-5", "algorithm.kl_ctrl.kl_coef=0.001",
+          "trainer.n_gpus_per_node=1", "trainer.nnodes=1", "trainer.resume_mode=disable",
+          "actor_rollout_ref.model.use_remove_padding=False", "critic.model.use_remove_padding=False",
+          "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+          "critic.model.enable_gradient_checkpointing=False", "actor_rollout_ref.rollout.max_num_seqs=1024"]
+# what verl 0.9.1 needs on the GPU host (no flash-attn wheel: SDPA, no remove-padding, SGLang's triton attention
+# and pytorch sampling) and its file logger; the critic's part only with a critic
+VERL_EXTRAS = ["+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+               "actor_rollout_ref.model.use_remove_padding=False",
+               "+actor_rollout_ref.rollout.engine_kwargs.sglang.attention_backend=triton",
+               "+actor_rollout_ref.rollout.engine_kwargs.sglang.sampling_backend=pytorch", "trainer.logger=['file']"]
+VERL_CRITIC_EXTRAS = ["+critic.model.override_config.attn_implementation=sdpa", "critic.model.use_remove_padding=False"]
+# rlkit key -> the verl 0.9.1 keys its engine reads for the same switch (verl keeps the rlkit key, unread
+# by its engine workers: their torch.compile switch is fsdp_config's, which compiles the entropy)
+VERL_ALSO = {"actor_rollout_ref.actor.use_torch_compile": ("actor_rollout_ref.actor.fsdp_config.use_torch_compile",
+                                                           "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
+                                                           "critic.fsdp.use_torch_compile")}
+CONTINUED = " \\\n    "  # a shell line continued on the next
+PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights")
+
+
+def key(override: str) -> str:
+    """The config key of a ``key=value`` override, without a leading ``+``."""
+    return override.split("=", 1)[0].lstrip("+")
+
+
+def merge(overrides: list[str], extra: list[str]) -> list[str]:
+    """``overrides`` then ``extra``, one entry per key: an ``extra`` entry replaces an earlier one of its key.
+
+    >>> from rlkit.bench.peers import merge
+    >>> merge(["a=1", "b=2"], ["a=3", "+c=4"])
+    ['b=2', 'a=3', '+c=4']
+    """
+    keys = {key(x) for x in extra}
+    return [x for x in overrides if key(x) not in keys] + list(extra)
+
+
+def common_overrides(args, model, data: dict, out) -> list[str]:
+    """The keys every side runs with (``args``: :func:`build_parser`'s), ``out`` the side's folder."""
+    n = args.n or (5 if args.estimator == "grpo" else 1)
+    e = argparse.Namespace(**dict(vars(args), n=n, rollout="sglang", device="cuda", engine="padded", max_token_len=0,
+                                  forward_max_token_len=0, override=[]))
+    o = merge([x for x in e2e.overrides(e, model, data, out) if key(x) != "trainer.logger"], SHARED)
+    if args.estimator == "grpo":
+        o = [x for x in o if not key(x).startswith("critic.")] + ["actor_rollout_ref.actor.use_kl_loss=True",
+             f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={args.log_prob_micro_batch}"]
+    return merge(o, list(args.override))
+
+
+def verl_command(overrides: list[str], log_path, with_trl_on_path: bool = False, trl_site: str = "/tmp/site-trl",
+                 v1: bool = False) -> tuple[list[str], dict]:
+    """``(argv, environment)`` of verl's PPO on the shared ``overrides`` with :data:`VERL_EXTRAS`, :data:`VERL_ALSO`
+    and the legacy trainer unless ``v1``, metrics to ``log_path``. ``with_trl_on_path`` (for a critic): TRL 1.12.0
+    unpacked in ``trl_site`` (from ``.gpu-trl/trl.tar.xz``, apart from the other bundles) first on ``PYTHONPATH``
+    for verl's value-head fallback - which, like its first attempt, asks for ``flash_attention_2``
+    (``verl/utils/model.py``, ``load_valuehead_model``): a verl critic is expected to fail without flash-attn.
+
+    >>> from rlkit.bench.peers import verl_command
+    >>> argv, env = verl_command(["actor_rollout_ref.actor.use_torch_compile=False"], "/o/metrics.jsonl")
+    >>> argv[1:3], argv[-1], env["VERL_FILE_LOGGER_PATH"], "PYTHONPATH" in env
+    (['-m', 'verl.trainer.main_ppo'], 'trainer.use_v1=False', '/o/metrics.jsonl', False)
+    >>> argv[4]  # the switch verl's engine reads
+    'actor_rollout_ref.actor.fsdp_config.use_torch_compile=False'
+    """
+    critic = any(key(x).startswith("critic.") for x in overrides)
+    also = [f"{t}={x.split('=', 1)[1]}" for x in overrides for t in VERL_ALSO.get(key(x), ())
+            if critic or not t.startswith("critic.")]
+    extras = VERL_EXTRAS + (VERL_CRITIC_EXTRAS if critic else []) + ([] if v1 else ["trainer.use_v1=False"])
+    env = {"VERL_FILE_LOGGER_PATH": str(log_path), "SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK": "false",
+           "HYDRA_FULL_ERROR": "1"}
+    if with_trl_on_path:
+        env["PYTHONPATH"] = f"{trl_site}:$PYTHONPATH"
+    return [sys.executable, "-m", "verl.trainer.main_ppo", *merge(overrides, also + extras)], env
+
+
+def rlkit_command(overrides: list[str]) -> tuple[list[str], dict]:
+    """``(argv, environment)`` of ``python -m rlkit.main_ppo``; metrics to ``<default_local_dir>/metrics.jsonl``."""
+    return [sys.executable, "-m", "rlkit.main_ppo", *merge(overrides, ["trainer.logger=['jsonl']"])], {}
+
+
+def read_rlkit_metrics(path) -> list[dict]:
+    """rlkit's ``jsonl`` rows (``{"step": N, metric: value, ...}``), one per logged step."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_verl_metrics(path) -> list[dict]:
+    """verl's file-logger rows ``{"step": N, "data": {...}}`` made flat; verl 0.9.1 logs the memory peak per
+    worker (``actor/perf/max_memory_allocated_gb``, ``critic/...``): the largest becomes ``perf/...``."""
+    rows = []
+    for r in read_rlkit_metrics(path):
+        row = {"step": r["step"], **r["data"]}
+        mem = [v for k, v in row.items() if k.endswith("/" + MEM) and v is not None]
+        rows.append(dict(row, **{MEM: max(mem)}) if mem and MEM not in row else row)
+    return rows
+
+
+def side_summary(rows: list[dict], warmup: int = 2, model_cfg: dict | None = None, sequences: int = 256,
+                 peak: float | None = None) -> dict:
+    """:func:`rlkit.bench.e2e.summarize` of the steps (rows with ``timing_s/step``) after ``warmup``: medians of
+    ``perf/throughput``, ``timing_s/step``, each ``timing_s/<phase>``; the largest ``perf/max_memory_allocated_gb``
+    of all steps (peak counters); FLOPs and MFU per training phase (``model_cfg``: Qwen2.5-0.5B's)."""
+    steps = [r for r in rows if "timing_s/step" in r]
+    if len(steps) <= warmup:
+        raise ValueError(f"{len(steps)} step(s) logged: the summary needs more than the {warmup} warm-up steps")
+    if model_cfg is None:
+        from rlkit.bench.rollout import SHAPES
+
+        model_cfg = {k: v for k, v in SHAPES["0.5b"].items() if k != "tie_word_embeddings"}
+    return e2e.summarize(steps, model_cfg, sequences, peak, None, skip=warmup)
+
+
+def compare(sides: dict[str, dict], base: str = "rlkit") -> dict:
+    """``{"ratios": {peer: {row: base/peer}}, "table": markdown}`` over :func:`side_summary` results: tokens/s/GPU
+    (a ratio above 1: ``base`` faster), seconds per step and per phase, peak memory (below 1: ``base`` faster or
+    smaller); a phase one side lacks shows ``-``."""
+    found = {p for s in sides.values() for p in s["phase_s_median"]}
+    rows = [("tokens/s/GPU", lambda s: s["throughput_median"], "{:,.0f}"),
+            ("s/step", lambda s: s["step_s_median"], "{:.2f}")]
+    rows += [(f"{p} s", lambda s, p=p: s["phase_s_median"].get(p), "{:.2f}")
+             for p in [p for p in PHASES if p in found] + sorted(found - set(PHASES))]
+    rows += [("peak allocated GiB", lambda s: s.get("peak_memory_allocated_gib"), "{:.1f}")]
+    others, cols = [n for n in sides if n != base], list(sides) + [f"{base}/{n}" for n in sides if n != base]
+    ratios, table = {o: {} for o in others}, ["| | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    for label, get, fmt in rows:
+        cells = [fmt.format(get(s)) if get(s) is not None else "-" for s in sides.values()]
+        for o in others:
+            a, b = get(sides[base]), get(sides[o])
+            if a is not None and b:
+                ratios[o][label] = a / b
+            cells.append(f"{ratios[o][label]:.2f}" if label in ratios[o] else "-")
+        table.append(f"| {label} | " + " | ".join(cells) + " |")
+    return {"ratios": ratios, "table": "\n".join(table)}
+
+
+def shell_line(argv: list[str], env: dict, sep: str = " ") -> str:
+    """The command as typed in a shell (``python`` for this interpreter), its environment first; ``sep`` between
+    the arguments after the module.
+
+    >>> import sys
+    >>> from rlkit.bench.peers import CONTINUED, shell_line
+    >>> print(shell_line([sys.executable, "-m", "m", "trainer.logger=['file']", "a=b c"], {"X": "1"}, CONTINUED))
+    X=1 python -m m \\
+        "trainer.logger=['file']" \\
+        'a=b c'
+    """
+    def q(a: str) -> str:
+        return f'"{a}"' if "'" in a and not any(c in a for c in '"$`\\') else shlex.quote(a)
+
+    words = [f"{k}={v if k == 'PYTHONPATH' else q(v)}" for k, v in env.items()]
+    head = words + ["python" if a == sys.executable else q(a) for a in argv[:3]]
+    return sep.join([" ".join(head)] + [q(a) for a in argv[3:]])
+
+
+def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, **summary_kw) -> dict[str, dict]:
+    """Run the sides of ``plan`` (:func:`plan_sides`) one after another, each in its folder with its output in its
+    log, and summarize each. A side that fails, times out or logs too few steps does not stop the next; then
+    SystemExit names each failed side with its log's last lines. ``$K`` in the value of ``K``: its current value."""
+    done, failed = {}, []
+    for name, side in plan.items():
+        print(f"peers: running {name}, output in {side['log']}", file=sys.stderr, flush=True)
+        env = dict(os.environ, **{k: v.replace(f"${k}", os.environ.get(k, "")).strip(os.pathsep)
+                                  if f"${k}" in v else v for k, v in side["env"].items()})
+        side["cwd"].mkdir(parents=True, exist_ok=True)
+        Path(side["metrics"]).unlink(missing_ok=True)  # rlkit's jsonl logger appends: no rows of an earlier run
+        with open(side["log"], "w") as f:
+            proc = subprocess.Popen(side["argv"], cwd=side["cwd"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                status = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the process group this side's command leads
+                status = f"timed out after {timeout} s, exit status {proc.wait()}"
+        try:
+            if status != 0:
+                raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
+            if not Path(side["metrics"]).exists():
+                raise RuntimeError(f"no metrics at {side['metrics']}")
+            done[name] = side_summary(side["read"](side["metrics"]), warmup, **summary_kw)
+        except (RuntimeError, ValueError, KeyError) as e:
+            tail = "\n".join(Path(side["log"]).read_text(errors="replace").splitlines()[-25:])
+            failed.append(f"side {name} failed ({e}); last lines of {side['log']}:\n{tail}")
+    if failed:
+        raise SystemExit("\n\n".join(failed) + (f"\n\nfinished: {', '.join(done)}" if done else ""))
+    return done
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlkit.bench.peers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sides", default="rlkit,verl", help="comma-separated, run in this order: rlkit, verl, trl")
+    p.add_argument("--estimator", default="gae", choices=["gae", "grpo"], help="gae: PPO with a critic; grpo: n=5")
+    p.add_argument("--out", default="peers", help="folder for the model, each side's run and log, and peers.json")
+    p.add_argument("--dry-run", action="store_true", help="print the commands with their environment; run nothing")
+    p.add_argument("--data", default="~/data/gsm8k", help="folder with GSM8K train/test.parquet (verl schema)")
+    p.add_argument("--tokenizer", default="Qwen/Qwen2.5-0.5B", help="tokenizer folder or hub id (Qwen2.5's)")
+    p.add_argument("--prompts", type=int, default=256)
+    p.add_argument("--n", type=int, default=None, help="responses per prompt (default: 1 for gae, 5 for grpo)")
+    p.add_argument("--steps", type=int, default=7, help="steps per side: --warmup ones, then the measured ones")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--override", action="append", default=[], help="extra key=value for every side (repeatable)")
+    p.add_argument("--trl-site", default="/tmp/site-trl", help="TRL 1.12.0 unpacked here: on verl's path with a critic")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per side (default: none)")
+    p.set_defaults(shape="0.5b", prompt_len=512, response_len=512, mini_batch=64, micro_batch=8,  # e2e's settings
+                   log_prob_micro_batch=16, gpu_memory_utilization=0.5)  # (--override changes them)
+    return p
+
+
+def plan_sides(args, sides: list[str]) -> dict[str, dict]:
+    """Per side: argv, environment, folder, log, metrics file and its reader."""
+    out, data_dir = Path(args.out).expanduser().resolve(), Path(args.data).expanduser().resolve()
+    data = {"train": str(data_dir / "train.parquet"), "test": str(data_dir / "test.parquet")}
+    plan = {}
+    for name in sides:
+        o, metrics = common_overrides(args, out / "model", data, out / name), out / name / "metrics.jsonl"
+        if name == "verl":
+            (argv, env), read = verl_command(o, metrics, args.estimator == "gae", args.trl_site), read_verl_metrics
+        else:
+            (argv, env), read = rlkit_command(o), read_rlkit_metrics
+            if name == "trl":  # the driver takes the same keys
+                argv, env = [sys.executable, "-m", TRL_DRIVER, f"--metrics={metrics}", *o], {}
+        plan[name] = dict(argv=argv, env=env, cwd=out / name, log=out / f"{name}.log", metrics=metrics, read=read)
+    return plan
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if not sides or any(s not in SIDES for s in sides):
+        raise SystemExit(f"--sides {args.sides!r}: choose from {', '.join(SIDES)}")
+    plan, out = plan_sides(args, sides), Path(args.out).expanduser().resolve()
+    trl_missing = importlib.util.find_spec(TRL_DRIVER) is None
+    if args.dry_run:
+        print(f"# {args.estimator}, {args.steps} steps per side ({args.warmup} warm-up), from the project root after "
+              f"`source .gpu/setup.sh`; the run first writes a random-weight Qwen2.5 {args.shape} shape with the "
+              f"{args.tokenizer} tokenizer to {out / 'model'} (rlkit.bench.e2e.make_model)")
+        for name, side in plan.items():
+            skip = "# " if name == "trl" and trl_missing else ""
+            print(f"\n# {name}{' - driver not written yet (rlkit/bench/peer_trl.py)' if skip else ''}: output to "
+                  f"{side['log']}, metrics to {side['metrics']}" + ("\n# expected to fail without flash-attn: verl's "
+                  "critic loader asks for flash_attention_2" if name == "verl" and "PYTHONPATH" in side["env"] else ""))
+            line = f"cd {shlex.quote(str(side['cwd']))} && {shell_line(side['argv'], side['env'], CONTINUED)}"
+            print("\n".join(skip + x for x in line.splitlines()))
+        return {name: {k: side[k] for k in ("argv", "env")} for name, side in plan.items()}
+    if "trl" in plan and trl_missing:
+        raise SystemExit(f"the trl side needs its driver {TRL_DRIVER} (rlkit/bench/peer_trl.py), not written yet: "
+                         "run --sides rlkit,verl, or --dry-run to see the command it will take")
+    if not all((Path(args.data).expanduser() / f).exists() for f in ("train.parquet", "test.parquet")):
+        raise SystemExit(f"{args.data}: no GSM8K train/test.parquet; prepare it (python -m rlkit.datasets.gsm8k)")
+    _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
+    machine, peak = e2e.machine_record("cuda")
+    machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
+    summaries = run_plan(plan, args.warmup, args.timeout, model_cfg=model_cfg, peak=peak,
+                         sequences=args.prompts * (args.n or (5 if args.estimator == "grpo" else 1)))
+    res = dict(machine, setup=vars(args), summary=summaries,
+               commands={n: shell_line(s["argv"], s["env"]) for n, s in plan.items()})
+    if "rlkit" in summaries and len(summaries) > 1:
+        res["comparison"] = compare(summaries)
+    from rlkit.diagnostics.memory import sanitize
+
+    res = sanitize(json.loads(json.dumps(res, default=float)))  # shareable: no local paths or addresses
+    (out / "peers.json").write_text(json.dumps(res, indent=1))
+    print(res.get("comparison", {}).get("table") or json.dumps(res["summary"], indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

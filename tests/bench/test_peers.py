@@ -1,0 +1,241 @@
+"""rlkit.bench.peers: each side's command, verl's metrics file, the summary and the ratios by hand, the dry run and
+the refusals, and running sides as subprocesses (small Python commands stand in for rlkit, verl and TRL: no GPU,
+no verl or TRL needed). With RLKIT_VERL_SRC set to an unpacked verl 0.9.1, every key of the verl command is
+checked against verl's own config."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from rlkit.bench import e2e, peers
+
+DATA = {"train": "/d/train.parquet", "test": "/d/test.parquet"}
+SDPA = "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+
+
+def args(*argv):
+    return peers.build_parser().parse_args(list(argv))
+
+
+def as_dict(argv: list[str]) -> dict[str, str]:
+    return {peers.key(a): a.split("=", 1)[1] for a in argv}
+
+
+def test_verl_command_has_the_host_extras_and_every_key_of_the_rlkit_command():
+    o = peers.common_overrides(args(), "/m", DATA, "/o/side")
+    rl_argv, rl_env = peers.rlkit_command(o)
+    v_argv, v_env = peers.verl_command(o, "/o/verl/metrics.jsonl", with_trl_on_path=True, trl_site="/t")
+    assert rl_argv[:3] == [sys.executable, "-m", "rlkit.main_ppo"] and rl_env == {}
+    assert v_argv[:3] == [sys.executable, "-m", "verl.trainer.main_ppo"]
+    for extra in (SDPA, "actor_rollout_ref.model.use_remove_padding=False", "critic.model.use_remove_padding=False",
+                  "+actor_rollout_ref.rollout.engine_kwargs.sglang.attention_backend=triton",
+                  "+actor_rollout_ref.rollout.engine_kwargs.sglang.sampling_backend=pytorch",
+                  "trainer.logger=['file']", "trainer.use_v1=False"):
+        assert extra in v_argv, extra
+    assert v_env == {"VERL_FILE_LOGGER_PATH": "/o/verl/metrics.jsonl", "SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK": "false",
+                     "HYDRA_FULL_ERROR": "1", "PYTHONPATH": "/t:$PYTHONPATH"}
+    rl, v = as_dict(rl_argv[3:]), as_dict(v_argv[3:])
+    assert len(rl) == len(rl_argv) - 3 and len(v) == len(v_argv) - 3  # one entry per key
+    assert rl.pop("trainer.logger") == "['jsonl']"
+    assert {k: v.get(k) for k in rl} == rl  # every rlkit key goes to verl with the same value
+    # rlkit's torch.compile switch also as verl's engine reads it
+    assert v["actor_rollout_ref.actor.fsdp_config.use_torch_compile"] == v["critic.fsdp.use_torch_compile"] == "False"
+    want = {"data.train_batch_size": "256", "data.max_prompt_length": "512", "data.max_response_length": "512",
+            "algorithm.adv_estimator": "gae", "actor_rollout_ref.rollout.n": "1", "actor_rollout_ref.actor.optim.lr": "1e-6",
+            "critic.optim.lr": "1e-5", "algorithm.kl_ctrl.kl_coef": "0.001", "actor_rollout_ref.actor.ppo_mini_batch_size": "64",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": "8", "critic.ppo_micro_batch_size_per_gpu": "8",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": "16", "actor_rollout_ref.rollout.name": "sglang",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size": "1", "trainer.n_gpus_per_node": "1",
+            "trainer.total_training_steps": "7", "trainer.val_before_train": "False", "trainer.test_freq": "-1",
+            "trainer.save_freq": "-1", "actor_rollout_ref.model.path": "/m", "critic.model.path": "/m",
+            "trainer.default_local_dir": "/o/side", "data.train_files": "/d/train.parquet"}
+    assert {k: rl.get(k) for k in want} == want
+
+
+@pytest.mark.parametrize("estimator", ["gae", "grpo"])
+def test_rlkit_takes_every_key_of_its_command(estimator):
+    from rlkit.config import PPOConfig
+
+    argv, _ = peers.rlkit_command(peers.common_overrides(args("--estimator", estimator), "/m", DATA, "/o"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even a note about an ignored key
+        cfg = PPOConfig.from_overrides(argv[3:])
+    assert cfg.actor_rollout_ref.rollout.n == (5 if estimator == "grpo" else 1) and cfg.trainer.logger == ["jsonl"]
+    assert cfg.actor_rollout_ref.model.enable_gradient_checkpointing is False
+
+
+def test_grpo_samples_five_with_the_kl_loss_and_no_critic():
+    o = peers.common_overrides(args("--estimator", "grpo"), "/m", DATA, "/o")
+    for argv, env in (peers.rlkit_command(o), peers.verl_command(o, "/o/m.jsonl")):
+        d = as_dict(argv[3:])
+        assert d["actor_rollout_ref.rollout.n"] == "5" and d["algorithm.adv_estimator"] == "grpo"
+        assert d["actor_rollout_ref.actor.use_kl_loss"] == "True"
+        assert d["actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"] == "16"  # verl needs it for the reference
+        assert [a for a in argv if "critic" in a] == [] and "PYTHONPATH" not in env
+    assert SDPA in argv and "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False" in argv
+    # a shared --override replaces the key for every side
+    o = peers.common_overrides(args("--estimator", "grpo", "--override", "actor_rollout_ref.rollout.n=8"), "/m", DATA, "/o")
+    assert [a for a in o if "rollout.n=" in a] == ["actor_rollout_ref.rollout.n=8"]
+
+
+def test_read_verl_metrics_flattens_the_file_loggers_rows(tmp_path):
+    f = tmp_path / "verl.jsonl"
+    rows = [{"step": 1, "data": {"perf/throughput": 1000.5, "timing_s/gen": 3.0, "critic/score/mean": 0.0,
+                                 "actor/perf/max_memory_allocated_gb": 20.0, "critic/perf/max_memory_allocated_gb": 22.5}},
+            {"step": 2, "data": {"perf/throughput": 900.0, "perf/max_memory_allocated_gb": 7.0,
+                                 "actor/perf/max_memory_allocated_gb": 30.0, "val-core/openai/gsm8k/reward/mean@1": 0.25}}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    assert peers.read_verl_metrics(f) == [
+        {"step": 1, "perf/throughput": 1000.5, "timing_s/gen": 3.0, "critic/score/mean": 0.0,
+         "actor/perf/max_memory_allocated_gb": 20.0, "critic/perf/max_memory_allocated_gb": 22.5,
+         "perf/max_memory_allocated_gb": 22.5},  # the larger worker's
+        {"step": 2, "perf/throughput": 900.0, "perf/max_memory_allocated_gb": 7.0,  # a plain one is kept as logged
+         "actor/perf/max_memory_allocated_gb": 30.0, "val-core/openai/gsm8k/reward/mean@1": 0.25}]
+
+
+def test_read_rlkit_metrics_reads_what_rlkits_jsonl_logger_writes(tmp_path):
+    from rlkit.loggers import JsonlLogger
+
+    log = JsonlLogger(tmp_path / "metrics.jsonl")
+    log.log({"perf/throughput": 10.0, "timing_s/step": 2.0}, step=1)
+    log.log({"perf/throughput": 12.0, "timing_s/step": float("nan")}, step=2)
+    log.close()
+    assert peers.read_rlkit_metrics(tmp_path / "metrics.jsonl") == [
+        {"step": 1, "perf/throughput": 10.0, "timing_s/step": 2.0}, {"step": 2, "perf/throughput": 12.0, "timing_s/step": None}]
+
+
+def test_side_summary_medians_of_the_five_measured_steps_by_hand():
+    cfg = dict(hidden_size=2, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1, intermediate_size=2,
+               vocab_size=3)
+    thr, step, gen, upd, mem = [100, 200, 50, 30, 40, 10, 20], [9, 8, 5, 7, 6, 4, 3], [5, 4, 2, 3, 1, 2.5, 4], \
+        [2, 2, 1.5, 1, 2, 0.5, 3], [10, 13, 11, 12.5, 9, 8, 12]
+    rows = [{"step": 0, "val-core/openai/gsm8k/reward/mean@1": 0.1}]  # a validation row: not a step
+    rows += [{"step": i + 1, "perf/throughput": thr[i], "timing_s/step": step[i], "timing_s/gen": gen[i],
+              "timing_s/update_actor": upd[i], "perf/total_num_tokens": 8, "perf/max_memory_allocated_gb": mem[i]}
+             for i in range(7)]
+    s = peers.side_summary(rows, warmup=2, model_cfg=cfg, sequences=2)
+    assert s["steps_in_median"] == [3, 4, 5, 6, 7]
+    assert s["throughput_median"] == 30  # of 50, 30, 40, 10, 20
+    assert s["step_s_median"] == 5  # of 5, 7, 6, 4, 3
+    assert s["phase_s_median"] == {"gen": 2.5, "update_actor": 1.5}  # of 2, 3, 1, 2.5, 4 and 1.5, 1, 2, 0.5, 3
+    assert s["peak_memory_allocated_gib"] == 13  # peak counters: the largest of every step, warm-up included
+    # update_actor: forward + backward = 3 x the 864 FLOPs of a forward pass over 8 tokens in 2 sequences
+    assert s["mfu"]["update_actor"]["tflops"] == pytest.approx(3 * 864 / 1e12) and s["mfu"]["update_actor"]["mfu"] is None
+    with pytest.raises(ValueError, match="2 step"):
+        peers.side_summary(rows[:3], warmup=2, model_cfg=cfg)
+
+
+def test_compare_ratios_and_table_by_hand():
+    def side(t, step, phases, peak):
+        return {"throughput_median": t, "step_s_median": step, "phase_s_median": phases, "peak_memory_allocated_gib": peak}
+
+    c = peers.compare({"rlkit": side(300.0, 10.0, {"gen": 4.0, "update_actor": 2.0, "wake": 0.5}, 20.0),
+                       "verl": side(200.0, 15.0, {"gen": 8.0, "update_actor": 2.5, "reward": 1.0}, 25.0),
+                       "trl": side(600.0, 5.0, {"gen": 1.0, "update_actor": 4.0}, 10.0)})
+    assert c["ratios"]["verl"] == pytest.approx({"tokens/s/GPU": 1.5, "s/step": 10 / 15, "gen s": 0.5,
+                                                 "update_actor s": 0.8, "peak allocated GiB": 0.8})
+    assert c["ratios"]["trl"] == pytest.approx({"tokens/s/GPU": 0.5, "s/step": 2.0, "gen s": 4.0, "update_actor s": 0.5,
+                                                "peak allocated GiB": 2.0})
+    assert c["table"].splitlines() == [
+        "| | rlkit | verl | trl | rlkit/verl | rlkit/trl |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| tokens/s/GPU | 300 | 200 | 600 | 1.50 | 0.50 |",
+        "| s/step | 10.00 | 15.00 | 5.00 | 0.67 | 2.00 |",
+        "| gen s | 4.00 | 8.00 | 1.00 | 0.50 | 4.00 |",
+        "| reward s | - | 1.00 | - | - | - |",
+        "| update_actor s | 2.00 | 2.50 | 4.00 | 0.80 | 0.50 |",
+        "| wake s | 0.50 | - | - | - | - |",
+        "| peak allocated GiB | 20.0 | 25.0 | 10.0 | 0.80 | 2.00 |"]
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("nothing may run or be built here")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(e2e, "make_model", refuse)
+
+
+def test_dry_run_prints_the_exact_commands_and_runs_nothing(tmp_path, capsys, nothing_runs):
+    out = tmp_path / "out"
+    plan = peers.main(["--dry-run", "--sides", "rlkit,verl,trl", "--out", str(out), "--data", str(tmp_path / "d")])
+    text = capsys.readouterr().out
+    assert not out.exists()
+    blocks = {b.split(":", 1)[0].lstrip("# ").split(" ")[0]: b for b in text.split("\n\n")[1:]}
+    for name in ("rlkit", "verl"):
+        cmd = [ln for ln in blocks[name].splitlines() if not ln.startswith("#")]
+        words = shlex.split(" ".join(ln.removesuffix(" \\") for ln in cmd))  # as a shell reads the lines
+        env = [f"{k}={v}" for k, v in plan[name]["env"].items()]
+        assert words == ["cd", str(out / name), "&&", *env, "python", *plan[name]["argv"][1:]]
+    assert f"VERL_FILE_LOGGER_PATH={out}/verl/metrics.jsonl SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK=false" in text
+    assert "PYTHONPATH=/tmp/site-trl:$PYTHONPATH python -m verl.trainer.main_ppo" in text
+    assert "driver not written yet" in blocks["trl"] and all(ln.startswith("#") for ln in blocks["trl"].splitlines())
+    assert f"python -m rlkit.bench.peer_trl \\\n#     --metrics={out}/trl/metrics.jsonl" in blocks["trl"]
+
+
+def test_trl_side_is_refused_before_anything_runs(tmp_path, nothing_runs):
+    with pytest.raises(SystemExit, match=r"rlkit\.bench\.peer_trl .*not written yet"):
+        peers.main(["--sides", "rlkit,trl", "--out", str(tmp_path / "out"), "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="choose from rlkit, verl, trl"):
+        peers.main(["--sides", "rlkit,vllm", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_sides_run_in_turn_and_a_failed_side_is_named_with_its_logs_last_lines(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/old")
+    write = ("import json, os; print('hello from a'); open('metrics.jsonl', 'a').write(''.join(json.dumps("
+             "{'step': s, 'perf/throughput': 10.0 * s, 'timing_s/step': 1.0, 'perf/total_num_tokens': 8}) + '\\n' "
+             "for s in (1, 2, 3))); open('env', 'w').write(os.environ['PYTHONPATH'] + ' ' + os.environ['X'])")
+    sides = {"a": [sys.executable, "-c", write], "b": [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
+             "c": [sys.executable, "-c", "import time; time.sleep(60)"]}
+    plan = {n: dict(argv=argv, env={"PYTHONPATH": "/t:$PYTHONPATH", "X": "1"}, cwd=tmp_path / n,
+                    log=tmp_path / f"{n}.log", metrics=tmp_path / n / "metrics.jsonl", read=peers.read_rlkit_metrics)
+            for n, argv in sides.items()}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text('{"step": 9, "perf/throughput": 1e9, "timing_s/step": 1.0}\n')
+    with pytest.raises(SystemExit) as e:  # (a's rows of an earlier run above are dropped first)
+        peers.run_plan(plan, warmup=1, timeout=3, model_cfg={}, sequences=1)
+    msg = str(e.value)
+    assert f"side b failed (exit status 3); last lines of {tmp_path / 'b.log'}:\nboom" in msg
+    assert "side c failed (timed out after 3 s" in msg and msg.endswith("finished: a")
+    assert (tmp_path / "a.log").read_text() == "hello from a\n"
+    assert (tmp_path / "a" / "env").read_text() == "/t:/old 1"
+    assert peers.run_plan({"a": plan["a"]}, warmup=1, model_cfg={}, sequences=1)["a"]["throughput_median"] == 25.0
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split(".") if dotted else []:
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+@pytest.mark.parametrize("estimator", ["gae", "grpo"])
+def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator):
+    src = os.environ.get("RLKIT_VERL_SRC")
+    if not src:
+        pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
+    import yaml
+
+    root = Path(src) / "verl"
+    assert (root / "version" / "version").read_text().strip() == "0.9.1"
+    cfg = yaml.safe_load((root / "trainer" / "config" / "_generated_ppo_trainer.yaml").read_text())
+    o = peers.common_overrides(args("--estimator", estimator), "/m", DATA, "/o")
+    argv, _ = peers.verl_command(o, "/o/m.jsonl", with_trl_on_path=estimator == "gae")
+    for a in argv[3:]:
+        parent, _, leaf = peers.key(a).rpartition(".")
+        node = _lookup(cfg, parent)
+        assert isinstance(node, dict), f"{a}: verl has no section {parent}"
+        if a.startswith("+"):  # Hydra's + adds a key that is not there yet
+            assert leaf not in node, f"{a}: verl already has {leaf}: drop the +"
+        else:
+            assert leaf in node, f"{a}: verl 0.9.1 has no such key"
