@@ -124,13 +124,36 @@ def compile_layers(model: nn.Module, backend: str = "inductor", dynamic: bool | 
     offload and checkpoints work as without compiling. All layers share one compiled graph (their
     code is the same; the parameters are graph inputs). ``dynamic=True`` compiles for any token count
     at once (packed micro-batches change length every call) instead of recompiling for each new length.
+    A layer whose compilation fails warns and runs eagerly from then on.
     """
     layers = decoder_layers(model)
     for layer in layers:
         if not hasattr(layer, "_rlkit_eager_forward"):  # compiling twice would wrap the compiled function
             layer._rlkit_eager_forward = layer.forward
-            layer.forward = torch.compile(layer.forward, backend=backend, dynamic=dynamic)
+            layer.forward = _with_eager_fallback(layer, torch.compile(layer.forward, backend=backend, dynamic=dynamic))
     return len(layers)
+
+
+def _with_eager_fallback(layer: nn.Module, compiled):
+    """``compiled``, or the layer's eager forward from the first time compiling fails (a warning says why):
+    a model or torch version the compiler cannot handle trains eagerly instead of stopping the run."""
+    import functools
+    import warnings
+
+    from torch._dynamo.exc import TorchDynamoException
+
+    @functools.wraps(layer._rlkit_eager_forward)
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except TorchDynamoException as err:
+            warnings.warn(f"torch.compile failed on {type(layer).__name__} ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}); this layer runs eagerly. Set "
+                          "actor_rollout_ref.actor.use_torch_compile=False to skip compiling", RuntimeWarning)
+            layer.forward = layer._rlkit_eager_forward
+            return layer.forward(*args, **kwargs)
+
+    return forward
 
 
 def is_sharded(model: nn.Module) -> bool:

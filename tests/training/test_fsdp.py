@@ -181,3 +181,26 @@ def test_compile_layers_without_fsdp_counts_layers(tiny):
     assert compile_layers(lm, backend="eager") == 2
     assert all(layer._rlkit_eager_forward == f for layer, f in zip(lm.model.layers, eager))
     assert all(layer.forward != f for layer, f in zip(lm.model.layers, eager))
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(tiny):
+    """A compiler that fails (here a backend that raises) does not stop training: each layer warns once,
+    runs its eager forward from then on, and the model's outputs are the eager ones."""
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training.fsdp import compile_layers
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no kernels today")
+
+    ids = torch.randint(5, 90, (2, 7), generator=torch.Generator().manual_seed(0))
+    lm = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    with torch.no_grad():
+        expected = lm(input_ids=ids).logits
+    torch._dynamo.reset()
+    assert compile_layers(lm, backend=broken_backend) == 2
+    with pytest.warns(RuntimeWarning, match="torch.compile failed on Qwen2DecoderLayer.*use_torch_compile=False"):
+        with torch.no_grad():
+            got = lm(input_ids=ids).logits
+    assert torch.equal(got, expected)
+    assert all(layer.forward == layer._rlkit_eager_forward for layer in lm.model.layers)
