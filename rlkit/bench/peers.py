@@ -65,10 +65,14 @@ def merge(overrides: list[str], extra: list[str]) -> list[str]:
     return [x for x in overrides if key(x) not in keys] + list(extra)
 
 
+def responses_per_prompt(args) -> int:
+    """``--n``, else 5 for GRPO and 1 for GAE."""
+    return args.n or (5 if args.estimator == "grpo" else 1)
+
+
 def common_overrides(args, model, data: dict, out) -> list[str]:
     """The keys every side runs with (``args``: :func:`build_parser`'s), ``out`` the side's folder."""
-    n = args.n or (5 if args.estimator == "grpo" else 1)
-    e = argparse.Namespace(**dict(vars(args), n=n, rollout="sglang", device="cuda", engine="padded", max_token_len=0,
+    e = argparse.Namespace(**dict(vars(args), n=responses_per_prompt(args), rollout="sglang", device="cuda", engine="padded", max_token_len=0,
                                   forward_max_token_len=0, override=[]))
     o = merge([x for x in e2e.overrides(e, model, data, out) if key(x) != "trainer.logger"], SHARED)
     if args.estimator == "grpo":
@@ -244,10 +248,10 @@ def plan_sides(args, sides: list[str]) -> dict[str, dict]:
         o, metrics = common_overrides(args, out / "model", data, out / name), out / name / "metrics.jsonl"
         if name == "verl":
             (argv, env), read = verl_command(o, metrics, args.estimator == "gae", args.trl_site), read_verl_metrics
+        elif name == "trl":  # the driver takes the same keys and writes rlkit-style rows
+            (argv, env), read = ([sys.executable, "-m", TRL_DRIVER, f"--metrics={metrics}", *o], {}), read_rlkit_metrics
         else:
             (argv, env), read = rlkit_command(o), read_rlkit_metrics
-            if name == "trl":  # the driver takes the same keys
-                argv, env = [sys.executable, "-m", TRL_DRIVER, f"--metrics={metrics}", *o], {}
         plan[name] = dict(argv=argv, env=env, cwd=out / name, log=out / f"{name}.log", metrics=metrics, read=read)
     return plan
 
@@ -280,7 +284,7 @@ def main(argv=None) -> dict:
     machine, peak = e2e.machine_record("cuda")
     machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
     summaries = run_plan(plan, args.warmup, args.timeout, model_cfg=model_cfg, peak=peak,
-                         sequences=args.prompts * (args.n or (5 if args.estimator == "grpo" else 1)))
+                         sequences=args.prompts * responses_per_prompt(args))
     res = dict(machine, setup=vars(args), summary=summaries,
                commands={n: shell_line(s["argv"], s["env"]) for n, s in plan.items()})
     if "rlkit" in summaries and len(summaries) > 1:

@@ -146,40 +146,39 @@ def main(argv=None) -> dict:
     params = {"max_new_tokens": args.new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
               "skip_special_tokens": False}
 
-    def run_direct():
-        t = time.perf_counter()
-        engine = sglang.Engine(**engine_args)  # what SGLangRollout passes
-        start = time.perf_counter() - t
-        engine.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=16), return_logprob=True)
-        secs = []
-        for _ in range(args.repeats):
-            outs, dt = timed(engine.generate, input_ids=rows, sampling_params=params, return_logprob=True)
-            assert all(len(o["output_ids"]) == args.new_tokens for o in outs)
-            secs.append(dt)
-        return {"start_s": start, "seconds": secs}, engine
+    starts = {"direct_sglang": lambda: sglang.Engine(**engine_args),  # what SGLangRollout passes
+              "rlkit_sglang": lambda: SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                                                    enforce_eager=args.enforce_eager, load_format="auto",
+                                                    engine_kwargs=extra)}
 
-    def run_rlkit():
-        t = time.perf_counter()
-        engine = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                               enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
-        start = time.perf_counter() - t
-        engine.generate(prompts, warm)
-        secs, inside = [], []
-        for _ in range(args.repeats):
-            out, dt = timed(engine.generate, prompts, sampling)
-            assert all(len(r) == args.new_tokens for r in out.response_ids)
-            secs.append(dt)
-            inside.append(engine.last_timing)
-        return {"start_s": start, "seconds": secs, "inside": inside}, engine
+    def generate(name: str, engine, sp: SamplingParams) -> list[int]:
+        """One batched generation of every prompt on side ``name``; the response lengths."""
+        if name == "direct_sglang":
+            outs = engine.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=sp.max_new_tokens),
+                                   return_logprob=True)
+            return [len(o["output_ids"]) for o in outs]
+        return [len(r) for r in engine.generate(prompts, sp).response_ids]
 
-    sides = {"direct_sglang": run_direct, "rlkit_sglang": run_rlkit}
+    def run_side(name: str):
+        """A fresh engine of side ``name``: its start time, one warm-up generation, ``--repeats`` timed ones."""
+        engine, start = timed(starts[name])
+        generate(name, engine, warm)
+        rec = {"start_s": start, "seconds": []}
+        for _ in range(args.repeats):
+            lengths, dt = timed(generate, name, engine, sampling)
+            assert lengths == [args.new_tokens] * len(prompts)
+            rec["seconds"].append(dt)
+            if name == "rlkit_sglang":
+                rec.setdefault("inside", []).append(engine.last_timing)
+        return rec, engine
+
     res["rounds"] = []
     eng = None
     for r in range(args.rounds):
         order = ["direct_sglang", "rlkit_sglang"] if r % 2 == 0 else ["rlkit_sglang", "direct_sglang"]
         rnd = {"order": order}
         for name in order:
-            rec, engine = sides[name]()
+            rec, engine = run_side(name)
             rnd[name] = rec
             if name == "rlkit_sglang" and r == args.rounds - 1 and order[-1] == name:
                 eng = engine  # the last engine of all stays up for the weight-sync and sleep/wake timings
@@ -190,14 +189,13 @@ def main(argv=None) -> dict:
             rnd["rlkit_sglang"]["seconds"])
         res["rounds"].append(rnd)
         save()
-    for name in sides:
+    for name in starts:
         secs = [x for rnd in res["rounds"] for x in rnd[name]["seconds"]]
         res[name] = {"seconds": secs, "median_s": statistics.median(secs),
                      "tokens_per_s": n_tokens / statistics.median(secs)}
     save()
     if eng is None:  # the last round ended with the direct engine
-        eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                            enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
+        eng = starts["rlkit_sglang"]()
     # weight sync and sleep / wake with the actor's weights (fp32 on the GPU, as in training)
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
     eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers
