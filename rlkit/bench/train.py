@@ -12,8 +12,10 @@ passes), ``packed`` (``use_remove_padding`` and ``use_dynamic_bsz`` with ``--max
 ``--forward-max-token-len``) and ``compiled`` (packed, each decoder layer compiled:
 ``use_torch_compile``; the warm-up round includes the compilation, timed separately as
 ``warmup_seconds``), side by side in one process. MFU as in :mod:`rlkit.bench.e2e`.
-``--profile`` records each update once more under ``torch.profiler`` and keeps the operators
-with the most GPU time, so what holds a phase back is on record.
+``--profile`` runs each phase once more under ``torch.profiler`` and keeps what holds it back: how busy
+the device was (the rest is host overhead), device seconds per kernel category (matrix multiplies,
+attention, element-wise, optimizer, ...), the top kernels and operators, and the seconds of the
+forward / backward / optimizer ranges the workers mark (:mod:`rlkit.diagnostics.kernels`).
 
 Writes JSON (card, versions, date, setup, per engine and phase: seconds, TFLOP/s, MFU; profiles).
 ``--device cpu --shape tiny`` runs on a CPU (the tests do).
@@ -68,24 +70,47 @@ def config(args, model: Path, engine: str):
     return PPOConfig.from_overrides(o + list(args.override))
 
 
-def _profile(fn, rows: int = 15) -> list[dict]:
-    """Run ``fn`` under torch.profiler; the ``rows`` operators with the most device (else CPU) time of their
-    own (the kernels they launched), with their share of all operators' time."""
+def _profile(fn, sync, rows: int = 12) -> dict:
+    """Run ``fn`` once under torch.profiler. Returns the device kernels' summary
+    (:func:`rlkit.diagnostics.kernels.summarize`: busy fraction, seconds per kernel category, top kernels),
+    ``regions`` (the ``rlkit/...`` ranges the workers mark - forward, backward, optimizer - with host
+    seconds, device seconds where the profiler maps them onto the device, and counts) and ``top_ops``: the
+    ``rows`` operators with the most device (else host) time of their own."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=acts) as prof:
-        fn()
-    from torch.autograd import DeviceType
+    from rlkit.diagnostics import kernels as kernels_lib
 
+    cuda = torch.cuda.is_available()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        wall = time.perf_counter() - t0
+    events = prof.events()
+    kernels = [(e.name, e.time_range.start / 1e6, e.time_range.end / 1e6) for e in events
+               if e.device_type != DeviceType.CPU and not e.is_user_annotation]
+    out = kernels_lib.summarize(kernels, wall, rows)
+    regions: dict[str, dict] = {}
+    for e in events:
+        if e.is_user_annotation and e.name.startswith("rlkit/"):
+            r = regions.setdefault(e.name, {"host_s": 0.0, "device_s": 0.0, "count": 0})
+            on_host = e.device_type == DeviceType.CPU
+            r["host_s" if on_host else "device_s"] += (e.time_range.end - e.time_range.start) / 1e6
+            r["count"] += on_host
+    out["regions"] = regions
     # operator rows only: a kernel's time is also listed under the operator that launched it
-    events = [e for e in prof.key_averages() if getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU]
-    dev = "device_time_total" if torch.cuda.is_available() else "cpu_time_total"
-    total = sum(getattr(e, "self_" + dev, 0.0) for e in events) or 1.0
-    top = sorted(events, key=lambda e: getattr(e, "self_" + dev, 0.0), reverse=True)[:rows]
-    return [{"op": e.key, "self_ms": getattr(e, "self_" + dev, 0.0) / 1e3, "share": getattr(e, "self_" + dev, 0.0) / total,
-             "calls": e.count} for e in top]
+    skip = {name for name, _, _ in kernels} | set(regions)
+    ops = [e for e in prof.key_averages() if e.key not in skip]
+    dev = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, dev, 0.0) for e in ops) or 1.0
+    top = sorted(ops, key=lambda e: getattr(e, dev, 0.0), reverse=True)[:rows]
+    out["top_ops"] = [{"op": e.key, "self_ms": getattr(e, dev, 0.0) / 1e3, "share": getattr(e, dev, 0.0) / total,
+                       "calls": e.count} for e in top]
+    return out
 
 
 def run_engine(args, model: Path, engine: str, batch, model_cfg: dict, peak: float | None) -> dict:
@@ -113,7 +138,7 @@ def run_engine(args, model: Path, engine: str, batch, model_cfg: dict, peak: flo
                     times[phase].append(seconds)
                 else:
                     warmup[phase] = seconds
-        profiles = {p: _profile(calls[p]) for p in ("update_critic", "update_actor")} if args.profile else {}
+        profiles = {p: _profile(calls[p], sync) for p in PHASES} if args.profile else {}
         peak_mem = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
     finally:
         group.shutdown()
@@ -122,7 +147,7 @@ def run_engine(args, model: Path, engine: str, batch, model_cfg: dict, peak: flo
     out = {"seconds": {p: row[f"timing_s/{p}"] for p in PHASES}, "all_seconds": times, "warmup_seconds": warmup,
            "mfu": phase_mfu(row, model_cfg, len(batch), peak or 0.0), "peak_memory_allocated_gib": peak_mem}
     if profiles:
-        out["profile_top_ops"] = profiles
+        out["profile"] = profiles
     return out
 
 
@@ -165,10 +190,15 @@ def main(argv=None) -> dict:
     res = sanitize(json.loads(json.dumps(res, default=float)))
     Path(args.out).write_text(json.dumps(res, indent=1))
     for engine, r in res["engines"].items():
-        for phase, top in r.get("profile_top_ops", {}).items():
-            print(f"\n{engine} {phase}: top operators by GPU time")
-            for op in top:
-                print(f"  {op['share']:6.1%} {op['self_ms']:9.1f} ms {op['calls']:6d}x  {op['op'][:90]}")
+        for phase, prof in r.get("profile", {}).items():
+            print(f"\n{engine} {phase}: wall {prof['wall_s']:.2f} s, device busy {prof['busy_s']:.2f} s "
+                  f"({prof['busy_fraction']:.0%})")
+            for cat, row in prof["by_category"].items():
+                print(f"  {row['share']:6.1%} {row['s'] * 1e3:9.1f} ms {row['count']:7d}x  {cat}")
+            for name, reg in prof["regions"].items():
+                print(f"  region {name}: host {reg['host_s']:.3f} s, device {reg['device_s']:.3f} s, {reg['count']}x")
+            for k in prof["top_kernels"][:6]:
+                print(f"  kernel {k['share']:6.1%} {k['s'] * 1e3:8.1f} ms {k['count']:6d}x  {k['name'][:100]}")
     return res
 
 

@@ -96,6 +96,7 @@ import warnings
 from typing import Any, Callable
 
 import torch
+from torch.profiler import record_function
 
 from rlkit import algos
 from rlkit.datasets.batch import PAD_COLUMN, RolloutBatch
@@ -486,7 +487,9 @@ class RankWorker:
         groups = self._micro_batches(batch, role)
         parts: dict[str, list[torch.Tensor]] = {}
         for idx in self._progress(groups, desc):
-            for k, v in fn(batch.select(idx).to(self.device)).items():
+            with record_function("rlkit/forward"):
+                out = fn(batch.select(idx).to(self.device))
+            for k, v in out.items():
                 parts.setdefault(k, []).append(v.cpu())
         order = torch.cat(groups)
         inverse = torch.empty_like(order)
@@ -566,12 +569,14 @@ class RankWorker:
             optim.zero_grad(set_to_none=True)
             keys, acc = None, None
             for mb, u, n in zip(micros, units, rows):
-                loss, row = micro_loss(mb.to(self.device))
+                with record_function("rlkit/update/forward+loss"):
+                    loss, row = micro_loss(mb.to(self.device))
                 if agg == "seq-mean-token-sum-norm":  # a sum over rows: the micro-batch sums add up
                     w_loss, w_metric = 1.0, n / max(total_rows, 1.0)
                 else:
                     w_loss = w_metric = u / max(total_units, 1.0)
-                (loss * (w_loss * self.world_size)).backward()  # FSDP divides the gradient by the world size
+                with record_function("rlkit/update/backward"):
+                    (loss * (w_loss * self.world_size)).backward()  # FSDP divides the gradient by the world size
                 if keys is None:
                     keys = sorted(row)
                     acc = torch.zeros(len(keys), dtype=torch.float64)
@@ -579,16 +584,17 @@ class RankWorker:
             bar.update(1)
             acc = self._all_reduce(acc)  # the global mini-batch's metrics, the same on every rank
             _append(stats, dict(zip(keys, acc.tolist())))
-            if offload_optim:
-                fsdp.load_optimizer(optim, self.device)
-            grad_norm = fsdp.clip_grad_norm(model.parameters(), grad_clip)
-            if torch.isfinite(torch.tensor(grad_norm)):
-                optim.step()
-            else:  # as verl: a non-finite gradient skips the update (on every rank: the norm is global)
-                optim.zero_grad(set_to_none=True)
-                grad_norm = float("nan")
-            if offload_optim:
-                fsdp.offload_optimizer(optim)
+            with record_function("rlkit/update/optimizer"):
+                if offload_optim:
+                    fsdp.load_optimizer(optim, self.device)
+                grad_norm = fsdp.clip_grad_norm(model.parameters(), grad_clip)
+                if torch.isfinite(torch.tensor(grad_norm)):
+                    optim.step()
+                else:  # as verl: a non-finite gradient skips the update (on every rank: the norm is global)
+                    optim.zero_grad(set_to_none=True)
+                    grad_norm = float("nan")
+                if offload_optim:
+                    fsdp.offload_optimizer(optim)
             _append(stats, {f"{role}/grad_norm": grad_norm})
         bar.close()
         lr = optim.param_groups[0]["lr"]  # the rate this update used (verl's actor/lr), before the schedule moves

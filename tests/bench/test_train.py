@@ -25,7 +25,15 @@ def test_benchmark_runs_both_engines_on_cpu(tmp_path, qwen_tokenizer_dir):
     for engine in saved["engines"].values():
         assert set(engine["seconds"]) == set(train.PHASES) and all(v > 0 for v in engine["seconds"].values())
         assert set(engine["mfu"]) == set(train.PHASES) and all(v["tflops"] > 0 for v in engine["mfu"].values())
-        top = engine["profile_top_ops"]["update_actor"]
-        assert top and all(op["self_ms"] >= 0 and op["calls"] >= 1 for op in top)
+        assert set(engine["profile"]) == set(train.PHASES)
+        prof = engine["profile"]["update_actor"]
+        assert prof["top_ops"] and all(op["self_ms"] >= 0 and op["calls"] >= 1 for op in prof["top_ops"])
+        assert prof["wall_s"] > 0 and prof["kernel_s"] == 0  # no device kernels on a CPU
+        # the worker marks its update ranges: 2 mini-batches of 4 rows, micro-batches within the token budget
+        regions = prof["regions"]
+        assert regions["rlkit/update/optimizer"]["count"] == 2
+        assert regions["rlkit/update/backward"]["count"] == regions["rlkit/update/forward+loss"]["count"] >= 2
+        assert 0 < regions["rlkit/update/backward"]["host_s"] < prof["wall_s"]
+        assert engine["profile"]["old_log_prob"]["regions"]["rlkit/forward"]["count"] >= 2
     assert saved["tokens"]["real"] < saved["tokens"]["padded"]
     assert str(tmp_path) not in out.read_text()
