@@ -173,10 +173,14 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
 
 
+def _float(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+
 def _token_logprobs_chunk(logits: torch.Tensor, labels: torch.Tensor, inv_temperature: float,
                           with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    z = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32) * inv_temperature
-    logp = torch.log_softmax(z, dim=-1)
+    # z = logits / T;  log p_v = z_v - logsumexp(z)
+    logp = torch.log_softmax(_float(logits) * inv_temperature, dim=-1)
     picked = torch.gather(logp, -1, labels.long().unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return picked, picked.new_zeros(())
@@ -184,9 +188,71 @@ def _token_logprobs_chunk(logits: torch.Tensor, labels: torch.Tensor, inv_temper
     return picked, -(logp.exp() * logp).sum(-1)
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_chunk():
-    return torch.compile(_token_logprobs_chunk, dynamic=True)
+def _token_logprobs_chunk_grad(logits: torch.Tensor, labels: torch.Tensor, inv_temperature: float,
+                               grad_logp: torch.Tensor, grad_entropy: torch.Tensor | None,
+                               entropy: torch.Tensor | None) -> torch.Tensor:
+    logp = torch.log_softmax(_float(logits) * inv_temperature, dim=-1)
+    p = logp.exp()
+    onehot = torch.arange(logits.shape[-1], device=logits.device) == labels.long().unsqueeze(-1)
+    # d log p_y / d z_v = [v == y] - p_v
+    g = grad_logp.unsqueeze(-1) * (onehot.to(p.dtype) - p)
+    if grad_entropy is not None:
+        # d H / d z_v = -p_v (log p_v + H)
+        g = g - grad_entropy.unsqueeze(-1) * p * (logp + entropy.unsqueeze(-1))
+    # z = logits / T
+    return (g * inv_temperature).to(logits.dtype)
+
+
+@functools.lru_cache(maxsize=2)
+def _compiled(fn):
+    return torch.compile(fn, dynamic=True)
+
+
+def _chunk_fn(fn, compiled: bool):
+    return _compiled(fn) if compiled else fn
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """Chunked log-probs whose backward writes each chunk's gradient into one ``(M, V)`` buffer.
+
+    Autograd through slices of ``logits`` would give every chunk a zero-filled ``(M, V)`` gradient and
+    sum them (a fill and an add over the whole logits per chunk); here each chunk's softmax is recomputed
+    from the saved logits and its rows of the gradient written once."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, inv_t: float, with_entropy: bool, chunk_size: int, compiled: bool):
+        lp, ent = _chunks(logits, labels, inv_t, with_entropy, chunk_size, compiled)
+        ctx.save_for_backward(logits, labels, *([ent] if with_entropy else []))
+        ctx.args = (inv_t, chunk_size, compiled)
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, grad_lp, grad_ent):
+        logits, labels, *saved = ctx.saved_tensors
+        inv_t, chunk_size, compiled = ctx.args
+        ent = saved[0] if saved else None
+        grad_lp = torch.zeros_like(logits[:, 0], dtype=_float(logits[:1, :1]).dtype) if grad_lp is None else grad_lp
+        grad = torch.empty_like(logits)
+        fn = _chunk_fn(_token_logprobs_chunk_grad, compiled)
+        for start in range(0, logits.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            grad[rows] = fn(logits[rows], labels[rows], inv_t, grad_lp[rows],
+                            None if grad_ent is None or ent is None else grad_ent[rows],
+                            None if ent is None else ent[rows])
+        return grad, None, None, None, None, None
+
+
+def _chunks(logits, labels, inv_t: float, with_entropy: bool, chunk_size: int, compiled: bool):
+    fn = _chunk_fn(_token_logprobs_chunk, compiled)
+    lps, ents = [], []
+    for start in range(0, logits.shape[0], chunk_size):
+        lp, ent = fn(logits[start : start + chunk_size], labels[start : start + chunk_size], inv_t, with_entropy)
+        lps.append(lp)
+        ents.append(ent)
+    if not lps:
+        empty = logits.new_zeros(0, dtype=_float(logits[:0]).dtype)
+        return empty, (empty if with_entropy else None)
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
@@ -200,36 +266,24 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
         temperature: the logits are divided by it (0 counts as 1), in fp32.
         with_entropy: also return ``H = -sum_v p_v log p_v`` per row.
         chunk_size: rows converted to fp32 at a time.
-        compiled: run each chunk's math through ``torch.compile`` (cast, log-softmax and gather
-            fused, so the ``chunk_size x V`` fp32 intermediates are not written to memory); the same
-            numbers up to float rounding.
+        compiled: run each chunk's math (forward and gradient) through ``torch.compile`` (cast,
+            log-softmax and gather fused, so the ``chunk_size x V`` fp32 intermediates are not written
+            to memory); the same numbers up to float rounding.
 
-    Returns ``(log_probs (M,), entropy (M,) or None)``, fp32 (fp64 kept). Only ``chunk_size x V`` fp32 values exist at
-    a time: with autograd on, each chunk is recomputed in the backward pass
-    (``torch.utils.checkpoint``) instead of keeping every chunk's fp32 log-softmax for it. Equal to
-    :func:`logprobs_from_logits` / :func:`entropy_from_logits` of ``logits / temperature``.
+    Returns ``(log_probs (M,), entropy (M,) or None)``, fp32 (fp64 kept). Only ``chunk_size x V`` fp32
+    values exist at a time. With autograd on, the backward pass recomputes each chunk's softmax from the
+    logits and writes its rows of the ``(M, V)`` gradient directly (no fp32 log-softmax is kept, and no
+    per-chunk full-size gradient is summed). Equal to :func:`logprobs_from_logits` /
+    :func:`entropy_from_logits` of ``logits / temperature``, values and gradients.
     """
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"token_logprobs wants logits (M, V) and labels (M,), got {tuple(logits.shape)} and "
                          f"{tuple(labels.shape)}")
     inv_t = 1.0 / (float(temperature) or 1.0)
-    from torch.utils.checkpoint import checkpoint
-
-    grad = torch.is_grad_enabled() and logits.requires_grad
-    chunk = _compiled_chunk() if compiled else _token_logprobs_chunk
-    lps, ents = [], []
-    for start in range(0, logits.shape[0], max(1, int(chunk_size))):
-        args = (logits[start : start + chunk_size], labels[start : start + chunk_size], inv_t, with_entropy)
-        if grad:
-            lp, ent = checkpoint(chunk, *args, use_reentrant=False)
-        else:
-            lp, ent = chunk(*args)
-        lps.append(lp)
-        ents.append(ent)
-    if not lps:
-        empty = logits.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if with_entropy else None)
-    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+    chunk_size = max(1, int(chunk_size))
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _TokenLogprobs.apply(logits, labels, inv_t, with_entropy, chunk_size, compiled)
+    return _chunks(logits, labels, inv_t, with_entropy, chunk_size, compiled)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,

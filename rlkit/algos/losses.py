@@ -46,7 +46,8 @@ def compute_policy_loss(
 
     Returns:
         ``loss``: scalar tensor.
-        ``metrics``: Python floats ``pg_clipfrac`` (fraction of tokens where the clipped
+        ``metrics``: detached 0-d tensors (``float()`` reads one; left on the device, a loop over
+        micro-batches waits for the device once, not per metric) ``pg_clipfrac`` (fraction of tokens where the clipped
         term is active: ``L2 > L1``), ``ppo_kl`` (masked mean of ``logp_old - logp``, the
         k1 estimate of KL(old || new)), ``pg_clipfrac_lower`` (fraction of tokens where
         the dual clip is active: ``A < 0`` and ``Lc > L3``).
@@ -71,9 +72,9 @@ def compute_policy_loss(
     pg_losses = torch.where(negative, clip_pg_losses2, clip_pg_losses1)  # dual clip only where A < 0
     loss = agg_loss(pg_losses, response_mask, loss_agg_mode, loss_scale_factor)
     metrics = {
-        "pg_clipfrac": pg_clipfrac.item(),
-        "ppo_kl": ppo_kl.item(),
-        "pg_clipfrac_lower": pg_clipfrac_lower.item(),
+        "pg_clipfrac": pg_clipfrac.detach(),
+        "ppo_kl": ppo_kl.detach(),
+        "pg_clipfrac_lower": pg_clipfrac_lower.detach(),
     }
     return loss, metrics
 
@@ -103,7 +104,7 @@ def compute_value_loss(
 
     Returns:
         ``loss``: scalar tensor.
-        ``metrics``: Python floats ``vf_clipfrac`` (fraction of tokens where the clipped
+        ``metrics``: detached 0-d tensors ``vf_clipfrac`` (fraction of tokens where the clipped
         error is the larger one) and ``vpred_mean`` (masked mean of ``vpreds``).
     """
     if cliprange_value is None:
@@ -117,8 +118,8 @@ def compute_value_loss(
     vf_loss = 0.5 * agg_loss(clipped_vf_losses, response_mask, loss_agg_mode)
     vf_clipfrac = masked_mean(torch.gt(vf_losses2, vf_losses1).float(), response_mask)
     metrics = {
-        "vf_clipfrac": vf_clipfrac.item(),
-        "vpred_mean": masked_mean(vpreds.detach(), response_mask).item(),
+        "vf_clipfrac": vf_clipfrac.detach(),
+        "vpred_mean": masked_mean(vpreds.detach(), response_mask),
     }
     return vf_loss, metrics
 

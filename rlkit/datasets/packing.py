@@ -26,6 +26,7 @@ A budget of 10 tokens over lengths 6, 5, 4, 3 (18 tokens) needs 2 groups of 9::
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass
@@ -165,6 +166,14 @@ class PackedLayout:
         slots = (torch.arange(b, device=mask.device).unsqueeze(1) * R + torch.arange(R, device=mask.device))[real]
         return cls(token_index=token_index, cu_seqlens=cu, max_seqlen=int(lens.max()),
                    predict_index=packed_pos[predictor_flat], response_slots=slots, shape=(b, R))
+
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> PackedLayout:
+        """The layout's index tensors on ``device`` (:func:`rlkit.datasets.batch.to_device`): build it from
+        a host mask (its nonzero and max need no wait for the GPU) and move it."""
+        from rlkit.datasets.batch import to_device
+
+        return dataclasses.replace(self, **{f: to_device(getattr(self, f), device, non_blocking)
+                                            for f in ("token_index", "cu_seqlens", "predict_index", "response_slots")})
 
     @property
     def num_tokens(self) -> int:

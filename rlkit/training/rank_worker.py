@@ -483,28 +483,30 @@ class RankWorker:
 
     def _forward_rows(self, batch: RolloutBatch, role: str, desc: str,
                       fn: Callable[[RolloutBatch], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """``fn`` over the micro-batches of ``batch`` (on the device); its (rows, ...) outputs in row order."""
+        """``fn`` over the micro-batches of ``batch`` (host rows; ``fn`` moves them); its (rows, ...) outputs in
+        row order, on the host. The outputs come back once at the end, so the micro-batches queue up on the
+        device without the host waiting for each."""
         groups = self._micro_batches(batch, role)
         parts: dict[str, list[torch.Tensor]] = {}
         for idx in self._progress(groups, desc):
             with record_function("rlkit/forward"):
-                out = fn(batch.select(idx).to(self.device))
+                out = fn(batch.select(idx))  # moved by fn: a packed layout is worked out on the host first
             for k, v in out.items():
-                parts.setdefault(k, []).append(v.cpu())
+                parts.setdefault(k, []).append(v)
         order = torch.cat(groups)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order))
-        return {k: torch.cat(v)[inverse] for k, v in parts.items()}
+        return {k: torch.cat(v).cpu()[inverse] for k, v in parts.items()}
 
     def _log_probs(self, model, role: str, batch: RolloutBatch, with_entropy: bool) -> dict[str, torch.Tensor]:
         was_training = model.training
         model.eval()
         packed = worker_lib.remove_padding(self.cfg, role)
         temperature = self.cfg.actor_rollout_ref.rollout.temperature
+        compiled = self.compiled.get("ref" if role == "ref" else "actor", False)  # "rollout" sizes the actor's
 
         def fn(mb):
-            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed,
-                                                    self.compiled.get(role, False))
+            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed, compiled)
             return {"log_probs": lp, "entropys": ent} if with_entropy else {"log_probs": lp}
 
         try:
@@ -545,8 +547,10 @@ class RankWorker:
 
     def _train(self, role: str, model, optim, sched, batch: RolloutBatch, step: int, shuffle: bool,
                grad_clip: float, agg: str, offload_optim: bool,
-               micro_loss: Callable[[RolloutBatch], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
-        """The epoch / mini-batch / micro-batch loop of both roles, on this rank's update shard."""
+               micro_loss: Callable[[RolloutBatch], tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        """The epoch / mini-batch / micro-batch loop of both roles, on this rank's update shard.
+        ``micro_loss`` takes a micro-batch on the host and returns its loss and metrics (0-d tensors or
+        floats); the metrics are summed on the device and read once per mini-batch."""
         sizes = self.plan.role(role)
         if "mini_batch_sizes" not in batch.meta:  # called directly with the whole batch: lay it out for one rank
             if self.world_size != 1:
@@ -570,7 +574,7 @@ class RankWorker:
             keys, acc = None, None
             for mb, u, n in zip(micros, units, rows):
                 with record_function("rlkit/update/forward+loss"):
-                    loss, row = micro_loss(mb.to(self.device))
+                    loss, row = micro_loss(mb)
                 if agg == "seq-mean-token-sum-norm":  # a sum over rows: the micro-batch sums add up
                     w_loss, w_metric = 1.0, n / max(total_rows, 1.0)
                 else:
@@ -579,10 +583,12 @@ class RankWorker:
                     (loss * (w_loss * self.world_size)).backward()  # FSDP divides the gradient by the world size
                 if keys is None:
                     keys = sorted(row)
-                    acc = torch.zeros(len(keys), dtype=torch.float64)
-                acc += torch.tensor([float(row[key]) for key in keys], dtype=torch.float64) * w_metric
+                    acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
+                # summed on the device: the metrics are read once per mini-batch, not waited for per micro-batch
+                acc += torch.stack([torch.as_tensor(row[key], dtype=torch.float64, device=self.device)
+                                    for key in keys]) * w_metric
             bar.update(1)
-            acc = self._all_reduce(acc)  # the global mini-batch's metrics, the same on every rank
+            acc = self._all_reduce(acc.cpu())  # the global mini-batch's metrics, the same on every rank
             _append(stats, dict(zip(keys, acc.tolist())))
             with record_function("rlkit/update/optimizer"):
                 if offload_optim:
@@ -610,8 +616,9 @@ class RankWorker:
 
         packed = worker_lib.remove_padding(self.cfg, "critic")
 
-        def micro_loss(mb):
-            return worker_lib.critic_micro_loss(self.cfg, worker_lib.response_values(self.critic, mb, packed), mb)
+        def micro_loss(mb):  # mb on the host (see _train)
+            vpreds = worker_lib.response_values(self.critic, mb, packed)
+            return worker_lib.critic_micro_loss(self.cfg, vpreds, mb.to(self.device, non_blocking=True))
 
         return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
                            bool(c.get("shuffle", False)), float(c.grad_clip), agg, self.critic_offload_optim, micro_loss)
@@ -628,7 +635,7 @@ class RankWorker:
         def micro_loss(mb):
             lp, ent = worker_lib.response_log_probs(self.actor, mb, temperature, entropy, packed,
                                                     self.compiled["actor"])
-            return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb)
+            return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb.to(self.device, non_blocking=True))
 
         return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),
                            float(a.grad_clip), agg, self.actor_offload_optim, micro_loss)

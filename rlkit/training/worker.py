@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from rlkit import algos
-from rlkit.datasets.batch import RolloutBatch
+from rlkit.datasets.batch import RolloutBatch, to_device
 from rlkit.datasets.packing import PackedLayout
 from rlkit.rollout.base import SamplingParams
 from rlkit.training import models, packed_attention
@@ -103,11 +103,12 @@ def critic_loss_agg_mode(cfg) -> str:
 
 
 def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
-                     mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+                     mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """PPO clipped policy loss (+ entropy bonus, + KL loss) of one micro-batch from the actor's
     :func:`response_log_probs` (``log_prob`` (mb, R); ``entropy`` (mb, R) when :func:`update_entropy`
     says it is used, else None); every term aggregated with ``actor.loss_agg_mode`` over the same
-    units. Returns the loss and its ``actor/*`` metrics; with an entropy it is reported as
+    units. Returns the loss and its ``actor/*`` metrics (0-d tensors on the loss's device, or floats);
+    with an entropy it is reported as
     ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics."""
     a = cfg.actor_rollout_ref.actor
     agg = a.loss_agg_mode
@@ -118,19 +119,19 @@ def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
         clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
         clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
         clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg, loss_scale_factor=scale)
-    row = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": m["pg_clipfrac"],
+    row = {"actor/pg_loss": pg_loss.detach(), "actor/pg_clipfrac": m["pg_clipfrac"],
            "actor/ppo_kl": m["ppo_kl"], "actor/pg_clipfrac_lower": m["pg_clipfrac_lower"]}
     # loss = L_clip - c_ent * H + c_kl * KL(pi || pi_ref)
     loss = pg_loss
     if entropy is not None:
         ent = algos.agg_loss(entropy, mask, agg, scale)
         loss = loss - float(a.entropy_coeff) * ent
-        row["actor/entropy"] = ent.item()
+        row["actor/entropy"] = ent.detach()
     if a.use_kl_loss:
         kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
         kl_loss = algos.agg_loss(kl, mask, agg, scale)
         loss = loss + float(a.kl_loss_coef) * kl_loss
-        row.update({"actor/kl_loss": kl_loss.item(), "actor/kl_coef": float(a.kl_loss_coef)})
+        row.update({"actor/kl_loss": kl_loss.detach(), "actor/kl_coef": float(a.kl_loss_coef)})
     return loss, row
 
 
@@ -141,12 +142,12 @@ def update_entropy(cfg) -> bool:
     return bool(a.get("calculate_entropy", False) or float(a.entropy_coeff) != 0)
 
 
-def critic_micro_loss(cfg, vpreds: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+def critic_micro_loss(cfg, vpreds: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss of one micro-batch's value predictions towards ``returns``; the loss and its
-    ``critic/*`` metrics."""
+    ``critic/*`` metrics (0-d tensors on the loss's device)."""
     loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
                                        float(cfg.critic.cliprange_value), critic_loss_agg_mode(cfg))
-    return loss, {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": m["vf_clipfrac"],
+    return loss, {"critic/vf_loss": loss.detach(), "critic/vf_clipfrac": m["vf_clipfrac"],
                   "critic/vpred_mean": m["vpred_mean"]}
 
 
@@ -157,10 +158,17 @@ def remove_padding(cfg, role: str) -> bool:
     return bool(model.get("use_remove_padding", False))
 
 
-def _packed_inputs(mb: RolloutBatch) -> tuple[PackedLayout, dict]:
-    """The micro-batch as one packed row: its layout and the forward's keyword arguments."""
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _packed_inputs(mb: RolloutBatch, device: torch.device) -> tuple[PackedLayout, dict]:
+    """The micro-batch as one packed row on ``device``: its layout and the forward's keyword arguments.
+    Worked out where ``mb`` is - on the host, nothing waits for the GPU - then moved without blocking."""
     lay = PackedLayout.from_mask(mb["attention_mask"], mb["responses"].shape[1])
-    kwargs = {"input_ids": lay.pack(mb["input_ids"]), "position_ids": lay.pack(mb["position_ids"]), "use_cache": False,
+    ids, pos = (to_device(lay.pack(mb[k]), device) for k in ("input_ids", "position_ids"))
+    lay = lay.to(device)
+    kwargs = {"input_ids": ids, "position_ids": pos, "use_cache": False,
               **packed_attention.packed_forward_kwargs(lay.cu_seqlens, lay.max_seqlen)}
     return lay, kwargs
 
@@ -181,18 +189,22 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
     (:func:`rlkit.algos.token_logprobs`). ``packed`` (``use_remove_padding``): the micro-batch runs as
     one row of its real tokens (:class:`~rlkit.datasets.packing.PackedLayout`, attention within each
     sequence); the model must use :mod:`rlkit.training.packed_attention`. Otherwise the padded batch
-    runs with its attention mask. Both give the same numbers up to float rounding. ``compiled``: the
+    runs with its attention mask. Both give the same numbers up to float rounding. ``mb`` may stay on the
+    host (the packed layout is then worked out there, with no wait for the GPU); the results are on the
+    model's device. ``compiled``: the
     softmax math through ``torch.compile`` (``token_logprobs(compiled=True)``).
     """
     R = mb["responses"].shape[1]
+    device = _device(model)
     if packed:
-        lay, kwargs = _packed_inputs(mb)
+        lay, kwargs = _packed_inputs(mb, device)
         before = packed_attention.calls()
         logits = model(logits_to_keep=lay.predict_index, **kwargs).logits[0]  # (M, V)
         _checked(before, model)
-        lp, ent = algos.token_logprobs(logits, lay.response_targets(mb["responses"]), temperature, with_entropy,
-                                       compiled=compiled)
+        lp, ent = algos.token_logprobs(logits, lay.response_targets(to_device(mb["responses"], device)), temperature,
+                                       with_entropy, compiled=compiled)
         return lay.unpack_response(lp), (lay.unpack_response(ent) if ent is not None else None)
+    mb = mb.to(device, non_blocking=True)
     out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"],
                 use_cache=False, logits_to_keep=R + 1)
     logits = out.logits[:, -R - 1 : -1]  # logits at position t predict token t+1
@@ -204,14 +216,16 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
 
 def response_values(critic, mb: RolloutBatch, packed: bool = False) -> torch.Tensor:
     """Values (mb, R) fp32: V(s_t) of the state that generates response token t, times ``response_mask``.
-    ``packed`` as in :func:`response_log_probs`."""
+    ``packed`` and ``mb``'s device as in :func:`response_log_probs`."""
     R = mb["responses"].shape[1]
+    device = _device(critic)
     if packed:
-        lay, kwargs = _packed_inputs(mb)
+        lay, kwargs = _packed_inputs(mb, device)
         before = packed_attention.calls()
         v = critic(keep=lay.predict_index, **kwargs)[0]  # (M,)
         _checked(before, critic)
-        return lay.unpack_response(v.float()) * mb["response_mask"]
+        return lay.unpack_response(v.float()) * to_device(mb["response_mask"], device)
+    mb = mb.to(device, non_blocking=True)
     v = critic(mb["input_ids"], mb["attention_mask"], mb["position_ids"])
     # the value of the state that generates response token t sits at position P - 1 + t
     return v[:, -R - 1 : -1].float() * mb["response_mask"]

@@ -318,6 +318,30 @@ def test_token_logprobs_in_chunks_equals_whole_rows(chunk_size):
         token_logprobs(logits[None], labels)
 
 
+def test_token_logprobs_gradient_is_exact_and_one_node():
+    """The chunked backward (one (M, V) gradient written chunk by chunk) passes gradcheck in fp64, with the
+    entropy used, unused or not computed; autograd sees one node over the logits, not a slice per chunk."""
+    from rlkit.algos import token_logprobs
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 6, (5,), generator=g)
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, labels, 0.8, True, chunk_size=2), (logits,))
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, labels, 1.0, True, chunk_size=2)[1], (logits,))
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, labels, 1.0, True, chunk_size=3)[0], (logits,))
+    assert torch.autograd.gradcheck(lambda x: token_logprobs(x, labels, 2.0, False, chunk_size=4)[0], (logits,))
+    lp, _ = token_logprobs(logits, labels, chunk_size=2)
+    assert "TokenLogprobs" in lp.grad_fn.name()
+    assert [f for f, _ in lp.grad_fn.next_functions if f is not None][0].variable is logits
+    # bf16 logits: the gradient comes back in bf16, equal to the fp32 reference to bf16 rounding
+    x = torch.randn(6, 50, generator=g).bfloat16().requires_grad_()
+    lp, ent = token_logprobs(x, labels.repeat(2)[:6], 1.0, True, chunk_size=4)
+    (gx,) = torch.autograd.grad((lp - 0.5 * ent).sum(), x)
+    xr = x.detach().float().requires_grad_()
+    (gr,) = torch.autograd.grad((logprobs_from_logits(xr, labels.repeat(2)[:6]) - 0.5 * entropy_from_logits(xr)).sum(), xr)
+    assert gx.dtype == torch.bfloat16 and torch.allclose(gx.float(), gr, atol=1e-2)
+
+
 def test_token_logprobs_compiled_equals_eager():
     """compiled=True (torch.compile of the chunk math; Inductor on this CPU) gives the eager numbers and
     gradients, for chunks of different sizes (the last one is short: dynamic shapes)."""

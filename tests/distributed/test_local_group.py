@@ -98,3 +98,29 @@ def test_use_torch_compile_picks_roles_and_cpu_ranks_stay_eager(model_dir):
         assert len(layers) == 4 and not any(hasattr(m, "_rlkit_eager_forward") for m in layers)
     finally:
         group.shutdown()
+
+
+def test_old_log_probs_use_the_actors_compile_setting(model_dir, monkeypatch):
+    """compute_log_prob sizes its micro-batches as the "rollout" role but runs the actor: it takes the actor's
+    compile setting (the ref's for ref log-probs), which CUDA ranks set from use_torch_compile."""
+    from rlkit.training import worker as worker_lib
+
+    seen = []
+    real = worker_lib.response_log_probs
+
+    def spy(model, mb, temperature, with_entropy=False, packed=False, compiled=False):
+        seen.append(compiled)
+        return real(model, mb, temperature, with_entropy, packed, False)
+
+    monkeypatch.setattr(worker_lib, "response_log_probs", spy)
+    group = WorkerGroup(config(model_dir, 1), local=True)
+    try:
+        group.local.compiled.update(actor=True, critic=False)  # as a CUDA rank with use_torch_compile
+        group.compute_log_prob(make_batch())
+        assert seen and all(seen)
+        group.local.compiled["actor"] = False
+        seen.clear()
+        group.compute_log_prob(make_batch())
+        assert seen and not any(seen)
+    finally:
+        group.shutdown()
