@@ -249,6 +249,17 @@ def summarize(rows: list[dict], model_cfg: dict, rows_per_step: int, peak: float
     return out
 
 
+def data_files(folder, check: bool = True) -> dict[str, str]:
+    """``{"train", "test"}`` parquet paths (verl's GSM8K schema) in ``folder``; with ``check`` a missing one
+    stops the benchmark with how to make it."""
+    d = Path(folder).expanduser().resolve()
+    data = {"train": str(d / "train.parquet"), "test": str(d / "test.parquet")}
+    for f in data.values():
+        if check and not Path(f).exists():
+            raise SystemExit(f"{f} not found: prepare GSM8K first (python -m rlkit.datasets.gsm8k) or pass --data")
+    return data
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="0.5b", help="0.5b | 1.5b | tiny (Qwen2.5 shapes, random weights)")
@@ -277,11 +288,7 @@ def main(argv=None) -> dict:
     from rlkit.main_ppo import run
     from rlkit.viz.plots import plot_phase_breakdown
 
-    data_dir = Path(args.data).expanduser()
-    data = {"train": str(data_dir / "train.parquet"), "test": str(data_dir / "test.parquet")}
-    for f in data.values():
-        if not Path(f).exists():
-            raise SystemExit(f"{f} not found: prepare GSM8K first (python -m rlkit.datasets.gsm8k) or pass --data")
+    data = data_files(args.data)
     machine, peak = machine_record(args.device, args.peak_tflops)
     card = machine["card"]
     res = dict(machine, setup=vars(args))
@@ -291,7 +298,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="rlkit-e2e-") as tmp:
         model, model_cfg = make_model(args.shape, args.tokenizer, Path(tmp) / "model")
         out = Path(tmp) / "run"
-        res["config_overrides"] = [o.replace(str(model), "<model>").replace(str(data_dir), "<data>")
+        res["config_overrides"] = [o.replace(str(model), "<model>").replace(str(Path(data["train"]).parent), "<data>")
                                    .replace(str(out), "<out>") for o in overrides(args, model, data, out)]
         res["model"] = dict(model_cfg, shape=args.shape, weights_per_token_actor=weights_per_token(model_cfg),
                             weights_per_token_critic=weights_per_token(model_cfg, "value"))

@@ -241,8 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_sides(args, sides: list[str]) -> dict[str, dict]:
     """Per side: argv, environment, folder, log, metrics file and its reader."""
-    out, data_dir = Path(args.out).expanduser().resolve(), Path(args.data).expanduser().resolve()
-    data = {"train": str(data_dir / "train.parquet"), "test": str(data_dir / "test.parquet")}
+    out, data = Path(args.out).expanduser().resolve(), e2e.data_files(args.data, check=False)
     plan = {}
     for name in sides:
         o, metrics = common_overrides(args, out / "model", data, out / name), out / name / "metrics.jsonl"
@@ -278,8 +277,7 @@ def main(argv=None) -> dict:
     if "trl" in plan and trl_missing:
         raise SystemExit(f"the trl side needs its driver {TRL_DRIVER} (rlkit/bench/peer_trl.py), not written yet: "
                          "run --sides rlkit,verl, or --dry-run to see the command it will take")
-    if not all((Path(args.data).expanduser() / f).exists() for f in ("train.parquet", "test.parquet")):
-        raise SystemExit(f"{args.data}: no GSM8K train/test.parquet; prepare it (python -m rlkit.datasets.gsm8k)")
+    e2e.data_files(args.data)  # stops here when GSM8K is not prepared
     _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
     machine, peak = e2e.machine_record("cuda")
     machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them

@@ -93,3 +93,13 @@ def test_engine_list_and_overrides():
     assert "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=100" in keys["packed"]
     with pytest.raises(ValueError, match="choose from padded, packed, compiled"):
         e2e.engine_overrides("fast", 100, 200)
+
+
+def test_data_files_names_both_splits_and_stops_when_missing(tmp_path):
+    files = e2e.data_files(tmp_path, check=False)
+    assert files == {"train": str(tmp_path.resolve() / "train.parquet"), "test": str(tmp_path.resolve() / "test.parquet")}
+    with pytest.raises(SystemExit, match=r"train\.parquet not found: prepare GSM8K first \(python -m rlkit\.datasets\.gsm8k\)"):
+        e2e.data_files(tmp_path)
+    for f in files.values():
+        open(f, "w").close()
+    assert e2e.data_files(tmp_path) == files
