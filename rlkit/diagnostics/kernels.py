@@ -8,6 +8,7 @@ wall seconds of the profiled call. :func:`summarize` answers the questions a slo
 * **by category** - seconds per kind of kernel (:data:`CATEGORIES`): a phase whose matrix multiplies are
   a small share of its busy time is held back by memory-bound element-wise work, not by math.
 
+>>> from rlkit.diagnostics.kernels import summarize
 >>> k = [("nvjet_sm90_tst_128x256_gemm", 0.0, 0.4), ("vectorized_elementwise_kernel<MulFunctor>", 0.4, 0.6),
 ...      ("flash_bwd_dq_dk_dv_loop", 0.5, 0.7), ("multi_tensor_apply_kernel<AdamW>", 0.9, 1.0)]
 >>> s = summarize(k, wall_seconds=1.25)
@@ -40,6 +41,7 @@ _COMPILED = [(name, re.compile(pat, re.IGNORECASE)) for name, pat in CATEGORIES]
 def kernel_category(name: str) -> str:
     """The first category of :data:`CATEGORIES` whose pattern occurs in ``name``, else ``"other"``.
 
+    >>> from rlkit.diagnostics.kernels import kernel_category
     >>> kernel_category("void pytorch_flash::flash_fwd_kernel<cutlass::bfloat16_t>"), kernel_category("Memcpy HtoD")
     ('attention', 'copy')
     """
@@ -52,6 +54,7 @@ def kernel_category(name: str) -> str:
 def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     """Length of the union of ``[start, end)`` intervals (kernels on several streams may overlap).
 
+    >>> from rlkit.diagnostics.kernels import busy_seconds
     >>> busy_seconds([(0, 2), (1, 3), (5, 6)])
     4
     """
