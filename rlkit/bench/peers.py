@@ -5,8 +5,9 @@
 Every side gets the same verl-style keys (:func:`common_overrides`: :mod:`rlkit.bench.e2e`'s throughput
 configuration, 7 steps = 2 warm-up + 5 measured; ``gae`` trains a critic, ``grpo`` samples 5 responses per prompt
 with the KL loss) and runs as a subprocess (rlkit imports neither verl nor TRL), in turn, in ``<out>/<side>/``,
-output to ``<out>/<side>.log``. TRL's driver ``rlkit.bench.peer_trl`` is not written yet: it is to take the same
-keys and write rlkit-style jsonl rows. :func:`side_summary` and :func:`compare` go to ``<out>/peers.json``.
+output to ``<out>/<side>.log``. TRL's side runs :mod:`rlkit.bench.peer_trl` on the same keys (it needs
+``pip install trl==1.12.0`` in this interpreter) and writes rlkit-style jsonl rows. :func:`side_summary` and
+:func:`compare` go to ``<out>/peers.json``.
 ``--dry-run`` prints the exact commands with their environment and runs nothing.
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rlkit.bench import e2e
+from rlkit.bench import e2e, peer_trl
 
 SIDES = ("rlkit", "verl", "trl")
 TRL_DRIVER = "rlkit.bench.peer_trl"
+TRL_PACKAGE = "trl"  # what the trl side's driver imports (peer_trl.INSTALL)
 MEM = "perf/max_memory_allocated_gb"
 # keys whose rlkit and verl defaults differ (gradient checkpointing: rlkit off, verl on; remove-padding: rlkit
 # off, verl on; max_num_seqs: verl 256, passed to SGLang as max_running_requests), set for every side
@@ -261,22 +263,23 @@ def main(argv=None) -> dict:
     if not sides or any(s not in SIDES for s in sides):
         raise SystemExit(f"--sides {args.sides!r}: choose from {', '.join(SIDES)}")
     plan, out = plan_sides(args, sides), Path(args.out).expanduser().resolve()
-    trl_missing = importlib.util.find_spec(TRL_DRIVER) is None
+    trl_missing = importlib.util.find_spec(TRL_PACKAGE) is None
     if args.dry_run:
         print(f"# {args.estimator}, {args.steps} steps per side ({args.warmup} warm-up), from the project root after "
               f"`source .gpu/setup.sh`; the run first writes a random-weight Qwen2.5 {args.shape} shape with the "
               f"{args.tokenizer} tokenizer to {out / 'model'} (rlkit.bench.e2e.make_model)")
         for name, side in plan.items():
             skip = "# " if name == "trl" and trl_missing else ""
-            print(f"\n# {name}{' - driver not written yet (rlkit/bench/peer_trl.py)' if skip else ''}: output to "
+            note = f" - needs TRL {peer_trl.TRL_VERSION} here ({peer_trl.INSTALL})" if skip else ""
+            print(f"\n# {name}{note}: output to "
                   f"{side['log']}, metrics to {side['metrics']}" + ("\n# expected to fail without flash-attn: verl's "
                   "critic loader asks for flash_attention_2" if name == "verl" and "PYTHONPATH" in side["env"] else ""))
             line = f"cd {shlex.quote(str(side['cwd']))} && {shell_line(side['argv'], side['env'], CONTINUED)}"
             print("\n".join(skip + x for x in line.splitlines()))
         return {name: {k: side[k] for k in ("argv", "env")} for name, side in plan.items()}
     if "trl" in plan and trl_missing:
-        raise SystemExit(f"the trl side needs its driver {TRL_DRIVER} (rlkit/bench/peer_trl.py), not written yet: "
-                         "run --sides rlkit,verl, or --dry-run to see the command it will take")
+        raise SystemExit(f"the trl side's driver {TRL_DRIVER} needs TRL {peer_trl.TRL_VERSION} in {sys.executable}: "
+                         f"{peer_trl.INSTALL}; or run --sides rlkit,verl, or --dry-run to see the command it will take")
     e2e.data_files(args.data)  # stops here when GSM8K is not prepared
     _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
     machine, peak = e2e.machine_record("cuda")

@@ -164,25 +164,34 @@ def nothing_runs(monkeypatch):
     monkeypatch.setattr(e2e, "make_model", refuse)
 
 
-def test_dry_run_prints_the_exact_commands_and_runs_nothing(tmp_path, capsys, nothing_runs):
+@pytest.mark.parametrize("trl_here", [False, True], ids=["without-trl", "with-trl"])
+def test_dry_run_prints_the_exact_commands_and_runs_nothing(tmp_path, capsys, nothing_runs, monkeypatch, trl_here):
+    monkeypatch.setattr(peers, "TRL_PACKAGE", "json" if trl_here else "rlkit_no_such_package")
     out = tmp_path / "out"
     plan = peers.main(["--dry-run", "--sides", "rlkit,verl,trl", "--out", str(out), "--data", str(tmp_path / "d")])
     text = capsys.readouterr().out
     assert not out.exists()
     blocks = {b.split(":", 1)[0].lstrip("# ").split(" ")[0]: b for b in text.split("\n\n")[1:]}
-    for name in ("rlkit", "verl"):
+    for name in ("rlkit", "verl", "trl") if trl_here else ("rlkit", "verl"):
         cmd = [ln for ln in blocks[name].splitlines() if not ln.startswith("#")]
         words = shlex.split(" ".join(ln.removesuffix(" \\") for ln in cmd))  # as a shell reads the lines
         env = [f"{k}={v}" for k, v in plan[name]["env"].items()]
         assert words == ["cd", str(out / name), "&&", *env, "python", *plan[name]["argv"][1:]]
     assert f"VERL_FILE_LOGGER_PATH={out}/verl/metrics.jsonl SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK=false" in text
     assert "PYTHONPATH=/tmp/site-trl:$PYTHONPATH python -m verl.trainer.main_ppo" in text
-    assert "driver not written yet" in blocks["trl"] and all(ln.startswith("#") for ln in blocks["trl"].splitlines())
-    assert f"python -m rlkit.bench.peer_trl \\\n#     --metrics={out}/trl/metrics.jsonl" in blocks["trl"]
+    assert plan["trl"]["argv"][1:4] == ["-m", "rlkit.bench.peer_trl", f"--metrics={out}/trl/metrics.jsonl"]
+    if trl_here:  # the driver's command, to run as printed
+        assert "needs TRL" not in text
+        assert f"python -m rlkit.bench.peer_trl \\\n    --metrics={out}/trl/metrics.jsonl" in blocks["trl"]
+    else:  # printed commented out, with what it needs
+        assert "needs TRL 1.12.0 here (pip install trl==1.12.0)" in blocks["trl"]
+        assert all(ln.startswith("#") for ln in blocks["trl"].splitlines())
+        assert f"python -m rlkit.bench.peer_trl \\\n#     --metrics={out}/trl/metrics.jsonl" in blocks["trl"]
 
 
-def test_trl_side_is_refused_before_anything_runs(tmp_path, nothing_runs):
-    with pytest.raises(SystemExit, match=r"rlkit\.bench\.peer_trl .*not written yet"):
+def test_trl_side_is_refused_before_anything_runs_without_trl(tmp_path, nothing_runs, monkeypatch):
+    monkeypatch.setattr(peers, "TRL_PACKAGE", "rlkit_no_such_package")
+    with pytest.raises(SystemExit, match=r"rlkit\.bench\.peer_trl needs TRL 1\.12\.0 .*pip install trl==1\.12\.0"):
         peers.main(["--sides", "rlkit,trl", "--out", str(tmp_path / "out"), "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match="choose from rlkit, verl, trl"):
         peers.main(["--sides", "rlkit,vllm", "--out", str(tmp_path / "out")])
