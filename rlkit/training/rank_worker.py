@@ -506,7 +506,7 @@ class RankWorker:
         compiled = self.compiled.get("ref" if role == "ref" else "actor", False)  # "rollout" sizes the actor's
 
         def fn(mb):
-            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed, compiled)
+            lp, ent = worker_lib.response_log_probs(model, mb, temperature, with_entropy, packed, compiled, self.device)
             return {"log_probs": lp, "entropys": ent} if with_entropy else {"log_probs": lp}
 
         try:
@@ -521,7 +521,8 @@ class RankWorker:
         packed = worker_lib.remove_padding(self.cfg, "values")
         try:
             return self._forward_rows(batch, "values", "values",
-                                      lambda mb: {"values": worker_lib.response_values(self.critic, mb, packed)})["values"]
+                                      lambda mb: {"values": worker_lib.response_values(self.critic, mb, packed,
+                                                                                       self.device)})["values"]
         finally:
             self.critic.train()
 
@@ -617,7 +618,7 @@ class RankWorker:
         packed = worker_lib.remove_padding(self.cfg, "critic")
 
         def micro_loss(mb):  # mb on the host (see _train)
-            vpreds = worker_lib.response_values(self.critic, mb, packed)
+            vpreds = worker_lib.response_values(self.critic, mb, packed, self.device)
             return worker_lib.critic_micro_loss(self.cfg, vpreds, mb.to(self.device, non_blocking=True))
 
         return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
@@ -634,7 +635,7 @@ class RankWorker:
 
         def micro_loss(mb):
             lp, ent = worker_lib.response_log_probs(self.actor, mb, temperature, entropy, packed,
-                                                    self.compiled["actor"])
+                                                    self.compiled["actor"], self.device)
             return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb.to(self.device, non_blocking=True))
 
         return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),

@@ -158,8 +158,10 @@ def remove_padding(cfg, role: str) -> bool:
     return bool(model.get("use_remove_padding", False))
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def _device(model, device) -> torch.device:
+    """``device``, else where the model's first parameter lives (with FSDP's CPU offload that is the host, while
+    the model computes on the rank's GPU: pass ``device`` there)."""
+    return torch.device(device) if device is not None else next(model.parameters()).device
 
 
 def _packed_inputs(mb: RolloutBatch, device: torch.device) -> tuple[PackedLayout, dict]:
@@ -181,7 +183,8 @@ def _checked(before: int, model) -> None:
 
 
 def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy: bool = False,
-                       packed: bool = False, compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       packed: bool = False, compiled: bool = False,
+                       device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (mb, R) of the response tokens under ``model`` at ``temperature`` (0 counts as 1), and
     their entropies (mb, R) with ``with_entropy`` (else None); 0 where a row has no response token.
 
@@ -190,12 +193,12 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
     one row of its real tokens (:class:`~rlkit.datasets.packing.PackedLayout`, attention within each
     sequence); the model must use :mod:`rlkit.training.packed_attention`. Otherwise the padded batch
     runs with its attention mask. Both give the same numbers up to float rounding. ``mb`` may stay on the
-    host (the packed layout is then worked out there, with no wait for the GPU); the results are on the
-    model's device. ``compiled``: the
+    host (the packed layout is then worked out there, with no wait for the GPU); the inputs and results
+    go to ``device`` (default: the model's first parameter's). ``compiled``: the
     softmax math through ``torch.compile`` (``token_logprobs(compiled=True)``).
     """
     R = mb["responses"].shape[1]
-    device = _device(model)
+    device = _device(model, device)
     if packed:
         lay, kwargs = _packed_inputs(mb, device)
         before = packed_attention.calls()
@@ -214,11 +217,11 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
     return lp.view(b, R), (ent.view(b, R) if ent is not None else None)
 
 
-def response_values(critic, mb: RolloutBatch, packed: bool = False) -> torch.Tensor:
+def response_values(critic, mb: RolloutBatch, packed: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
     """Values (mb, R) fp32: V(s_t) of the state that generates response token t, times ``response_mask``.
-    ``packed`` and ``mb``'s device as in :func:`response_log_probs`."""
+    ``packed``, ``mb`` and ``device`` as in :func:`response_log_probs`."""
     R = mb["responses"].shape[1]
-    device = _device(critic)
+    device = _device(critic, device)
     if packed:
         lay, kwargs = _packed_inputs(mb, device)
         before = packed_attention.calls()

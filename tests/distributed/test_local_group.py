@@ -108,9 +108,10 @@ def test_old_log_probs_use_the_actors_compile_setting(model_dir, monkeypatch):
     seen = []
     real = worker_lib.response_log_probs
 
-    def spy(model, mb, temperature, with_entropy=False, packed=False, compiled=False):
+    def spy(model, mb, temperature, with_entropy=False, packed=False, compiled=False, device=None):
+        assert device == group.local.device  # the rank's device, not the parameters' (host ones under CPU offload)
         seen.append(compiled)
-        return real(model, mb, temperature, with_entropy, packed, False)
+        return real(model, mb, temperature, with_entropy, packed, False, device)
 
     monkeypatch.setattr(worker_lib, "response_log_probs", spy)
     group = WorkerGroup(config(model_dir, 1), local=True)
