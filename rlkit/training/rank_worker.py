@@ -572,7 +572,7 @@ class RankWorker:
             rows = [float(sum(not p for p in mb[PAD_COLUMN])) for mb in micros]
             total_units, total_rows = self._all_reduce(torch.tensor([sum(units), sum(rows)], dtype=torch.float64)).tolist()
             optim.zero_grad(set_to_none=True)
-            keys, acc = None, None
+            keys = acc_dev = acc_host = None
             for mb, u, n in zip(micros, units, rows):
                 with record_function("rlkit/update/forward+loss"):
                     loss, row = micro_loss(mb)
@@ -582,14 +582,16 @@ class RankWorker:
                     w_loss = w_metric = u / max(total_units, 1.0)
                 with record_function("rlkit/update/backward"):
                     (loss * (w_loss * self.world_size)).backward()  # FSDP divides the gradient by the world size
-                if keys is None:
-                    keys = sorted(row)
-                    acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
-                # summed on the device: the metrics are read once per mini-batch, not waited for per micro-batch
-                acc += torch.stack([torch.as_tensor(row[key], dtype=torch.float64, device=self.device)
-                                    for key in keys]) * w_metric
+                if keys is None:  # tensor metrics are summed on the device (read once per mini-batch), floats here
+                    on_dev = sorted(k for k in row if torch.is_tensor(row[k]))
+                    keys, n_dev = on_dev + sorted(k for k in row if k not in on_dev), len(on_dev)
+                    acc_dev = torch.zeros(n_dev, dtype=torch.float64, device=self.device)
+                    acc_host = torch.zeros(len(keys) - n_dev, dtype=torch.float64)
+                if n_dev:
+                    acc_dev += torch.stack([row[k].to(self.device, torch.float64) for k in keys[:n_dev]]) * w_metric
+                acc_host += torch.tensor([float(row[k]) for k in keys[n_dev:]], dtype=torch.float64) * w_metric
             bar.update(1)
-            acc = self._all_reduce(acc.cpu())  # the global mini-batch's metrics, the same on every rank
+            acc = self._all_reduce(torch.cat([acc_dev.cpu(), acc_host]))  # the global mini-batch's, on every rank
             _append(stats, dict(zip(keys, acc.tolist())))
             with record_function("rlkit/update/optimizer"):
                 if offload_optim:
