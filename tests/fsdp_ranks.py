@@ -330,3 +330,24 @@ def compiled_step(rank: int, world: int, port: int, model_dir: str, lengths: lis
                              "n_compiled": n_compiled, "graphs": int(counters["stats"]["unique_graphs"])}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finish()
+
+
+def fsdp_units(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> None:
+    """How many FSDP units :func:`rlkit.training.fsdp.shard_model` makes by default, with offload, and asked
+    per layer; and whether one forward+backward through the default wrapping equals the per-layer one."""
+    from torch.distributed.fsdp import FSDPModule
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training import fsdp
+
+    init(rank, world, port)
+    mesh = fsdp.device_mesh(world, -1, "cpu")
+    ids = torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(rank))
+    out = {}
+    for name, kw in (("default", {}), ("offload", {"offload": True}), ("per_layer", {"per_layer": True})):
+        model = fsdp.shard_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), mesh, **kw)
+        token_losses(model, ids).sum().backward()
+        out[name] = {"units": sum(isinstance(m, FSDPModule) for m in model.modules()),
+                     "grads": {k: p.grad.full_tensor().clone() for k, p in model.named_parameters()}}
+    torch.save(out, os.path.join(out_dir, f"units{rank}.pt"))
+    finish()

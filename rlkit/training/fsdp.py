@@ -6,7 +6,8 @@ One rank process per GPU (or per CPU rank with gloo) calls these after ``init_pr
   HSDP mesh ``("replicate", "shard")`` when ``fsdp_size`` divides the world (shapes from
   :class:`rlkit.parallel.ParallelPlan`).
 * :func:`shard_model` - ``fully_shard`` on every decoder layer, then on the root (so the embedding,
-  the final norm, a tied lm_head and a value head form the root's group). Mixed precision:
+  the final norm, a tied lm_head and a value head form the root's group); on a mesh of one rank
+  without offload the whole model is one unit (nothing to shard, fewer hooks per micro-batch). Mixed precision:
   ``MixedPrecisionPolicy(param_dtype, reduce_dtype)``; rlkit's roles pass bf16 compute on GPU and
   fp32 on CPU (CPU bf16 matmuls are slow, and the N-rank == 1-rank tests need fp32); master
   weights, optimizer state and the gradient reduction stay fp32. ``offload=True`` adds
@@ -89,7 +90,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 def shard_model(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = None,
                 reduce_dtype: torch.dtype | None = torch.float32, offload: bool = False,
-                reshard_after_forward: bool = True) -> nn.Module:
+                reshard_after_forward: bool = True, per_layer: bool | None = None) -> nn.Module:
     """``fully_shard`` every decoder layer, then the root; returns ``model`` (now an FSDPModule).
 
     Args:
@@ -101,12 +102,23 @@ def shard_model(model: nn.Module, mesh, *, param_dtype: torch.dtype | None = Non
             pinned memory when CUDA is available).
         reshard_after_forward: free each layer's gathered parameters after its forward (ZeRO-3);
             False keeps them until the backward (ZeRO-2-like, more memory, fewer all-gathers).
+        per_layer: a unit per decoder layer (True) or the whole model as one unit (False). None
+            (default): per layer, except on a mesh of one rank without offload: there nothing is
+            sharded, and per-layer units would only add their hooks (gather, cast, reduce, about a
+            millisecond of host time per layer and pass on a CPU) to every forward and backward; the
+            one unit keeps the mixed precision (bf16 compute copy, fp32 master weights and gradients)
+            at the cost of holding the whole bf16 copy during a micro-batch.
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     off = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
     kwargs = dict(mesh=mesh, mp_policy=mp, offload_policy=off)
+    if per_layer is None:
+        per_layer = offload or mesh.size() > 1
+    if not per_layer:
+        fully_shard(model, reshard_after_forward=reshard_after_forward, **kwargs)
+        return model
     for layer in decoder_layers(model):
         fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
     # the root's own parameters are used last in backward; keeping them gathered after the forward saves one all-gather

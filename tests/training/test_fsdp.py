@@ -204,3 +204,21 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(tiny):
             got = lm(input_ids=ids).logits
     assert torch.equal(got, expected)
     assert all(layer.forward == layer._rlkit_eager_forward for layer in lm.model.layers)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_one_rank_wraps_the_whole_model_as_one_unit(tiny, tmp_path, world):
+    """On one rank (nothing to shard) without offload the model is one FSDP unit - fewer hooks per micro-batch -
+    with the gradients of the per-layer wrapping; with offload or several ranks every decoder layer is a unit."""
+    import torch.multiprocessing as mp
+    from transformers import AutoConfig
+
+    from fsdp_ranks import fsdp_units
+
+    layers = AutoConfig.from_pretrained(tiny).num_hidden_layers
+    mp.spawn(fsdp_units, args=(world, free_port(), tiny, str(tmp_path)), nprocs=world)
+    out = torch.load(tmp_path / "units0.pt")
+    assert out["default"]["units"] == (1 if world == 1 else layers + 1)
+    assert out["offload"]["units"] == out["per_layer"]["units"] == layers + 1
+    for k, g in out["per_layer"]["grads"].items():
+        assert torch.allclose(out["default"]["grads"][k], g, atol=1e-6), k
