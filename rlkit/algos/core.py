@@ -173,8 +173,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(z, dim=-1) - (p * z).sum(dim=-1)
 
 
+def _math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for the softmax math, fp64 kept."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _float(logits: torch.Tensor) -> torch.Tensor:
-    return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    return logits.to(_math_dtype(logits.dtype))
 
 
 def _token_logprobs_chunk(logits: torch.Tensor, labels: torch.Tensor, inv_temperature: float,
@@ -231,7 +236,7 @@ class _TokenLogprobs(torch.autograd.Function):
         logits, labels, *saved = ctx.saved_tensors
         inv_t, chunk_size, compiled = ctx.args
         ent = saved[0] if saved else None
-        grad_lp = torch.zeros_like(logits[:, 0], dtype=_float(logits[:1, :1]).dtype) if grad_lp is None else grad_lp
+        grad_lp = torch.zeros_like(logits[:, 0], dtype=_math_dtype(logits.dtype)) if grad_lp is None else grad_lp
         grad = torch.empty_like(logits)
         fn = _chunk_fn(_token_logprobs_chunk_grad, compiled)
         for start in range(0, logits.shape[0], chunk_size):
@@ -250,7 +255,7 @@ def _chunks(logits, labels, inv_t: float, with_entropy: bool, chunk_size: int, c
         lps.append(lp)
         ents.append(ent)
     if not lps:
-        empty = logits.new_zeros(0, dtype=_float(logits[:0]).dtype)
+        empty = logits.new_zeros(0, dtype=_math_dtype(logits.dtype))
         return empty, (empty if with_entropy else None)
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 

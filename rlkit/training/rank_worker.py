@@ -621,7 +621,7 @@ class RankWorker:
 
         def micro_loss(mb):  # mb on the host (see _train)
             vpreds = worker_lib.response_values(self.critic, mb, packed, self.device)
-            return worker_lib.critic_micro_loss(self.cfg, vpreds, mb.to(self.device, non_blocking=True))
+            return worker_lib.critic_micro_loss(self.cfg, vpreds, mb)  # moves the columns it reads
 
         return self._train("critic", self.critic, self.critic_optim, self.critic_sched, batch, step,
                            bool(c.get("shuffle", False)), float(c.grad_clip), agg, self.critic_offload_optim, micro_loss)
@@ -638,7 +638,7 @@ class RankWorker:
         def micro_loss(mb):
             lp, ent = worker_lib.response_log_probs(self.actor, mb, temperature, entropy, packed,
                                                     self.compiled["actor"], self.device)
-            return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb.to(self.device, non_blocking=True))
+            return worker_lib.actor_micro_loss(self.cfg, lp, ent, mb)  # moves the columns it reads
 
         return self._train("actor", self.actor, self.actor_optim, self.actor_sched, batch, step, bool(a.shuffle),
                            float(a.grad_clip), agg, self.actor_offload_optim, micro_loss)

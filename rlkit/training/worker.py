@@ -102,20 +102,25 @@ def critic_loss_agg_mode(cfg) -> str:
     return cfg.critic.get("loss_agg_mode") or cfg.actor_rollout_ref.actor.loss_agg_mode
 
 
+def _column(mb: RolloutBatch, key: str, like: torch.Tensor) -> torch.Tensor:
+    """Column ``key`` of ``mb`` on ``like``'s device (from the host without blocking: :func:`to_device`)."""
+    return to_device(mb[key], like.device)
+
+
 def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
                      mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """PPO clipped policy loss (+ entropy bonus, + KL loss) of one micro-batch from the actor's
     :func:`response_log_probs` (``log_prob`` (mb, R); ``entropy`` (mb, R) when :func:`update_entropy`
     says it is used, else None); every term aggregated with ``actor.loss_agg_mode`` over the same
-    units. Returns the loss and its ``actor/*`` metrics (0-d tensors on the loss's device, or floats);
-    with an entropy it is reported as
-    ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics."""
+    units. ``mb`` may stay on the host: the columns read here go to ``log_prob``'s device. Returns the
+    loss and its ``actor/*`` metrics (0-d tensors on the loss's device, or floats); with an entropy it is
+    reported as ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics."""
     a = cfg.actor_rollout_ref.actor
     agg = a.loss_agg_mode
     scale = None if a.get("loss_scale_factor") is None else float(a.loss_scale_factor)  # seq-mean-token-sum-norm only
-    mask = mb["response_mask"]
+    mask = _column(mb, "response_mask", log_prob)
     pg_loss, m = algos.compute_policy_loss(
-        mb["old_log_probs"], log_prob, mb["advantages"], mask,
+        _column(mb, "old_log_probs", log_prob), log_prob, _column(mb, "advantages", log_prob), mask,
         clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
         clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
         clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg, loss_scale_factor=scale)
@@ -128,7 +133,7 @@ def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
         loss = loss - float(a.entropy_coeff) * ent
         row["actor/entropy"] = ent.detach()
     if a.use_kl_loss:
-        kl = algos.kl_penalty(log_prob, mb["ref_log_prob"], a.kl_loss_type)
+        kl = algos.kl_penalty(log_prob, _column(mb, "ref_log_prob", log_prob), a.kl_loss_type)
         kl_loss = algos.agg_loss(kl, mask, agg, scale)
         loss = loss + float(a.kl_loss_coef) * kl_loss
         row.update({"actor/kl_loss": kl_loss.detach(), "actor/kl_coef": float(a.kl_loss_coef)})
@@ -144,9 +149,11 @@ def update_entropy(cfg) -> bool:
 
 def critic_micro_loss(cfg, vpreds: torch.Tensor, mb: RolloutBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss of one micro-batch's value predictions towards ``returns``; the loss and its
-    ``critic/*`` metrics (0-d tensors on the loss's device)."""
-    loss, m = algos.compute_value_loss(vpreds, mb["values"], mb["returns"], mb["response_mask"],
-                                       float(cfg.critic.cliprange_value), critic_loss_agg_mode(cfg))
+    ``critic/*`` metrics (0-d tensors on the loss's device). ``mb`` may stay on the host, as for
+    :func:`actor_micro_loss`."""
+    values, returns, mask = (_column(mb, k, vpreds) for k in ("values", "returns", "response_mask"))
+    loss, m = algos.compute_value_loss(vpreds, values, returns, mask, float(cfg.critic.cliprange_value),
+                                       critic_loss_agg_mode(cfg))
     return loss, {"critic/vf_loss": loss.detach(), "critic/vf_clipfrac": m["vf_clipfrac"],
                   "critic/vpred_mean": m["vpred_mean"]}
 
@@ -217,7 +224,8 @@ def response_log_probs(model, mb: RolloutBatch, temperature: float, with_entropy
     return lp.view(b, R), (ent.view(b, R) if ent is not None else None)
 
 
-def response_values(critic, mb: RolloutBatch, packed: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
+def response_values(critic, mb: RolloutBatch, packed: bool = False,
+                    device: torch.device | str | None = None) -> torch.Tensor:
     """Values (mb, R) fp32: V(s_t) of the state that generates response token t, times ``response_mask``.
     ``packed``, ``mb`` and ``device`` as in :func:`response_log_probs`."""
     R = mb["responses"].shape[1]
