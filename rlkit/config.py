@@ -410,8 +410,8 @@ class TrainerConfig:
     experiment_name: str = "gsm8k"  # logger run name
     logger: List[str] = field(default_factory=lambda: ["console"])  # console | jsonl | tensorboard
     log_val_generations: int = 0  # validation samples to log
-    rollout_data_dir: Optional[str] = None  # dump rollouts here (jsonl); None = no dump
-    validation_data_dir: Optional[str] = None  # dump validation generations here
+    rollout_data_dir: Optional[str] = None  # each step writes <dir>/<step>.jsonl: input, output, gts, score, step per response; None = none
+    validation_data_dir: Optional[str] = None  # each validation writes <dir>/<step>.jsonl, the same lines (0 before training)
     nnodes: int = 1  # machines
     n_gpus_per_node: int = 1  # GPUs per machine (rlkit: 1, one device; verl: 8 - its commands set it)
     save_freq: int = -1  # checkpoint every N steps; -1 = never
@@ -1283,6 +1283,13 @@ def validate(cfg: Any) -> None:
             "set trainer.resume_from_path=<checkpoint dir> or trainer.resume_mode=auto")
     rule("trainer.device", lambda v: v in ("cuda", "cpu") or re.fullmatch(r"cuda:\d+", v) is not None,
          "must be cuda, cuda:N or cpu", "use trainer.device=cuda (rlkit falls back to cpu without CUDA)")
+    dump_dirs = ("trainer.rollout_data_dir", "trainer.validation_data_dir")
+    for k in dump_dirs:
+        if ok(k) and get(k) and (why := _not_a_folder(get(k))):
+            bad(k, why, f"point {k} at a folder (created if missing), or set {k}=null to write none")
+    if all(ok(k) and get(k) for k in dump_dirs) and _same_path(*(get(k) for k in dump_dirs)):
+        bad("trainer.validation_data_dir", "is the folder of trainer.rollout_data_dir: both write <step>.jsonl, "
+            "so a validation would replace the rollouts of its step", "give the two keys different folders")
 
     if problems:
         raise ConfigError(problems)
@@ -1293,6 +1300,25 @@ def validate(cfg: Any) -> None:
                      "the default False")
     for note in notes:
         warnings.warn(note, ConfigWarning, stacklevel=2)
+
+
+def _not_a_folder(value: str) -> Optional[str]:
+    """Why files cannot be written under ``value`` (it or a parent is a file), or None; nothing is created."""
+    path = Path(value).expanduser()
+    for p in (path, *path.parents):
+        try:
+            if not p.exists():
+                continue
+            if p.is_dir():
+                return None
+        except OSError:  # unreadable: the write will say why
+            return None
+        return "is a file, not a folder" if p == path else f"cannot be a folder: its parent {p} is a file"
+    return None
+
+
+def _same_path(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def _raw(cfg: DictConfig, path: str) -> Any:

@@ -27,6 +27,7 @@ from rlkit.config import PPOConfig, check_runtime, validate
 from rlkit.diagnostics import balance as memory_balance_lib
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.diagnostics.timing import PhaseTimer
+from rlkit.loggers import dump_generations
 
 KEEP_ROLLOUT_STEPS = 100  # rollout tables kept in memory for show_rollouts() / the dashboard
 
@@ -185,6 +186,8 @@ class Experiment:
         If the call is interrupted (KeyboardInterrupt in a notebook, an exception in a reward
         function), the data position is rolled back and the worker reset, so the next ``step()``
         retries the same prompts. Parameter updates that completed before the interruption stay.
+        With ``trainer.rollout_data_dir`` the step's responses are written to ``<dir>/<step>.jsonl`` in
+        verl's format (:func:`rlkit.loggers.dump_generations`); a retried step replaces its file.
         """
         self._require_worker("step()")
         sampler_state = self.sampler.state_dict()
@@ -243,6 +246,14 @@ class Experiment:
             with timer.phase("reward"):
                 scores, extras = self._score_samples(batch, responses_text)
                 batch["token_level_scores"] = _last_token_tensor(torch.tensor(scores, dtype=torch.float32), mask)
+
+            # verl's trainer.rollout_data_dir: <dir>/<step>.jsonl, one line per response. Written before any
+            # update, so a failed write leaves the models as they were and the step can be retried
+            if cfg.trainer.get("rollout_data_dir"):
+                with timer.phase("dump_rollout_generations"):
+                    self._dump_generations("trainer.rollout_data_dir", step, self._decode_prompts(batch),
+                                           responses_text, batch["ground_truth"],
+                                           batch["token_level_scores"].sum(-1).tolist(), extras)
 
             # 4. old log-probs: recomputed by the actor, as verl does (not trusted from the engine)
             with timer.phase("old_log_prob"):
@@ -345,6 +356,18 @@ class Experiment:
         lengths = batch["response_mask"].sum(-1).long().tolist()
         return [self.tokenizer.decode(ids[:L], skip_special_tokens=True)
                 for ids, L in zip(batch["responses"].tolist(), lengths)]
+
+    def _decode_prompts(self, batch) -> list[str]:
+        """Each row's prompt as verl's dumps show it: its tokens without padding, special tokens skipped."""
+        prompts = batch["prompts"]
+        real = batch["attention_mask"][:, : prompts.shape[1]].bool()
+        return [self.tokenizer.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(prompts, real)]
+
+    def _dump_generations(self, key: str, step: int, inputs: list[str], outputs: list[str], gts: list,
+                          scores: list[float], extras: dict[str, list]) -> None:
+        """``trainer.rollout_data_dir`` / ``trainer.validation_data_dir`` (``key``): ``<dir>/<step>.jsonl``
+        in verl's format (:func:`rlkit.loggers.dump_generations`)."""
+        dump_generations(OmegaConf.select(self.config, key), step, inputs, outputs, gts, scores, extras, key=key)
 
     def _rollout_frame(self, step, responses_text, batch) -> pd.DataFrame:
         mask = batch["response_mask"]
@@ -457,34 +480,42 @@ class Experiment:
         it (:mod:`rlkit.rewards.validation`): ``val-core/<data_source>/reward/mean@N`` for a float score
         (``.../acc/...`` when the reward returns a dict with ``acc``), with ``std@N``, ``best@k``,
         ``worst@k`` and ``maj@k`` for ``val_kwargs.n > 1``, and ``val-aux/<data_source>/response_length/mean``.
-        The per-response table is kept in ``self.last_validation``.
+        The per-response table is kept in ``self.last_validation``; with ``trainer.validation_data_dir`` it
+        is also written, in verl's format, to ``<dir>/<global_step>.jsonl`` (:func:`rlkit.loggers.dump_generations`).
         """
         from rlkit.rewards.validation import validation_metrics
 
         bs = int(self.config.data.get("val_batch_size") or len(self.val_dataset))
+        dump = bool(self.config.trainer.get("validation_data_dir"))
         self.worker.wake_rollout()
         try:
-            rows, extras = self._validation_rows(bs)
+            rows, extras, inputs = self._validation_rows(bs, with_inputs=dump)
         finally:
             self.worker.sleep_rollout()
         df = pd.DataFrame(rows)
         self.last_validation = df
-        metrics = validation_metrics(list(df["data_source"]), list(df["uid"]), {"reward": list(df["score"]), **extras})
+        infos = {"reward": list(df["score"]), **extras}
+        metrics = validation_metrics(list(df["data_source"]), list(df["uid"]), infos)
         for ds, g in df.groupby("data_source"):
             metrics[f"val-aux/{ds}/response_length/mean"] = float(g["response_length"].mean())
         self.val_history.append({"step": self.global_step, **metrics})
+        if dump:  # verl's trainer.validation_data_dir; its lines carry the same infos (``reward`` too)
+            self._dump_generations("trainer.validation_data_dir", self.global_step, inputs, list(df["response"]),
+                                   list(df["ground_truth"]), list(df["score"]), infos)
         return metrics
 
-    def _validation_rows(self, bs: int) -> tuple[list[dict], dict[str, list]]:
-        """One row per response (``uid``: its prompt's index in the validation set) and the reward's extra
-        keys per response."""
-        rows, extras = [], {}
+    def _validation_rows(self, bs: int, with_inputs: bool = False) -> tuple[list[dict], dict[str, list], list[str]]:
+        """One row per response (``uid``: its prompt's index in the validation set), the reward's extra
+        keys per response, and with ``with_inputs`` each response's decoded prompt (for the dump)."""
+        rows, extras, inputs = [], {}, []
         for start in range(0, len(self.val_dataset), bs):
             items = [self.val_dataset[i] for i in range(start, min(start + bs, len(self.val_dataset)))]
             batch = self.worker.generate([it["prompt_ids"] for it in items], validate=True)
             n = len(batch) // len(items)
             batch.update(_row_columns(items, n))
             texts = self._decode(batch)
+            if with_inputs:
+                inputs += self._decode_prompts(batch)
             scores, more = self._score_samples(batch, texts)
             for key, values in more.items():
                 extras.setdefault(key, [None] * len(rows)).extend(values)
@@ -495,7 +526,7 @@ class Experiment:
                 rows.append({"uid": start + i // n, "data_source": batch["data_source"][i], "prompt": batch["prompt_text"][i],
                              "response": text, "ground_truth": batch["ground_truth"][i], "score": score,
                              "response_length": length, "finish_reason": batch["finish_reason"][i]})
-        return rows, extras
+        return rows, extras, inputs
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory: str | os.PathLike) -> Path:

@@ -1,4 +1,6 @@
-"""Metric sinks named by ``trainer.logger``: ``console``, ``jsonl``, ``tensorboard``."""
+"""Metric sinks named by ``trainer.logger``: ``console``, ``jsonl``, ``tensorboard``; and
+:func:`dump_generations`, the per-response files of ``trainer.rollout_data_dir`` /
+``trainer.validation_data_dir``."""
 from __future__ import annotations
 
 import json
@@ -104,3 +106,60 @@ class Tracking:
     def close(self) -> None:
         for lg in self.loggers:
             lg.close()
+
+
+# ---------------------------------------------------------------------- generation dumps
+def dump_generations(directory: str | os.PathLike, step: int, inputs: list[str], outputs: list[str], gts: list,
+                     scores: list[float], extras: dict[str, list] | None = None, *,
+                     key: str = "trainer.rollout_data_dir") -> Path:
+    """Write ``<directory>/<step>.jsonl`` as verl's ``_dump_generations`` does: one JSON object per
+    response with ``input``, ``output``, ``gts``, ``score`` and ``step``, then every ``extras`` list
+    that has one value per response (a reward's extra keys; verl lets them replace a base key of the
+    same name), ``ensure_ascii=False``, UTF-8.
+
+    The folder is created if missing. The file of the same step is replaced (a rerun of that step)
+    and nothing else in the folder is touched; it is written to a temporary file beside it and
+    renamed, so an interrupted write leaves the previous file whole. ``key`` names the config key in
+    errors. Values JSON cannot hold (numpy arrays, tensors) are written as lists, others as text.
+
+    >>> import json, tempfile
+    >>> from rlkit.loggers import dump_generations
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = dump_generations(d, 3, ["1+1="], ["2"], ["2"], [1.0], {"acc": [True], "short": []})
+    ...     print(path.name, json.loads(path.read_text()))
+    3.jsonl {'input': '1+1=', 'output': '2', 'gts': '2', 'score': 1.0, 'step': 3, 'acc': True}
+    """
+    n = len(inputs)
+    columns = {"input": inputs, "output": outputs, "gts": gts, "score": scores}
+    if any(len(v) != n for v in columns.values()):
+        raise ValueError(f"dump_generations needs one value per response, got "
+                         f"{ {k: len(v) for k, v in columns.items()} }")
+    columns["step"] = [step] * n
+    columns.update({k: v for k, v in (extras or {}).items() if len(v) == n})  # verl: lists of the right length
+    folder = Path(directory).expanduser()
+    path = folder / f"{step}.jsonl"
+    tmp = folder / f".{step}.jsonl.{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "w", encoding="utf-8")
+        try:
+            with f:
+                for i in range(n):
+                    row = {k: v[i] for k, v in columns.items()}
+                    f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # our own temporary file, never the user's
+            raise
+    except OSError as e:
+        why = "it or a parent is a file" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise OSError(e.errno, f"{key}={directory}: cannot write {path}: {why}. Fix: point {key} at a "
+                               f"writable folder (created if missing), or set {key}=null to write none") from e
+    return path
+
+
+def _jsonable(value):
+    """What ``json.dumps`` cannot write itself: arrays and tensors as (nested) lists, anything else as text."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

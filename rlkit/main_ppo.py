@@ -4,7 +4,8 @@ Accepts verl's command line (``data.train_files=... actor_rollout_ref.actor.opti
 and runs the same :class:`rlkit.Experiment` a notebook steps: optional validation before training,
 ``trainer.total_training_steps`` (or ``total_epochs``) steps, validation every ``test_freq`` steps,
 checkpoints every ``save_freq`` steps (keeping ``max_actor_ckpt_to_keep`` /
-``max_critic_ckpt_to_keep``), metrics to ``trainer.logger``.
+``max_critic_ckpt_to_keep``), metrics to ``trainer.logger``, and with ``trainer.rollout_data_dir`` /
+``trainer.validation_data_dir`` each step's and each validation's responses to ``<dir>/<step>.jsonl``.
 
 With ``trainer.resume_mode=auto`` (the default) a run continues from the newest
 ``global_step_N`` in ``trainer.default_local_dir``; values that may change on resume (step

@@ -538,6 +538,29 @@ def test_critic_rules_only_when_critic_is_used():
                                         "critic.optim.lr=0"])
 
 
+def test_generation_dump_folders_checked_without_creating_anything(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("user data")
+    problems, _ = problems_of(ONE_GPU + [f"trainer.rollout_data_dir={taken}",
+                                         f"trainer.validation_data_dir={taken}/val"])
+    assert problems == [
+        f"trainer.rollout_data_dir={taken}: is a file, not a folder. Fix: point trainer.rollout_data_dir at a folder "
+        "(created if missing), or set trainer.rollout_data_dir=null to write none.",
+        f"trainer.validation_data_dir={taken}/val: cannot be a folder: its parent {taken} is a file. Fix: point "
+        "trainer.validation_data_dir at a folder (created if missing), or set trainer.validation_data_dir=null to "
+        "write none."]
+    # one folder for both: validation at step N would replace step N's rollouts
+    _, msg = problems_of(ONE_GPU + [f"trainer.rollout_data_dir={tmp_path}/dumps",
+                                    f"trainer.validation_data_dir={tmp_path}/./dumps/"])
+    assert "trainer.validation_data_dir" in msg and "is the folder of trainer.rollout_data_dir" in msg
+    assert "Fix: give the two keys different folders" in msg
+    cfg = PPOConfig.from_overrides(ONE_GPU + [f"trainer.rollout_data_dir={tmp_path}/new/rollouts",
+                                              f"trainer.validation_data_dir={tmp_path}", "trainer.logger=[console]"])
+    assert cfg.trainer.rollout_data_dir == f"{tmp_path}/new/rollouts"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # validation creates no folder
+    PPOConfig.from_overrides(ONE_GPU + ["trainer.rollout_data_dir=''"])  # empty, as in verl: no dump
+
+
 # ----------------------------------------------------------------------------- batch arithmetic
 
 def test_minibatch_must_divide_batch_in_responses():

@@ -163,6 +163,82 @@ def test_validate(char_model, toy_data):
     assert m["val-core/toy/digits/reward/mean@1"] == pytest.approx(exp.last_validation["score"].mean())
 
 
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_rollout_and_validation_dumps_follow_verl(char_model, tmp_path):
+    """trainer.rollout_data_dir / validation_data_dir: <dir>/<global step>.jsonl with one line per response,
+    verl's keys plus the reward's extra keys; the scores are the ones the step trained on and reported."""
+    import numpy as np
+    import pandas as pd
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"data_source": "toy/digits", "prompt": [{"role": "user", "content": f"count {i}"}], "ability": "toy",
+             "reward_model": {"style": "rule", "ground_truth": str(i)}, "extra_info": {"index": i}} for i in range(16)]
+    pd.DataFrame(rows).to_parquet(data / "train.parquet")
+    pd.DataFrame(rows[:3]).to_parquet(data / "test.parquet")
+
+    def reward(data_source, solution_str, ground_truth, extra_info=None):  # a dict: its other keys are dumped too
+        return {"score": digit_fraction(data_source, solution_str, ground_truth), "chars": len(solution_str)}
+
+    rollout_dir, val_dir = tmp_path / "out" / "rollouts", tmp_path / "val"
+    val_dir.mkdir()
+    (val_dir / "notes.txt").write_text("keep me")
+    ov = toy_overrides(char_model, data, **{"trainer.rollout_data_dir": rollout_dir,
+                                            "trainer.validation_data_dir": val_dir})
+    exp = Experiment(PPOConfig.from_overrides(ov), reward_fn=reward)
+    val_metrics = {0: exp.validate()}
+    steps = [exp.step(), exp.step()]
+    val_metrics[2] = exp.validate()
+    exp.shutdown()
+
+    assert sorted(p.name for p in rollout_dir.iterdir()) == ["1.jsonl", "2.jsonl"]
+    assert sorted(p.name for p in val_dir.iterdir()) == ["0.jsonl", "2.jsonl", "notes.txt"]
+    assert (val_dir / "notes.txt").read_text() == "keep me"
+    tok = exp.tokenizer
+    for res in steps:
+        lines = _read_jsonl(rollout_dir / f"{res.step}.jsonl")
+        assert len(lines) == 8 * 4  # train_batch_size x rollout.n
+        assert all(list(line) == ["input", "output", "gts", "score", "step", "chars"] for line in lines)
+        assert [line["step"] for line in lines] == [res.step] * 32
+        # the prompt's tokens without padding and special tokens ("<|user|>count i\n<|assistant|>" -> "count i",
+        # the spaces as this tokenizer keeps them), beside its own ground truth i
+        width = res.batch["prompts"].shape[1]
+        real = res.batch["attention_mask"][:, :width].bool()
+        prompts = [tok.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(res.batch["prompts"], real)]
+        assert [line["input"] for line in lines] == prompts
+        assert ["".join(line["input"].split()) for line in lines] == [f"count{line['gts']}" for line in lines]
+        assert [line["gts"] for line in lines] == res.rollouts["ground_truth"].tolist()
+        lengths = res.batch["response_mask"].sum(-1).long().tolist()
+        decoded = [tok.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(res.batch["responses"].tolist(), lengths)]
+        assert [line["output"] for line in lines] == decoded == res.rollouts["response"].tolist()
+        assert any(decoded) and all(isinstance(text, str) for text in decoded)
+        scores = [line["score"] for line in lines]
+        assert scores == res.rollouts["score"].tolist()  # the per-sequence score the step trained on
+        assert scores == pytest.approx([digit_fraction(None, line["output"], None) for line in lines], abs=1e-6)
+        assert np.mean(scores) == pytest.approx(res.metrics["critic/score/mean"], abs=1e-6)
+        assert [line["chars"] for line in lines] == [len(line["output"]) for line in lines]
+        assert res.metrics["timing_s/dump_rollout_generations"] >= 0  # verl's timing name
+
+    for step, metrics in val_metrics.items():
+        lines = _read_jsonl(val_dir / f"{step}.jsonl")
+        assert len(lines) == 3  # the validation set, val_kwargs.n=1
+        assert all(list(line) == ["input", "output", "gts", "score", "step", "reward", "chars"] for line in lines)
+        assert [line["step"] for line in lines] == [step] * 3
+        assert [("".join(line["input"].split()), line["gts"]) for line in lines] == [(f"count{i}", str(i))
+                                                                                       for i in range(3)]
+        assert all(isinstance(line["output"], str) for line in lines)
+        assert [line["reward"] for line in lines] == [line["score"] for line in lines]  # verl's validation lines
+        assert [line["score"] for line in lines] == pytest.approx([digit_fraction(None, line["output"], None)
+                                                                    for line in lines])
+        assert np.mean([line["score"] for line in lines]) == pytest.approx(metrics["val-core/toy/digits/reward/mean@1"])
+        assert [line["chars"] for line in lines] == [len(line["output"]) for line in lines]
+    last = _read_jsonl(val_dir / "2.jsonl")
+    assert [line["output"] for line in last] == exp.last_validation["response"].tolist()
+
+
 # ---------------------------------------------------------------------- GSM8K with the real Qwen2.5 tokenizer
 @pytest.fixture(scope="module")
 def gsm8k_files(tmp_path_factory, gsm8k_source):

@@ -28,3 +28,66 @@ def test_jsonl_and_tensorboard_files(tmp_path):
 def test_unknown_logger():
     with pytest.raises(ValueError, match="console, jsonl, tensorboard"):
         Tracking(["wandb"], "/tmp")
+
+
+# ---------------------------------------------------------------------- trainer.rollout_data_dir / validation_data_dir
+def test_dump_generations_writes_verls_lines(tmp_path):
+    import numpy as np
+
+    from rlkit.loggers import dump_generations
+
+    folder = tmp_path / "not" / "yet"  # created with its parents
+    path = dump_generations(folder, 7, ["Q: 2+2 ?", "Q: café"], ["4", "très bien 数"], ["4", "5"], [1.0, 0.0],
+                            {"acc": [True, False], "pred": ["4", None], "vec": [np.arange(2), np.float32(0.5)],
+                             "short": [1.0]})
+    assert path == folder / "7.jsonl"
+    raw = path.read_bytes()
+    assert "très bien 数".encode("utf-8") in raw  # ensure_ascii=False, UTF-8
+    lines = raw.decode("utf-8").splitlines()
+    assert len(lines) == 2 and raw.endswith(b"\n")
+    first, second = (json.loads(line) for line in lines)
+    # verl's keys in verl's order, then the reward's extras of the right length ("short" has one value: left out)
+    assert list(first) == ["input", "output", "gts", "score", "step", "acc", "pred", "vec"]
+    assert first == {"input": "Q: 2+2 ?", "output": "4", "gts": "4", "score": 1.0, "step": 7, "acc": True,
+                     "pred": "4", "vec": [0, 1]}
+    assert second == {"input": "Q: café", "output": "très bien 数", "gts": "5", "score": 0.0, "step": 7, "acc": False,
+                      "pred": None, "vec": 0.5}
+
+
+def test_dump_generations_replaces_only_its_steps_file(tmp_path):
+    from rlkit.loggers import dump_generations
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "1.jsonl").write_text("an earlier run of step 1\n")
+    (tmp_path / "2.jsonl").write_text("step 2\n")
+    dump_generations(tmp_path, 1, ["a"], ["b"], ["c"], [0.5])
+    assert [json.loads(line)["output"] for line in (tmp_path / "1.jsonl").read_text().splitlines()] == ["b"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me" and (tmp_path / "2.jsonl").read_text() == "step 2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.jsonl", "2.jsonl", "notes.txt"]  # no temporary file left
+
+
+def test_interrupted_dump_leaves_the_previous_file_whole(tmp_path):
+    from rlkit.loggers import dump_generations
+
+    class Stop:
+        def tolist(self):
+            raise KeyboardInterrupt  # the user stops the run while the second line is written
+
+    (tmp_path / "3.jsonl").write_text("the previous dump\n")
+    with pytest.raises(KeyboardInterrupt):
+        dump_generations(tmp_path, 3, ["a", "b"], ["c", "d"], ["e", "f"], [1.0, 0.0], {"x": [1, Stop()]})
+    assert (tmp_path / "3.jsonl").read_text() == "the previous dump\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["3.jsonl"]
+
+
+def test_dump_into_a_file_names_the_key_and_the_fix(tmp_path):
+    from rlkit.loggers import dump_generations
+
+    (tmp_path / "taken").write_text("user data")
+    with pytest.raises(OSError, match=r"trainer.validation_data_dir=.*taken: cannot write .*taken/0.jsonl: it or a "
+                                      r"parent is a file. Fix: point trainer.validation_data_dir at a writable folder"):
+        dump_generations(tmp_path / "taken", 0, ["a"], ["b"], ["c"], [1.0], key="trainer.validation_data_dir")
+    assert (tmp_path / "taken").read_text() == "user data"
+    with pytest.raises(ValueError, match="one value per response"):
+        dump_generations(tmp_path / "d", 0, ["a", "b"], ["b"], ["c", "d"], [1.0, 2.0])
+    assert not (tmp_path / "d").exists()

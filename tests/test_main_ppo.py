@@ -135,3 +135,25 @@ def test_val_only_validates_and_stops(toy, tmp_path):
     (line,) = step_lines(proc.stdout)
     assert line.startswith("step:0 - val-core/toy/digits/reward/mean@1:")
     assert not list((tmp_path / "run").glob("global_step_*"))
+
+
+def test_generation_dumps_at_verls_steps(toy, tmp_path):
+    """verl's loop: validation before training at step 0, a rollout file per step, validation after the last step;
+    every dumped score is one the step reported (its mean is the logged critic/score/mean)."""
+    out, rollouts, val = tmp_path / "run", tmp_path / "rollouts", tmp_path / "val"
+    proc = main_ppo(args(toy, out, **{"trainer.val_before_train": True, "trainer.test_freq": 2, "trainer.save_freq": -1,
+                                      "trainer.rollout_data_dir": rollouts, "trainer.validation_data_dir": val}),
+                    tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in rollouts.iterdir()) == ["1.jsonl", "2.jsonl"]
+    assert sorted(p.name for p in val.iterdir()) == ["0.jsonl", "2.jsonl"]
+    logged = {row["step"]: row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    for step in (1, 2):
+        lines = [json.loads(line) for line in (rollouts / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert len(lines) == 4 * 2 and {line["step"] for line in lines} == {step}  # train_batch_size x rollout.n
+        assert sum(line["score"] for line in lines) / 8 == pytest.approx(logged[step]["critic/score/mean"])
+    for step in (0, 2):
+        lines = [json.loads(line) for line in (val / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert len(lines) == 4 and {line["step"] for line in lines} == {step}  # the 4 validation prompts
+        assert sum(line["score"] for line in lines) / 4 == pytest.approx(
+            logged[step]["val-core/toy/digits/reward/mean@1"])
