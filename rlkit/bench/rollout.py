@@ -96,14 +96,15 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=2,
                    help="fresh engines per side; the order alternates (direct first in even rounds)")
     p.add_argument("--cuda-graph-max-bs", type=int, default=None,
-                   help="sglang cuda_graph_max_bs (CUDA graphs up to this many running requests; default: sglang's)")
+                   help="sglang cuda_graph_max_bs_decode (decode CUDA graphs up to this many running requests; "
+                        "default: sglang's)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
     p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--out", default="rollout_bench.json")
     args = p.parse_args(argv)
 
-    from rlkit.diagnostics.memory import snapshot
+    from rlkit.diagnostics.memory import sanitize, snapshot
     from rlkit.rollout import SamplingParams
     from rlkit.rollout.hf import HFRollout
     from rlkit.rollout.sglang import SGLangRollout, import_sglang
@@ -118,8 +119,8 @@ def main(argv=None) -> dict:
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "setup": vars(args),
     }
-    def save():  # after every section, so a run cut short still leaves its numbers
-        Path(args.out).write_text(json.dumps(res, indent=2))
+    def save():  # after every section, so a run cut short still leaves its numbers; shareable: no local paths
+        Path(args.out).write_text(json.dumps(sanitize(res), indent=2))
 
     model_dir = make_model(args.shape, tmp / args.shape)
     gen = torch.Generator().manual_seed(0)
@@ -138,7 +139,7 @@ def main(argv=None) -> dict:
     # runs second in a process has been measured up to 1.3x faster or slower); medians over all runs.
     from transformers import AutoModelForCausalLM
 
-    extra = {"cuda_graph_max_bs": args.cuda_graph_max_bs} if args.cuda_graph_max_bs else {}
+    extra = {"cuda_graph_max_bs_decode": args.cuda_graph_max_bs} if args.cuda_graph_max_bs else {}
     engine_args = SGLangRollout.engine_kwargs(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
                                               enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
     res["engine_args"] = {k: v for k, v in engine_args.items() if k != "model_path"}
