@@ -187,11 +187,26 @@ def shell_line(argv: list[str], env: dict, sep: str = " ") -> str:
     return sep.join([" ".join(head)] + [q(a) for a in argv[3:]])
 
 
-def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, **summary_kw) -> dict[str, dict]:
+class SidesFailed(SystemExit):
+    """:func:`run_plan`'s exit when a side failed: the message names each failed side with its log's last lines;
+    ``done`` holds the summaries of the sides that finished, ``failed`` the message per failed side."""
+
+    def __init__(self, done: dict, failed: dict):
+        super().__init__("\n\n".join(failed.values()) + (f"\n\nfinished: {', '.join(done)}" if done else ""))
+        self.done, self.failed = done, failed
+
+
+def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, summarize=None,
+             **summary_kw) -> dict[str, dict]:
     """Run the sides of ``plan`` (:func:`plan_sides`) one after another, each in its folder with its output in its
-    log, and summarize each. A side that fails, times out or logs too few steps does not stop the next; then
-    SystemExit names each failed side with its log's last lines. ``$K`` in the value of ``K``: its current value."""
-    done, failed = {}, []
+    log, and summarize each: ``summarize(rows)`` of its metric rows, by default :func:`side_summary` with
+    ``warmup`` and ``summary_kw``. A side that fails, times out or logs too few steps does not stop the next; then
+    :class:`SidesFailed` (a SystemExit) names each failed side with its log's last lines and keeps the finished
+    sides' summaries. ``$K`` in the value of ``K``: its current value."""
+    if summarize is None:
+        def summarize(rows):
+            return side_summary(rows, warmup, **summary_kw)
+    done, failed = {}, {}
     for name, side in plan.items():
         print(f"peers: running {name}, output in {side['log']}", file=sys.stderr, flush=True)
         env = dict(os.environ, **{k: v.replace(f"${k}", os.environ.get(k, "")).strip(os.pathsep)
@@ -211,12 +226,12 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
                 raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
             if not Path(side["metrics"]).exists():
                 raise RuntimeError(f"no metrics at {side['metrics']}")
-            done[name] = side_summary(side["read"](side["metrics"]), warmup, **summary_kw)
+            done[name] = summarize(side["read"](side["metrics"]))
         except (RuntimeError, ValueError, KeyError) as e:
             tail = "\n".join(Path(side["log"]).read_text(errors="replace").splitlines()[-25:])
-            failed.append(f"side {name} failed ({e}); last lines of {side['log']}:\n{tail}")
+            failed[name] = f"side {name} failed ({e}); last lines of {side['log']}:\n{tail}"
     if failed:
-        raise SystemExit("\n\n".join(failed) + (f"\n\nfinished: {', '.join(done)}" if done else ""))
+        raise SidesFailed(done, failed)
     return done
 
 
@@ -241,12 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan_sides(args, sides: list[str]) -> dict[str, dict]:
-    """Per side: argv, environment, folder, log, metrics file and its reader."""
+def plan_sides(args, sides: list[str], model=None, side_keys=None) -> dict[str, dict]:
+    """Per side: argv, environment, folder, log, metrics file and its reader. ``model``: the checkpoint folder
+    (default ``<out>/model``); ``side_keys(folder)``: more keys for the side run in ``folder``."""
     out, data = Path(args.out).expanduser().resolve(), e2e.data_files(args.data, check=False)
     plan = {}
     for name in sides:
-        o, metrics = common_overrides(args, out / "model", data, out / name), out / name / "metrics.jsonl"
+        o, metrics = common_overrides(args, model or out / "model", data, out / name), out / name / "metrics.jsonl"
+        o = merge(o, side_keys(out / name)) if side_keys else o
         if name == "verl":
             (argv, env), read = verl_command(o, metrics, args.estimator == "gae", args.trl_site), read_verl_metrics
         elif name == "trl":  # the driver takes the same keys and writes rlkit-style rows
@@ -284,10 +301,16 @@ def main(argv=None) -> dict:
     _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
     machine, peak = e2e.machine_record("cuda")
     machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
-    summaries = run_plan(plan, args.warmup, args.timeout, model_cfg=model_cfg, peak=peak,
-                         sequences=args.prompts * responses_per_prompt(args))
+    failure = None
+    try:
+        summaries = run_plan(plan, args.warmup, args.timeout, model_cfg=model_cfg, peak=peak,
+                             sequences=args.prompts * responses_per_prompt(args))
+    except SidesFailed as e:  # keep what the finished sides measured; exit non-zero after writing it
+        summaries, failure = e.done, e
     res = dict(machine, setup=vars(args), summary=summaries,
                commands={n: shell_line(s["argv"], s["env"]) for n, s in plan.items()})
+    if failure is not None:
+        res["failed"] = failure.failed
     if "rlkit" in summaries and len(summaries) > 1:
         res["comparison"] = compare(summaries)
     from rlkit.diagnostics.memory import sanitize
@@ -295,6 +318,8 @@ def main(argv=None) -> dict:
     res = sanitize(json.loads(json.dumps(res, default=float)))  # shareable: no local paths or addresses
     (out / "peers.json").write_text(json.dumps(res, indent=1))
     print(res.get("comparison", {}).get("table") or json.dumps(res["summary"], indent=1))
+    if failure is not None:
+        raise failure
     return res
 
 

@@ -4,8 +4,9 @@ the decode roofline; plus seconds per weight sync and per sleep/wake.
     python -m rlkit.bench.rollout --out rollout_bench.json
     python -m rlkit.bench.rollout --prompts 1024 --cuda-graph-max-bs 1024 --skip-hf   # verl-sized batches
 
-The two SGLang sides run with the same engine arguments, each in ``--rounds`` fresh engines, one at a
-time, in alternating order; each engine generates once to warm up and then ``--repeats`` timed times.
+The two SGLang sides run with the same engine arguments and requests, each in ``--rounds`` fresh engines,
+one at a time, each engine in a new process (``--in-process``: all in this one), in alternating order; each
+engine generates once to warm up and then ``--repeats`` timed times.
 
 Models are random-weight checkpoints of Qwen2.5 shapes (no download). Every generation uses
 ``ignore_eos`` so each request decodes exactly ``--new-tokens`` tokens.
@@ -17,6 +18,8 @@ import datetime
 import json
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +88,83 @@ def timed(fn, *a, **kw):
     return out, time.perf_counter() - t
 
 
+SIDES = ("direct_sglang", "rlkit_sglang")
+
+
+def requests(args) -> tuple[list[list[int]], int]:
+    """The benchmark's prompts (random token ids, the same in every process) and the new tokens per prompt."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = SHAPES[args.shape]["vocab_size"]
+    return torch.randint(100, vocab - 100, (args.prompts, args.prompt_len), generator=gen).tolist(), args.new_tokens
+
+
+def engine_extra(args) -> dict:
+    """Engine arguments beyond :meth:`SGLangRollout.engine_kwargs`' own (the decode CUDA-graph size)."""
+    return {"cuda_graph_max_bs_decode": args.cuda_graph_max_bs} if args.cuda_graph_max_bs else {}
+
+
+def time_side(name: str, args, model_dir) -> dict:
+    """A fresh engine of side ``name`` (``direct_sglang``: ``sglang.Engine`` with the arguments rlkit would pass;
+    ``rlkit_sglang``: rlkit's :class:`SGLangRollout`): its start time, one warm-up generation, ``--repeats``
+    timed generations of every prompt; the engine is shut down before returning."""
+    from rlkit.rollout import SamplingParams
+    from rlkit.rollout.sglang import SGLangRollout, import_sglang
+
+    prompts, new_tokens = requests(args)
+    kw = dict(gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+              load_format="auto", engine_kwargs=engine_extra(args))
+    params = {"max_new_tokens": new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
+              "skip_special_tokens": False}  # what SGLangRollout sends for `sampling` below
+
+    def generate(engine, max_new_tokens: int) -> list[int]:
+        """One batched generation of every prompt; the response lengths."""
+        if name == "direct_sglang":
+            outs = engine.generate(input_ids=prompts, sampling_params=dict(params, max_new_tokens=max_new_tokens),
+                                   return_logprob=True)
+            return [len(o["output_ids"]) for o in outs]
+        sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, ignore_eos=True)
+        return [len(r) for r in engine.generate(prompts, sp).response_ids]
+
+    if name == "direct_sglang":
+        engine_args = SGLangRollout.engine_kwargs(str(model_dir), **kw)
+        engine, start = timed(lambda: import_sglang().Engine(**engine_args))
+    else:
+        engine, start = timed(lambda: SGLangRollout(str(model_dir), **kw))
+    try:
+        generate(engine, 16)
+        rec = {"start_s": start, "seconds": []}
+        for _ in range(args.repeats):
+            lengths, dt = timed(generate, engine, new_tokens)
+            assert lengths == [new_tokens] * len(prompts), "a request stopped early despite ignore_eos"
+            rec["seconds"].append(dt)
+            if name == "rlkit_sglang":
+                rec.setdefault("inside", []).append(engine.last_timing)
+    finally:
+        engine.shutdown()
+        torch.cuda.empty_cache()
+    return rec
+
+
+def side_command(argv: list[str], name: str, model_dir, out) -> list[str]:
+    """The command that times side ``name`` alone in a new process: this run's flags plus ``--side``,
+    ``--model-dir`` and its own ``--out``.
+
+    >>> from rlkit.bench.rollout import side_command
+    >>> side_command(["--prompts", "1024", "--out", "all.json"], "rlkit_sglang", "/m", "/t/r.json")[1:]
+    ['-m', 'rlkit.bench.rollout', '--prompts', '1024', '--side', 'rlkit_sglang', '--model-dir', '/m', '--out', '/t/r.json']
+    """
+    rest, skip = [], False
+    for a in argv:  # drop this run's --out (both spellings)
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            rest.append(a)
+    return [sys.executable, "-m", "rlkit.bench.rollout", *rest, "--side", name, "--model-dir", str(model_dir),
+            "--out", str(out)]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="0.5b", choices=sorted(SHAPES))
@@ -99,10 +179,18 @@ def main(argv=None) -> dict:
                    help="sglang cuda_graph_max_bs_decode (decode CUDA graphs up to this many running requests; "
                         "default: sglang's)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
+    p.add_argument("--in-process", action="store_true",
+                   help="start every engine in this process (by default each engine runs in a process of its own)")
     p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
     p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
+    p.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default="rollout_bench.json")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    if args.side:  # a child: time one side and leave its record in --out
+        Path(args.out).write_text(json.dumps(time_side(args.side, args, args.model_dir)))
+        return {}
 
     from rlkit.diagnostics.memory import sanitize, snapshot
     from rlkit.rollout import SamplingParams
@@ -123,9 +211,7 @@ def main(argv=None) -> dict:
         Path(args.out).write_text(json.dumps(sanitize(res), indent=2))
 
     model_dir = make_model(args.shape, tmp / args.shape)
-    gen = torch.Generator().manual_seed(0)
-    vocab = SHAPES[args.shape]["vocab_size"]
-    prompts = torch.randint(100, vocab - 100, (args.prompts, args.prompt_len), generator=gen).tolist()
+    prompts, _ = requests(args)
     sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, ignore_eos=True)
     warm = SamplingParams(max_new_tokens=16, temperature=1.0, ignore_eos=True)
     n_tokens = args.prompts * args.new_tokens
@@ -135,68 +221,41 @@ def main(argv=None) -> dict:
 
     # (a) rlkit SGLangRollout and (b) sglang.Engine with the same engine arguments and requests. Fair
     # comparison: every round starts a fresh engine for each side, one engine at a time (two resident
-    # engines disturb each other's timings), and the order alternates between rounds (the engine that
-    # runs second in a process has been measured up to 1.3x faster or slower); medians over all runs.
+    # engines disturb each other's timings), each in a new process unless --in-process (the engine that
+    # ran second in one process was measured up to 1.3x faster or slower), and the order alternates
+    # between rounds; medians over all runs.
     from transformers import AutoModelForCausalLM
 
-    extra = {"cuda_graph_max_bs_decode": args.cuda_graph_max_bs} if args.cuda_graph_max_bs else {}
+    extra = engine_extra(args)
     engine_args = SGLangRollout.engine_kwargs(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
                                               enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
     res["engine_args"] = {k: v for k, v in engine_args.items() if k != "model_path"}
-    rows = [list(p) for p in prompts]
-    params = {"max_new_tokens": args.new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
-              "skip_special_tokens": False}
 
-    starts = {"direct_sglang": lambda: sglang.Engine(**engine_args),  # what SGLangRollout passes
-              "rlkit_sglang": lambda: SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                                                    enforce_eager=args.enforce_eager, load_format="auto",
-                                                    engine_kwargs=extra)}
-
-    def generate(name: str, engine, sp: SamplingParams) -> list[int]:
-        """One batched generation of every prompt on side ``name``; the response lengths."""
-        if name == "direct_sglang":
-            outs = engine.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=sp.max_new_tokens),
-                                   return_logprob=True)
-            return [len(o["output_ids"]) for o in outs]
-        return [len(r) for r in engine.generate(prompts, sp).response_ids]
-
-    def run_side(name: str):
-        """A fresh engine of side ``name``: its start time, one warm-up generation, ``--repeats`` timed ones."""
-        engine, start = timed(starts[name])
-        generate(name, engine, warm)
-        rec = {"start_s": start, "seconds": []}
-        for _ in range(args.repeats):
-            lengths, dt = timed(generate, name, engine, sampling)
-            assert lengths == [args.new_tokens] * len(prompts)
-            rec["seconds"].append(dt)
-            if name == "rlkit_sglang":
-                rec.setdefault("inside", []).append(engine.last_timing)
-        return rec, engine
+    def run_side(name: str) -> dict:
+        if args.in_process:
+            return time_side(name, args, model_dir)
+        out = tmp / f"{name}.json"
+        out.unlink(missing_ok=True)
+        subprocess.run(side_command(argv, name, model_dir, out), check=True)
+        return json.loads(out.read_text())
 
     res["rounds"] = []
-    eng = None
     for r in range(args.rounds):
-        order = ["direct_sglang", "rlkit_sglang"] if r % 2 == 0 else ["rlkit_sglang", "direct_sglang"]
-        rnd = {"order": order}
+        order = list(SIDES) if r % 2 == 0 else list(reversed(SIDES))
+        rnd = {"order": order, "process": "shared" if args.in_process else "own"}
         for name in order:
-            rec, engine = run_side(name)
-            rnd[name] = rec
-            if name == "rlkit_sglang" and r == args.rounds - 1 and order[-1] == name:
-                eng = engine  # the last engine of all stays up for the weight-sync and sleep/wake timings
-            else:
-                engine.shutdown()
-                torch.cuda.empty_cache()
+            rnd[name] = run_side(name)
         rnd["rlkit_over_direct"] = statistics.median(rnd["direct_sglang"]["seconds"]) / statistics.median(
             rnd["rlkit_sglang"]["seconds"])
         res["rounds"].append(rnd)
         save()
-    for name in starts:
+    for name in SIDES:
         secs = [x for rnd in res["rounds"] for x in rnd[name]["seconds"]]
         res[name] = {"seconds": secs, "median_s": statistics.median(secs),
                      "tokens_per_s": n_tokens / statistics.median(secs)}
     save()
-    if eng is None:  # the last round ended with the direct engine
-        eng = starts["rlkit_sglang"]()
+    eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
+                        enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
     # weight sync and sleep / wake with the actor's weights (fp32 on the GPU, as in training)
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
     eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers

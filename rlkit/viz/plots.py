@@ -738,6 +738,50 @@ def plot_phase_breakdown(phase_seconds: dict, mfu: dict | None = None, title: st
     return fig
 
 
+def plot_learning(sides: dict):
+    """Two runs side by side: mean reward and format rate per step, one line per side, and validation
+    accuracy (strict and flexible) at each validation pass, one bar group per side.
+
+    Fed plain data, e.g. ``rlkit.bench.learning``'s ``sides``: ``{side: {"steps": [{"step", "score",
+    "format"}, ...], "val": {step: {"strict", "flexible"}}}}`` (validation steps may be strings, as JSON
+    keys are):
+
+    >>> from rlkit.viz.plots import plot_learning
+    >>> run = {"steps": [{"step": 1, "score": 0.0, "format": 0.1}, {"step": 2, "score": 0.1, "format": 0.5}],
+    ...        "val": {"0": {"strict": 0.0, "flexible": 0.01}, "2": {"strict": 0.02, "flexible": 0.03}}}
+    >>> fig = plot_learning({"rlkit": run, "verl": run})
+    >>> [ax.get_title() for ax in fig.axes]
+    ['mean reward per step', 'format rate (strict "#### n" answers)', 'validation accuracy']
+    >>> [t.get_text() for t in fig.axes[2].get_xticklabels()]
+    ['rlkit\\nstep 0', 'rlkit\\nstep 2', 'verl\\nstep 0', 'verl\\nstep 2']
+    """
+    fig = _new_figure((13, 3.6))
+    ax_score, ax_format, ax_val = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    for name, side in sides.items():
+        steps = [r["step"] for r in side["steps"]]
+        ax_score.plot(steps, [r["score"] if r["score"] is not None else math.nan for r in side["steps"]], label=name)
+        ax_format.plot(steps, [r["format"] for r in side["steps"]], label=name)
+    for ax, title in ((ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        _integer_ticks(ax.xaxis)
+    labels, strict, flexible = [], [], []
+    for name, side in sides.items():
+        for step, v in sorted(side["val"].items(), key=lambda kv: int(kv[0])):
+            labels.append(f"{name}\nstep {step}")
+            strict.append(v["strict"])
+            flexible.append(v["flexible"])
+    x = np.arange(len(labels))
+    ax_val.bar(x - 0.2, strict, 0.4, label="strict")
+    ax_val.bar(x + 0.2, flexible, 0.4, label="flexible")
+    _label_bars(ax_val, list(x - 0.2) + list(x + 0.2), strict + flexible, "{:.1%}", [""] * (2 * len(x)))
+    ax_val.set_xticks(x, labels, fontsize=8)
+    ax_val.set_title("validation accuracy", fontsize=9)
+    ax_val.legend(fontsize=8)
+    return fig
+
+
 # ----------------------------------------------------------------------------- summary
 def plot_summary(history_df: pd.DataFrame | None, mem_df: pd.DataFrame | None = None,
                  rollouts_df: pd.DataFrame | None = None):

@@ -215,6 +215,7 @@ def test_sides_run_in_turn_and_a_failed_side_is_named_with_its_logs_last_lines(t
     msg = str(e.value)
     assert f"side b failed (exit status 3); last lines of {tmp_path / 'b.log'}:\nboom" in msg
     assert "side c failed (timed out after 3 s" in msg and msg.endswith("finished: a")
+    assert set(e.value.failed) == {"b", "c"} and e.value.done["a"]["throughput_median"] == 25.0  # kept for peers.json
     assert (tmp_path / "a.log").read_text() == "hello from a\n"
     assert (tmp_path / "a" / "env").read_text() == "/t:/old 1"
     assert peers.run_plan({"a": plan["a"]}, warmup=1, model_cfg={}, sequences=1)["a"]["throughput_median"] == 25.0
@@ -228,8 +229,8 @@ def _lookup(tree: dict, dotted: str):
     return tree
 
 
-@pytest.mark.parametrize("estimator", ["gae", "grpo"])
-def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator):
+@pytest.mark.parametrize("estimator", ["gae", "grpo", "learning"])
+def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_path):
     src = os.environ.get("RLKIT_VERL_SRC")
     if not src:
         pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
@@ -238,13 +239,22 @@ def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator):
     root = Path(src) / "verl"
     assert (root / "version" / "version").read_text().strip() == "0.9.1"
     cfg = yaml.safe_load((root / "trainer" / "config" / "_generated_ppo_trainer.yaml").read_text())
-    o = peers.common_overrides(args("--estimator", estimator), "/m", DATA, "/o")
-    argv, _ = peers.verl_command(o, "/o/m.jsonl", with_trl_on_path=estimator == "gae")
+    if estimator == "learning":  # rlkit.bench.learning's verl side
+        from rlkit.bench import learning
+
+        argv = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "verl", "--dry-run"])["verl"]["argv"]
+    else:
+        o = peers.common_overrides(args("--estimator", estimator), "/m", DATA, "/o")
+        argv, _ = peers.verl_command(o, "/o/m.jsonl", with_trl_on_path=estimator == "gae")
     for a in argv[3:]:
-        parent, _, leaf = peers.key(a).rpartition(".")
-        node = _lookup(cfg, parent)
-        assert isinstance(node, dict), f"{a}: verl has no section {parent}"
-        if a.startswith("+"):  # Hydra's + adds a key that is not there yet
-            assert leaf not in node, f"{a}: verl already has {leaf}: drop the +"
+        parts = peers.key(a).split(".")
+        if a.startswith("+"):  # Hydra's + adds a key that is not there yet (with any sections above it missing)
+            have = max(i for i in range(len(parts)) if isinstance(_lookup(cfg, ".".join(parts[:i])), dict))
+            assert have < len(parts) - 1 or parts[-1] not in _lookup(cfg, ".".join(parts[:-1])), \
+                f"{a}: verl already has it: drop the +"
+            assert _lookup(cfg, ".".join(parts[:have + 1])) is None, f"{a}: {'.'.join(parts[:have + 1])} is a value"
         else:
+            parent, leaf = ".".join(parts[:-1]), parts[-1]
+            node = _lookup(cfg, parent)
+            assert isinstance(node, dict), f"{a}: verl has no section {parent}"
             assert leaf in node, f"{a}: verl 0.9.1 has no such key"

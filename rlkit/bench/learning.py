@@ -1,0 +1,210 @@
+"""Learning side by side: one GRPO run in rlkit and the same run in verl, with reward and format-rate curves.
+
+    python -m rlkit.bench.learning --model SmolLM2-135M-Instruct.Q4_1.gguf --data ~/data/gsm8k --out learning
+
+Both sides get :mod:`rlkit.bench.peers`' shared keys plus :func:`learning_keys` (GRPO, ``--prompts`` x ``--n``
+responses per step, ``--steps`` steps, the same seed, validation on the whole test set before training and after
+the last step) and score with the same file, :func:`write_reward_file`: rlkit's GSM8K scorer with
+``format_score`` (0.1 by default: a readable ``#### <number>`` earns 0.1, a right one 1), loaded by each side
+as its ``custom_reward_function``. Each side dumps every step's responses (``trainer.rollout_data_dir``) and
+each validation pass (``trainer.validation_data_dir``) as jsonl; :func:`curves` reads them back and scores them
+once more with one scorer, so the numbers of the two sides are counted the same way:
+
+* ``score``: the step's mean reward (``critic/score/mean`` of its metrics),
+* ``format``: the share of the step's responses with a strict ``#### <number>`` answer,
+* validation accuracy, strict and flexible (the last number in the response), before and after training.
+
+``--model`` takes a Hugging Face folder or a ``.gguf`` file (de-quantised once into rlkit's cache; verl gets that
+folder). ``--dry-run`` prints the two commands and runs nothing. Results go to ``<out>/learning.json`` and the
+figure to ``<out>/learning.png`` (:func:`rlkit.viz.plots.plot_learning`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from rlkit.bench import peers
+
+SIDES = ("rlkit", "verl")
+REWARD_FILE = "gsm8k_reward.py"
+REWARD_SOURCE = '''"""Written by rlkit.bench.learning: the reward both sides load (custom_reward_function)."""
+from rlkit.rewards.gsm8k import compute_score as _gsm8k
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **reward_kwargs):
+    return _gsm8k(solution_str, ground_truth, **reward_kwargs)
+'''
+
+
+def write_reward_file(folder) -> Path:
+    """``<folder>/gsm8k_reward.py``: ``compute_score(data_source, solution_str, ground_truth, extra_info=None,
+    **reward_kwargs)`` (verl's custom reward signature) calling :func:`rlkit.rewards.gsm8k.compute_score`.
+
+    >>> import tempfile, importlib.util
+    >>> from rlkit.bench.learning import write_reward_file
+    >>> path = write_reward_file(tempfile.mkdtemp())
+    >>> spec = importlib.util.spec_from_file_location("reward", path); mod = importlib.util.module_from_spec(spec)
+    >>> spec.loader.exec_module(mod)
+    >>> [mod.compute_score("openai/gsm8k", text, "72", format_score=0.1) for text in ("#### 72", "#### 7", "72")]
+    [1.0, 0.1, 0.0]
+    """
+    path = Path(folder).expanduser().resolve() / REWARD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(REWARD_SOURCE)
+    return path
+
+
+def learning_keys(args, reward_file) -> list[str]:
+    """The keys of the learning run, on top of :func:`rlkit.bench.peers.common_overrides` (``args``:
+    :func:`build_parser`'s): optimiser, sampling, seed, validation schedule and the shared reward."""
+    return [f"actor_rollout_ref.actor.optim.lr={args.lr}", f"data.seed={args.seed}",
+            f"actor_rollout_ref.rollout.temperature={args.temperature}",
+            f"actor_rollout_ref.actor.kl_loss_coef={args.kl_coef}", "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+            "algorithm.use_kl_in_reward=False", "trainer.val_before_train=True", f"trainer.test_freq={args.steps}",
+            f"custom_reward_function.path={reward_file}", "custom_reward_function.name=compute_score",
+            f"+custom_reward_function.reward_kwargs.format_score={args.format_score}"]
+
+
+def dump_keys(folder) -> list[str]:
+    """Per side: its rollouts and validation generations as jsonl in ``<folder>/rollouts`` and ``<folder>/val``."""
+    folder = Path(folder)
+    return [f"trainer.rollout_data_dir={folder / 'rollouts'}", f"trainer.validation_data_dir={folder / 'val'}"]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _step_files(folder: Path) -> dict[int, Path]:
+    """``{step: path}`` of the ``<step>.jsonl`` files in ``folder`` (verl's and rlkit's dump names)."""
+    return {int(p.stem): p for p in folder.glob("*.jsonl") if p.stem.isdigit()} if folder.is_dir() else {}
+
+
+def format_rate(outputs: list[str]) -> float:
+    """The share of ``outputs`` that hold a strict GSM8K answer (``#### <number>``).
+
+    >>> from rlkit.bench.learning import format_rate
+    >>> format_rate(["so #### 12", "12", "#### 1,000", "####"])
+    0.5
+    """
+    from rlkit.rewards.gsm8k import extract_solution
+
+    return sum(extract_solution(o, "strict") is not None for o in outputs) / len(outputs) if outputs else float("nan")
+
+
+def accuracy(rows: list[dict], method: str) -> float:
+    """The share of dumped validation ``rows`` (``output``, ``gts``) right under ``method`` (strict | flexible).
+
+    >>> from rlkit.bench.learning import accuracy
+    >>> rows = [{"output": "#### 3", "gts": "3"}, {"output": "it is 3", "gts": "3"}, {"output": "#### 4", "gts": "3"}]
+    >>> accuracy(rows, "strict"), accuracy(rows, "flexible")
+    (0.3333333333333333, 0.6666666666666666)
+    """
+    from rlkit.rewards.gsm8k import compute_score
+
+    if not rows:
+        return float("nan")
+    return sum(compute_score(r["output"], str(r["gts"]), method=method) == 1.0 for r in rows) / len(rows)
+
+
+def curves(folder, metric_rows: list[dict]) -> dict:
+    """One side's learning record from its folder's dumps and its metric rows: per step ``score`` (the logged
+    ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``format``, ``responses``; and
+    validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation pass."""
+    folder = Path(folder)
+    logged = {r["step"]: r.get("critic/score/mean") for r in metric_rows if "step" in r}
+    steps = []
+    for step, path in sorted(_step_files(folder / "rollouts").items()):
+        rows = _read_jsonl(path)
+        steps.append(dict(step=step, score=logged.get(step), responses=len(rows),
+                          score_dumped=statistics.fmean(float(r["score"]) for r in rows) if rows else None,
+                          format=format_rate([r["output"] for r in rows])))
+    val = {}
+    for step, path in sorted(_step_files(folder / "val").items()):
+        rows = _read_jsonl(path)
+        val[step] = dict(strict=accuracy(rows, "strict"), flexible=accuracy(rows, "flexible"), n=len(rows),
+                         format=format_rate([r["output"] for r in rows]))
+    return dict(steps=steps, val=val)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rlkit.bench.learning", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="Hugging Face folder, or a .gguf file (SmolLM2-135M-Instruct's)")
+    p.add_argument("--sides", default="rlkit,verl", help="comma-separated, run in this order: rlkit, verl")
+    p.add_argument("--out", default="learning", help="folder for the reward file, each side's run, log and dumps")
+    p.add_argument("--data", default="~/data/gsm8k", help="folder with GSM8K train/test.parquet (verl schema)")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--n", type=int, default=4, help="responses per prompt")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--kl-coef", type=float, default=0.001, help="actor_rollout_ref.actor.kl_loss_coef")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--format-score", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=1, help="data.seed (prompt order)")
+    p.add_argument("--override", action="append", default=[], help="extra key=value for both sides (repeatable)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per side (default: none)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands with their environment; run nothing")
+    p.set_defaults(estimator="grpo", prompt_len=512, response_len=512, mini_batch=None, micro_batch=16,
+                   log_prob_micro_batch=32, gpu_memory_utilization=0.4, trl_site=None, warmup=0)
+    return p
+
+
+def resolve_model(path: str) -> str:
+    """A Hugging Face folder for ``path`` (a ``.gguf`` file is de-quantised once into rlkit's cache)."""
+    from rlkit.training.models import resolve_model_path
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SystemExit(f"--model {path}: no such file or folder")
+    return resolve_model_path(str(p.resolve()))
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if not sides or any(s not in SIDES for s in sides):
+        raise SystemExit(f"--sides {args.sides!r}: choose from {', '.join(SIDES)}")
+    args.mini_batch = args.mini_batch or args.prompts  # one update per step: on-policy GRPO
+    out = Path(args.out).expanduser().resolve()
+    model = args.model if args.dry_run else resolve_model(args.model)
+    args.override = learning_keys(args, out / REWARD_FILE) + list(args.override)
+    plan = peers.plan_sides(args, sides, model=model, side_keys=dump_keys)
+    if args.dry_run:
+        for name, side in plan.items():
+            print(f"\n# {name}: output to {side['log']}\ncd {side['cwd']} && "
+                  f"{peers.shell_line(side['argv'], side['env'], peers.CONTINUED)}")
+        return {name: {k: side[k] for k in ("argv", "env")} for name, side in plan.items()}
+    peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
+    write_reward_file(out)
+    import torch
+
+    machine, _ = peers.e2e.machine_record("cuda" if torch.cuda.is_available() else "cpu")
+    machine["versions"].update(verl=peers.e2e._version("verl"))
+    failure = None
+    try:
+        rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r)
+    except peers.SidesFailed as e:  # keep the finished side's curves; exit non-zero after writing them
+        rows, failure = e.done, e
+    res = dict(machine, setup={k: v for k, v in vars(args).items() if k != "override"}, overrides=args.override,
+               sides={name: curves(plan[name]["cwd"], rows[name]) for name in rows},
+               commands={n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()})
+    if failure is not None:
+        res["failed"] = failure.failed
+    from rlkit.diagnostics.memory import sanitize
+    from rlkit.viz.plots import plot_learning
+
+    res = sanitize(json.loads(json.dumps(res, default=float)))
+    (out / "learning.json").write_text(json.dumps(res, indent=1))
+    plot_learning(res["sides"]).savefig(out / "learning.png", dpi=120, bbox_inches="tight")
+    print(json.dumps({n: s["val"] for n, s in res["sides"].items()}, indent=1), file=sys.stderr)
+    if failure is not None:
+        raise failure
+    return res
+
+
+if __name__ == "__main__":
+    main()

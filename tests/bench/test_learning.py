@@ -1,0 +1,93 @@
+"""rlkit.bench.learning: the curves read back from dumps (by hand), the two sides' commands, and the rlkit side
+run for real on a CPU (tiny random model, hf rollout) through the same harness."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlkit.bench import e2e, learning, peers
+
+
+def _dump(folder: Path, step: int, rows: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{step}.jsonl").write_text("".join(json.dumps(dict(r, step=step)) + "\n" for r in rows))
+
+
+def test_curves_by_hand(tmp_path):
+    side = tmp_path / "side"
+    _dump(side / "rollouts", 1, [{"input": "q", "output": "x", "gts": "3", "score": 0.0},
+                                 {"input": "q", "output": "#### 4", "gts": "3", "score": 0.1}])
+    _dump(side / "rollouts", 2, [{"input": "q", "output": "#### 3", "gts": "3", "score": 1.0},
+                                 {"input": "q", "output": "#### 4", "gts": "3", "score": 0.1}])
+    _dump(side / "val", 0, [{"input": "q", "output": "so 3", "gts": "3", "score": 0.0},
+                            {"input": "q", "output": "#### 5", "gts": "3", "score": 0.1},
+                            {"input": "q", "output": "nothing", "gts": "3", "score": 0.0},
+                            {"input": "q", "output": "#### 3", "gts": "3", "score": 1.0}])
+    (side / "rollouts" / "notes.txt").write_text("not a step")
+    rows = [{"step": 1, "critic/score/mean": 0.05}, {"step": 2, "critic/score/mean": 0.55}]
+    c = learning.curves(side, rows)
+    assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, format=0.5),
+                          dict(step=2, score=0.55, responses=2, score_dumped=0.55, format=1.0)]
+    # strict: only "#### 3" is right (1 of 4); flexible also takes the last number of "so 3" (2 of 4)
+    assert c["val"] == {0: dict(strict=0.25, flexible=0.5, n=4, format=0.5)}
+    assert learning.curves(tmp_path / "missing", []) == {"steps": [], "val": {}}
+
+
+def _commands(tmp_path, *argv):
+    return learning.main(["--model", "/m", "--data", "/d", "--out", str(tmp_path), "--dry-run", *argv])
+
+
+def test_both_sides_run_one_grpo_setting_with_their_own_dumps_and_the_same_reward(tmp_path, capsys):
+    plan = _commands(tmp_path, "--steps", "60", "--prompts", "64", "--n", "4")
+    keys = {name: {peers.key(a): a.split("=", 1)[1] for a in side["argv"][3:]} for name, side in plan.items()}
+    rl, vl = keys["rlkit"], keys["verl"]
+    for k in ("data.train_batch_size", "actor_rollout_ref.rollout.n", "algorithm.adv_estimator",
+              "trainer.total_training_steps", "actor_rollout_ref.actor.optim.lr", "data.seed",
+              "actor_rollout_ref.actor.ppo_mini_batch_size", "custom_reward_function.path",
+              "custom_reward_function.reward_kwargs.format_score", "trainer.val_before_train", "trainer.test_freq",
+              "actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.actor.kl_loss_coef",
+              "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.model.path"):
+        assert rl[k] == vl[k], k
+    assert (rl["data.train_batch_size"], rl["actor_rollout_ref.rollout.n"], rl["algorithm.adv_estimator"]) == \
+        ("64", "4", "grpo")
+    assert rl["actor_rollout_ref.actor.ppo_mini_batch_size"] == "64"  # one update per step
+    assert (rl["trainer.val_before_train"], rl["trainer.test_freq"]) == ("True", "60")
+    assert rl["custom_reward_function.path"] == str(tmp_path / learning.REWARD_FILE)
+    assert rl["custom_reward_function.reward_kwargs.format_score"] == "0.1"
+    assert not any(k.startswith("critic.") for k in rl)
+    for name, k in keys.items():
+        assert k["trainer.rollout_data_dir"] == str(tmp_path / name / "rollouts")
+        assert k["trainer.validation_data_dir"] == str(tmp_path / name / "val")
+    assert "# verl: output to" in capsys.readouterr().out
+    assert not tmp_path.joinpath(learning.REWARD_FILE).exists()  # a dry run writes nothing
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(SystemExit, match="choose from rlkit, verl"):
+        _commands(tmp_path, "--sides", "rlkit,trl")
+    with pytest.raises(SystemExit, match="--model /nope: no such file or folder"):
+        learning.main(["--model", "/nope", "--out", str(tmp_path)])
+
+
+def test_rlkit_side_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir):
+    from rlkit.datasets import gsm8k
+
+    gsm8k(local_dir=tmp_path / "gsm8k", source=str(gsm8k_source))
+    model, _ = e2e.make_model("tiny", str(qwen_tokenizer_dir), tmp_path / "model")
+    out = tmp_path / "learning"
+    over = ["actor_rollout_ref.rollout.name=hf", "trainer.device=cpu", "data.val_max_samples=6",
+            "data.max_response_length=16", "data.max_prompt_length=256"]
+    res = learning.main(["--model", str(model), "--sides", "rlkit", "--data", str(tmp_path / "gsm8k"), "--out",
+                         str(out), "--steps", "2", "--prompts", "4", "--n", "2",
+                         *[f"--override={o}" for o in over]])
+    side = res["sides"]["rlkit"]
+    assert [s["step"] for s in side["steps"]] == [1, 2] and all(s["responses"] == 8 for s in side["steps"])
+    assert all(s["score"] == pytest.approx(s["score_dumped"]) for s in side["steps"])
+    assert sorted(side["val"]) == ["0", "2"] and all(v["n"] == 6 for v in side["val"].values())
+    saved = json.loads((out / "learning.json").read_text())
+    assert saved["sides"] == res["sides"] and str(tmp_path) not in (out / "learning.json").read_text()
+    assert (out / "learning.png").stat().st_size > 5000
+    log = (out / "rlkit.log").read_text()
+    assert "Traceback" not in log

@@ -1,0 +1,34 @@
+"""The rollout benchmark's pieces that run without a GPU: the child-process command, the requests, the roofline."""
+import argparse
+
+from rlkit.bench.rollout import SHAPES, engine_extra, requests, roofline, side_command
+
+
+def test_side_command_replaces_out_in_both_spellings_and_keeps_the_rest():
+    for argv in (["--rounds", "2", "--out", "a.json", "--skip-hf"], ["--rounds", "2", "--out=a.json", "--skip-hf"]):
+        cmd = side_command(argv, "direct_sglang", "/m", "/t/d.json")
+        assert cmd[1:] == ["-m", "rlkit.bench.rollout", "--rounds", "2", "--skip-hf", "--side", "direct_sglang",
+                           "--model-dir", "/m", "--out", "/t/d.json"]
+
+
+def test_requests_are_the_same_in_every_process():
+    args = argparse.Namespace(shape="0.5b", prompts=3, prompt_len=5, new_tokens=7)
+    (a, n), (b, _) = requests(args), requests(args)
+    assert a == b and n == 7 and [len(p) for p in a] == [5, 5, 5]
+    assert all(100 <= t < SHAPES["0.5b"]["vocab_size"] - 100 for p in a for t in p)
+
+
+def test_engine_extra_names_sglangs_decode_graph_size():
+    assert engine_extra(argparse.Namespace(cuda_graph_max_bs=1024)) == {"cuda_graph_max_bs_decode": 1024}
+    assert engine_extra(argparse.Namespace(cuda_graph_max_bs=None)) == {}
+
+
+def test_roofline_by_hand_for_the_05b_shape():
+    r = roofline("0.5b", batch=2, prompt_len=100, new_tokens=200, bandwidth=1e12)
+    # embeddings 151936*896 + 24 layers * (896*64*(14*2 + 2*2) + 3*896*4864)
+    params = 151936 * 896 + 24 * (896 * 64 * 32 + 3 * 896 * 4864)
+    assert r["params"] == params == 493_961_216  # the figure the H200 run printed
+    assert r["kv_bytes_per_token"] == 2 * 24 * 2 * 64 * 2 == 12288
+    step = 2 * params + 2 * (100 + 100) * 12288  # weights + KV of 2 rows at an average context of 200
+    assert abs(r["tokens_per_s_weights_and_kv"] - 2 * 1e12 / step) < 1e-6
+    assert abs(r["tokens_per_s_weights_only"] - 2 * 1e12 / (2 * params)) < 1e-6
