@@ -155,7 +155,8 @@ def overrides(args, model: Path, data: dict, out: Path) -> list[str]:
         "trainer.logger=['jsonl']", f"trainer.default_local_dir={out}", "trainer.val_before_train=False",
         "trainer.test_freq=-1", "trainer.save_freq=-1",
     ]
-    return o + engine_overrides(args.engine, args.max_token_len, args.forward_max_token_len) + list(args.override)
+    return o + engine_overrides(args.engine, args.max_token_len, args.forward_max_token_len,
+                                getattr(args, "critic_max_token_len", None)) + list(args.override)
 
 
 ENGINES = ("padded", "packed", "compiled")
@@ -170,7 +171,9 @@ def add_engine_arguments(p: argparse.ArgumentParser, default: str = "padded", se
         p.add_argument("--engine", default=default, type=_engine_list, help=help_ + " - a comma-separated list, or all")
     else:
         p.add_argument("--engine", default=default, choices=ENGINES, help=help_)
-    p.add_argument("--max-token-len", type=int, default=16384, help="packed: ppo_max_token_len_per_gpu (actor, critic)")
+    p.add_argument("--max-token-len", type=int, default=16384, help="packed: the actor's ppo_max_token_len_per_gpu")
+    p.add_argument("--critic-max-token-len", type=int, default=32768,
+                   help="packed: the critic's ppo_max_token_len_per_gpu (verl's and rlkit's default: 32768)")
     p.add_argument("--forward-max-token-len", type=int, default=32768,
                    help="packed: log_prob_max_token_len_per_gpu and critic.forward_max_token_len_per_gpu")
 
@@ -183,10 +186,12 @@ def _engine_list(text: str) -> list[str]:
     return names
 
 
-def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int) -> list[str]:
+def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int,
+                     critic_max_token_len: int | None = None) -> list[str]:
     """The config keys of ``--engine``: ``use_torch_compile`` off for ``padded`` and ``packed``, on for
     ``compiled``; for ``packed`` and ``compiled`` also ``use_remove_padding`` and ``use_dynamic_bsz``
-    for actor and critic with the update and forward token budgets.
+    for actor and critic with the update token budgets (the critic's ``critic_max_token_len``, by default
+    the actor's ``max_token_len``) and the forward token budget.
 
     >>> from rlkit.bench.e2e import engine_overrides
     >>> engine_overrides("padded", 16384, 32768)
@@ -202,7 +207,7 @@ def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int
         return keys
     return keys + ["actor_rollout_ref.model.use_remove_padding=True", "critic.model.use_remove_padding=True",
                    f"{A}.use_dynamic_bsz=True", f"{A}.ppo_max_token_len_per_gpu={max_token_len}",
-                   f"{C}.ppo_max_token_len_per_gpu={max_token_len}",
+                   f"{C}.ppo_max_token_len_per_gpu={critic_max_token_len or max_token_len}",
                    f"actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu={forward_max_token_len}",
                    f"{C}.forward_max_token_len_per_gpu={forward_max_token_len}"]
 

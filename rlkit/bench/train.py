@@ -66,7 +66,7 @@ def config(args, model: Path, engine: str):
          f"{A}.ppo_micro_batch_size_per_gpu={args.micro_batch}", f"{C}.ppo_micro_batch_size_per_gpu={args.micro_batch}",
          f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={args.log_prob_micro_batch}",
          f"trainer.device={args.device}"]
-    o += engine_overrides(engine, args.max_token_len, args.forward_max_token_len)
+    o += engine_overrides(engine, args.max_token_len, args.forward_max_token_len, args.critic_max_token_len)
     return PPOConfig.from_overrides(o + list(args.override))
 
 

@@ -91,6 +91,8 @@ def test_engine_list_and_overrides():
     assert keys["packed"][1:] == keys["compiled"][1:]  # the same packing; only the compile switch differs
     assert keys["packed"][0].endswith("use_torch_compile=False") and keys["compiled"][0].endswith("=True")
     assert "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=100" in keys["packed"]
+    assert "critic.ppo_max_token_len_per_gpu=100" in keys["packed"]  # the actor's budget unless given its own
+    assert "critic.ppo_max_token_len_per_gpu=300" in e2e.engine_overrides("packed", 100, 200, 300)
     with pytest.raises(ValueError, match="choose from padded, packed, compiled"):
         e2e.engine_overrides("fast", 100, 200)
 
