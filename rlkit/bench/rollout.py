@@ -116,14 +116,14 @@ def time_side(name: str, args, model_dir) -> dict:
     params = {"max_new_tokens": new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
               "skip_special_tokens": False}  # what SGLangRollout sends for `sampling` below
 
-    def generate(engine, max_new_tokens: int) -> list[int]:
-        """One batched generation of every prompt; the response lengths."""
+    def generate(engine, max_new_tokens: int, rows: list[list[int]] = prompts, logprob: bool = True) -> list[int]:
+        """One batched generation of ``rows``; the response lengths."""
         if name == "direct_sglang":
-            outs = engine.generate(input_ids=prompts, sampling_params=dict(params, max_new_tokens=max_new_tokens),
-                                   return_logprob=True)
+            outs = engine.generate(input_ids=rows, sampling_params=dict(params, max_new_tokens=max_new_tokens),
+                                   return_logprob=logprob)
             return [len(o["output_ids"]) for o in outs]
         sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, ignore_eos=True)
-        return [len(r) for r in engine.generate(prompts, sp).response_ids]
+        return [len(r) for r in engine.generate(rows, sp).response_ids]
 
     if name == "direct_sglang":
         engine_args = SGLangRollout.engine_kwargs(str(model_dir), **kw)
@@ -133,7 +133,12 @@ def time_side(name: str, args, model_dir) -> dict:
     try:
         generate(engine, 16)
         rec = {"start_s": start, "seconds": []}
-        for _ in range(args.repeats):
+        for batch in sweep_batches(args):  # with --sweep: one generation per batch size, log-probs on and off
+            for logprob in (True, False):
+                lengths, dt = timed(generate, engine, new_tokens, prompts[:batch], logprob)
+                assert lengths == [new_tokens] * batch, "a request stopped early despite ignore_eos"
+                rec.setdefault("sweep", []).append({"batch": batch, "logprob": logprob, "seconds": dt})
+        for _ in range(0 if sweep_batches(args) else args.repeats):
             lengths, dt = timed(generate, engine, new_tokens)
             assert lengths == [new_tokens] * len(prompts), "a request stopped early despite ignore_eos"
             rec["seconds"].append(dt)
@@ -143,6 +148,37 @@ def time_side(name: str, args, model_dir) -> dict:
         engine.shutdown()
         torch.cuda.empty_cache()
     return rec
+
+
+def sweep_batches(args) -> list[int]:
+    """``--sweep``'s batch sizes (none without it).
+
+    >>> import argparse
+    >>> from rlkit.bench.rollout import sweep_batches
+    >>> sweep_batches(argparse.Namespace(sweep="256, 1024", prompts=1024)), sweep_batches(argparse.Namespace(sweep=""))
+    ([256, 1024], [])
+    """
+    batches = [int(b) for b in (getattr(args, "sweep", "") or "").split(",") if b.strip()]
+    if any(b < 1 or b > args.prompts for b in batches):
+        raise SystemExit(f"--sweep {args.sweep}: every batch size must be between 1 and --prompts ({args.prompts})")
+    return batches
+
+
+def sweep_rows(sweep: list[dict], shape: str, prompt_len: int, new_tokens: int, bandwidth: float) -> list[dict]:
+    """Each sweep record with its milliseconds per decode step (the whole generation over ``new_tokens`` steps,
+    prefill included), tokens/s and share of the decode roofline at its batch size.
+
+    >>> from rlkit.bench.rollout import sweep_rows
+    >>> r, = sweep_rows([{"batch": 2, "logprob": True, "seconds": 0.5}], "0.5b", 100, 200, 1e12)
+    >>> r["ms_per_step"], r["tokens_per_s"], round(r["of_roofline"], 4)
+    (2.5, 800.0, 0.3971)
+    """
+    out = []
+    for r in sweep:
+        roof = roofline(shape, r["batch"], prompt_len, new_tokens, bandwidth)["tokens_per_s_weights_and_kv"]
+        tps = r["batch"] * new_tokens / r["seconds"]
+        out.append(dict(r, ms_per_step=1e3 * r["seconds"] / new_tokens, tokens_per_s=tps, of_roofline=tps / roof))
+    return out
 
 
 def side_command(argv: list[str], name: str, model_dir, out) -> list[str]:
@@ -181,6 +217,9 @@ def main(argv=None) -> dict:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
     p.add_argument("--in-process", action="store_true",
                    help="start every engine in this process (by default each engine runs in a process of its own)")
+    p.add_argument("--sweep", default="",
+                   help="batch sizes, e.g. 128,256,512,1024: instead of the comparison, time sglang.Engine alone "
+                        "(its own process) at each, with log-probs on and off: ms per decode step against the roofline")
     p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
@@ -188,6 +227,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default="rollout_bench.json")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
+    sweep_batches(args)  # bad --sweep sizes stop here, before any GPU work
     if args.side:  # a child: time one side and leave its record in --out
         Path(args.out).write_text(json.dumps(time_side(args.side, args, args.model_dir)))
         return {}
@@ -239,6 +279,14 @@ def main(argv=None) -> dict:
         subprocess.run(side_command(argv, name, model_dir, out), check=True)
         return json.loads(out.read_text())
 
+    if sweep_batches(args):  # the decode step against batch size, one engine, then done
+        rec = run_side("direct_sglang")
+        res["sweep_start_s"] = rec["start_s"]
+        res["sweep"] = sweep_rows(rec["sweep"], args.shape, args.prompt_len, args.new_tokens,
+                                  res["bandwidth_gbps"] * 1e9)
+        save()
+        print(json.dumps(res["sweep"], indent=2))
+        return res
     res["rounds"] = []
     for r in range(args.rounds):
         order = list(SIDES) if r % 2 == 0 else list(reversed(SIDES))

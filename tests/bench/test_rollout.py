@@ -32,3 +32,13 @@ def test_roofline_by_hand_for_the_05b_shape():
     step = 2 * params + 2 * (100 + 100) * 12288  # weights + KV of 2 rows at an average context of 200
     assert abs(r["tokens_per_s_weights_and_kv"] - 2 * 1e12 / step) < 1e-6
     assert abs(r["tokens_per_s_weights_only"] - 2 * 1e12 / (2 * params)) < 1e-6
+
+
+def test_sweep_rows_put_each_batch_against_its_own_roofline():
+    from rlkit.bench.rollout import sweep_rows
+
+    rows = sweep_rows([{"batch": b, "logprob": True, "seconds": 1.0} for b in (1, 4)], "0.5b", 100, 200, 1e12)
+    assert [r["ms_per_step"] for r in rows] == [5.0, 5.0] and [r["tokens_per_s"] for r in rows] == [200.0, 800.0]
+    for r in rows:
+        assert r["of_roofline"] == r["tokens_per_s"] / roofline("0.5b", r["batch"], 100, 200, 1e12)[
+            "tokens_per_s_weights_and_kv"]
