@@ -8,7 +8,9 @@ with the KL loss) and runs as a subprocess (rlkit imports neither verl nor TRL),
 output to ``<out>/<side>.log``. TRL's side runs :mod:`rlkit.bench.peer_trl` on the same keys (it needs
 ``pip install trl==1.12.0`` in this interpreter) and writes rlkit-style jsonl rows. :func:`side_summary` and
 :func:`compare` go to ``<out>/peers.json``.
-``--dry-run`` prints the exact commands with their environment and runs nothing.
+``--dry-run`` prints the exact commands with their environment and runs nothing. Sides run one per command
+(``--sides verl``, then ``--sides rlkit`` with the same ``--out``) are compared afterwards with ``--from-logs``,
+which runs nothing and summarizes the metrics they left.
 """
 from __future__ import annotations
 
@@ -235,6 +237,22 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     return done
 
 
+def read_plan(plan: dict[str, dict], warmup: int = 2, **summary_kw) -> dict[str, dict]:
+    """:func:`run_plan`'s summaries from the metrics the sides of ``plan`` left earlier, running nothing; a side
+    without metrics, or with too few steps, is named in :class:`SidesFailed`."""
+    done, failed = {}, {}
+    for name, side in plan.items():
+        try:
+            if not Path(side["metrics"]).exists():
+                raise RuntimeError(f"no metrics at {side['metrics']}: run this side first")
+            done[name] = side_summary(side["read"](side["metrics"]), warmup, **summary_kw)
+        except (RuntimeError, ValueError, KeyError) as e:
+            failed[name] = f"side {name} failed ({e})"
+    if failed:
+        raise SidesFailed(done, failed)
+    return done
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlkit.bench.peers", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], help="extra key=value for every side (repeatable)")
     p.add_argument("--trl-site", default="/tmp/site-trl", help="TRL 1.12.0 unpacked here: on verl's path with a critic")
     p.add_argument("--timeout", type=float, default=None, help="seconds per side (default: none)")
+    p.add_argument("--from-logs", action="store_true",
+                   help="run nothing: summarize the metrics the sides left in --out earlier (e.g. one side per run)")
     p.set_defaults(shape="0.5b", prompt_len=512, response_len=512, mini_batch=64, micro_batch=8,  # e2e's settings
                    log_prob_micro_batch=16, gpu_memory_utilization=0.5)  # (--override changes them)
     return p
@@ -297,14 +317,21 @@ def main(argv=None) -> dict:
     if "trl" in plan and trl_missing:
         raise SystemExit(f"the trl side's driver {TRL_DRIVER} needs TRL {peer_trl.TRL_VERSION} in {sys.executable}: "
                          f"{peer_trl.INSTALL}; or run --sides rlkit,verl, or --dry-run to see the command it will take")
-    e2e.data_files(args.data)  # stops here when GSM8K is not prepared
-    _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
-    machine, peak = e2e.machine_record("cuda")
+    if args.from_logs:  # the model's dimensions are the shape's; nothing is written but peers.json
+        from rlkit.bench.rollout import SHAPES
+
+        model_cfg = {k: v for k, v in SHAPES[args.shape].items() if k != "tie_word_embeddings"}
+    else:
+        e2e.data_files(args.data)  # stops here when GSM8K is not prepared
+        _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
+    import torch
+
+    machine, peak = e2e.machine_record("cuda" if torch.cuda.is_available() else "cpu")
     machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
-    failure = None
+    failure, kw = None, dict(model_cfg=model_cfg, peak=peak, sequences=args.prompts * responses_per_prompt(args))
     try:
-        summaries = run_plan(plan, args.warmup, args.timeout, model_cfg=model_cfg, peak=peak,
-                             sequences=args.prompts * responses_per_prompt(args))
+        summaries = read_plan(plan, args.warmup, **kw) if args.from_logs else run_plan(plan, args.warmup,
+                                                                                       args.timeout, **kw)
     except SidesFailed as e:  # keep what the finished sides measured; exit non-zero after writing it
         summaries, failure = e.done, e
     res = dict(machine, setup=vars(args), summary=summaries,

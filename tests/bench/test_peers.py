@@ -258,3 +258,26 @@ def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_pat
             node = _lookup(cfg, parent)
             assert isinstance(node, dict), f"{a}: verl has no section {parent}"
             assert leaf in node, f"{a}: verl 0.9.1 has no such key"
+
+
+def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path, capsys):
+    """Sides run one per command (e.g. one per machine call) are compared afterwards with --from-logs."""
+    def rows(throughput, step_s):
+        return [{"step": s, "perf/throughput": throughput, "timing_s/step": step_s, "timing_s/gen": 1.0,
+                 "perf/total_num_tokens": int(throughput * step_s)} for s in (1, 2, 3, 4)]
+
+    (tmp_path / "rlkit").mkdir()
+    (tmp_path / "rlkit" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(3000.0, 2.0)))
+    argv = ["--sides", "rlkit,verl", "--estimator", "grpo", "--out", str(tmp_path), "--from-logs", "--warmup", "2"]
+    with pytest.raises(peers.SidesFailed) as e:
+        peers.main(argv)
+    assert "no metrics at" in e.value.failed["verl"] and "run this side first" in e.value.failed["verl"]
+    saved = json.loads((tmp_path / "peers.json").read_text())
+    assert saved["summary"]["rlkit"]["throughput_median"] == 3000.0 and "verl" in saved["failed"]
+    (tmp_path / "verl").mkdir()
+    (tmp_path / "verl" / "metrics.jsonl").write_text("".join(json.dumps({"step": r.pop("step"), "data": r}) + "\n"
+                                                             for r in rows(1000.0, 6.0)))
+    res = peers.main(argv)
+    assert res["summary"]["verl"]["throughput_median"] == 1000.0 and "failed" not in res
+    assert res["comparison"]["ratios"]["verl"]["tokens/s/GPU"] == pytest.approx(3.0)
+    assert not (tmp_path / "model").exists()  # nothing ran, nothing was written but peers.json
