@@ -406,10 +406,10 @@ class TrainerConfig:
     balance_batch: bool = True  # balance tokens across data-parallel ranks
     total_epochs: int = 30  # passes over the training set
     total_training_steps: Optional[int] = None  # stop after this many steps; None = from epochs
-    project_name: str = "rlkit"  # logger project (verl: verl_examples)
-    experiment_name: str = "gsm8k"  # logger run name
+    project_name: str = "rlkit"  # names default_local_dir (verl: verl_examples, also its wandb project)
+    experiment_name: str = "gsm8k"  # names default_local_dir (verl: also its wandb run name)
     logger: List[str] = field(default_factory=lambda: ["console"])  # console | jsonl | tensorboard
-    log_val_generations: int = 0  # validation samples to log
+    log_val_generations: int = 0  # validation (input, output, score) samples each logger gets, picked as verl picks them
     rollout_data_dir: Optional[str] = None  # each step writes <dir>/<step>.jsonl: input, output, gts, score, step per response; None = none
     validation_data_dir: Optional[str] = None  # each validation writes <dir>/<step>.jsonl, the same lines (0 before training)
     nnodes: int = 1  # machines

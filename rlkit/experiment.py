@@ -27,7 +27,7 @@ from rlkit.config import PPOConfig, check_runtime, validate
 from rlkit.diagnostics import balance as memory_balance_lib
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.diagnostics.timing import PhaseTimer
-from rlkit.loggers import dump_generations
+from rlkit.loggers import dump_generations, pick_val_generations
 
 KEEP_ROLLOUT_STEPS = 100  # rollout tables kept in memory for show_rollouts() / the dashboard
 
@@ -154,6 +154,7 @@ class Experiment:
         self._history: list[dict[str, Any]] = []
         self.val_history: list[dict[str, Any]] = []
         self.last_validation: pd.DataFrame | None = None
+        self.last_val_generations: list[tuple[str, str, float]] = []  # trainer.log_val_generations' picks
         self.phase_callbacks: list[Callable[[str, str], None]] = []
         self.memory_recorder = memory_lib.MemoryRecorder()
         self._rollouts: list[pd.DataFrame] = []
@@ -482,18 +483,24 @@ class Experiment:
         ``worst@k`` and ``maj@k`` for ``val_kwargs.n > 1``, and ``val-aux/<data_source>/response_length/mean``.
         The per-response table is kept in ``self.last_validation``; with ``trainer.validation_data_dir`` it
         is also written, in verl's format, to ``<dir>/<global_step>.jsonl`` (:func:`rlkit.loggers.dump_generations`).
+        With ``trainer.log_val_generations=N`` the N ``(input, output, score)`` samples verl would log
+        (:func:`rlkit.loggers.pick_val_generations`) are kept in ``self.last_val_generations``; the main
+        job hands them to its loggers (``Tracking.log_generations``).
         """
         from rlkit.rewards.validation import validation_metrics
 
         bs = int(self.config.data.get("val_batch_size") or len(self.val_dataset))
         dump = bool(self.config.trainer.get("validation_data_dir"))
+        n_log = int(self.config.trainer.get("log_val_generations") or 0)
         self.worker.wake_rollout()
         try:
-            rows, extras, inputs = self._validation_rows(bs, with_inputs=dump)
+            rows, extras, inputs = self._validation_rows(bs, with_inputs=dump or n_log > 0)
         finally:
             self.worker.sleep_rollout()
         df = pd.DataFrame(rows)
         self.last_validation = df
+        self.last_val_generations = (pick_val_generations(inputs, list(df["response"]), list(df["score"]), n_log)
+                                     if n_log > 0 else [])
         infos = {"reward": list(df["score"]), **extras}
         metrics = validation_metrics(list(df["data_source"]), list(df["uid"]), infos)
         for ds, g in df.groupby("data_source"):
@@ -506,7 +513,8 @@ class Experiment:
 
     def _validation_rows(self, bs: int, with_inputs: bool = False) -> tuple[list[dict], dict[str, list], list[str]]:
         """One row per response (``uid``: its prompt's index in the validation set), the reward's extra
-        keys per response, and with ``with_inputs`` each response's decoded prompt (for the dump)."""
+        keys per response, and with ``with_inputs`` each response's decoded prompt (for the dump and
+        ``trainer.log_val_generations``)."""
         rows, extras, inputs = [], {}, []
         for start in range(0, len(self.val_dataset), bs):
             items = [self.val_dataset[i] for i in range(start, min(start + bs, len(self.val_dataset)))]
@@ -682,12 +690,11 @@ def _build_worker(cfg, total_training_steps: int, progress: bool):
 
 
 def _load_tokenizer(cfg):
-    """The actor's tokenizer, without loading any weights."""
+    """The actor's tokenizer (``model.custom_chat_template`` applied), without loading any weights."""
     from rlkit.training import models
 
     m = cfg.actor_rollout_ref.model
-    model_dir = models.resolve_model_path(m.path, m.get("gguf_file"))
-    return models.load_tokenizer(model_dir, m.get("tokenizer_path"), m.get("trust_remote_code", False))
+    return models.model_tokenizer(m, models.resolve_model_path(m.path, m.get("gguf_file")))
 
 
 def _load_datasets(cfg, tokenizer):

@@ -1,4 +1,5 @@
-"""Metric sinks named by ``trainer.logger``: ``console``, ``jsonl``, ``tensorboard``; and
+"""Metric sinks named by ``trainer.logger``: ``console``, ``jsonl``, ``tensorboard``, each also taking
+the validation samples of ``trainer.log_val_generations`` (:func:`pick_val_generations`); and
 :func:`dump_generations`, the per-response files of ``trainer.rollout_data_dir`` /
 ``trainer.validation_data_dir``."""
 from __future__ import annotations
@@ -25,6 +26,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _finite(v):
+    """``v``, or None for a float JSON cannot hold (nan, inf)."""
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
 class ConsoleLogger:
     """verl-like: one line per step, ``step:N - key:value - ...``.
 
@@ -44,6 +50,13 @@ class ConsoleLogger:
         parts = [f"step:{step}"] + [f"{k}:{_fmt(v)}" for k, v in items]
         print(" - ".join(parts), file=self.stream, flush=True)
 
+    def log_generations(self, samples: list, step: int) -> None:
+        """Each ``(input, output, score)`` sample as a block: a ``val/generations`` header line, then
+        the input and output text as they are (several lines each)."""
+        for i, (inp, out, score) in enumerate(samples, 1):
+            print(f"val/generations step:{step} sample:{i}/{len(samples)} score:{_fmt(score)}\n"
+                  f"[input]\n{inp}\n[output]\n{out}", file=self.stream, flush=True)
+
     def close(self) -> None:
         pass
 
@@ -57,8 +70,16 @@ class JsonlLogger:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def log(self, metrics: dict, step: int) -> None:
-        row = {"step": step, **{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}}
+        row = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
         self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def log_generations(self, samples: list, step: int) -> None:
+        """One row per sample, marked by its ``val/generations`` key (its 1-based place, as verl numbers
+        its table's columns): ``{"step", "val/generations", "input", "output", "score"}``."""
+        for i, (inp, out, score) in enumerate(samples, 1):
+            row = {"step": step, "val/generations": i, "input": inp, "output": out, "score": _finite(score)}
+            self._f.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
         self._f.flush()
 
     def close(self) -> None:
@@ -77,6 +98,15 @@ class TensorboardLogger:
         for k, v in metrics.items():
             if isinstance(v, (int, float)):
                 self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def log_generations(self, samples: list, step: int) -> None:
+        """The samples as one markdown text under ``val/generations``, laid out as verl's tensorboard
+        logger lays them out."""
+        text = f"**Generation Results - Step {step}**\n\n" + "".join(
+            f"### Sample {i}\n**Input:** {inp}\n\n**Output:** {out}\n\n**Score:** {score}\n\n---\n\n"
+            for i, (inp, out, score) in enumerate(samples, 1))
+        self.writer.add_text("val/generations", text, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -103,9 +133,35 @@ class Tracking:
         for lg in self.loggers:
             lg.log(metrics, step)
 
+    def log_generations(self, samples: list, step: int) -> None:
+        """``trainer.log_val_generations``: the ``(input, output, score)`` samples of a validation
+        (:func:`pick_val_generations`) to every logger; nothing when there are none."""
+        if samples:
+            for lg in self.loggers:
+                lg.log_generations(samples, step)
+
     def close(self) -> None:
         for lg in self.loggers:
             lg.close()
+
+
+def pick_val_generations(inputs: list[str], outputs: list[str], scores: list[float], n: int) -> list[tuple]:
+    """The ``n`` validation samples ``trainer.log_val_generations=n`` logs, picked as verl picks them:
+    the ``(input, output, score)`` triples sorted by input (a stable sort: equal inputs keep their
+    order), shuffled by ``numpy.random.RandomState(42)``, the first ``n`` kept (all when fewer).
+    The same inputs give the same samples at every validation.
+
+    >>> from rlkit.loggers import pick_val_generations
+    >>> pick_val_generations(["c", "a", "b", "d"], ["C", "A", "B", "D"], [0.0, 1.0, 0.5, 0.0], 2)
+    [('b', 'B', 0.5), ('d', 'D', 0.0)]
+    >>> pick_val_generations(["a"], ["A"], [1.0], 0)
+    []
+    """
+    import numpy as np
+
+    samples = sorted(zip(inputs, outputs, scores, strict=True), key=lambda s: s[0])
+    np.random.RandomState(42).shuffle(samples)
+    return samples[:n]
 
 
 # ---------------------------------------------------------------------- generation dumps

@@ -4,7 +4,8 @@ Accepts verl's command line (``data.train_files=... actor_rollout_ref.actor.opti
 and runs the same :class:`rlkit.Experiment` a notebook steps: optional validation before training,
 ``trainer.total_training_steps`` (or ``total_epochs``) steps, validation every ``test_freq`` steps,
 checkpoints every ``save_freq`` steps (keeping ``max_actor_ckpt_to_keep`` /
-``max_critic_ckpt_to_keep``), metrics to ``trainer.logger``, and with ``trainer.rollout_data_dir`` /
+``max_critic_ckpt_to_keep``), metrics (and ``trainer.log_val_generations`` validation samples) to
+``trainer.logger``, and with ``trainer.rollout_data_dir`` /
 ``trainer.validation_data_dir`` each step's and each validation's responses to ``<dir>/<step>.jsonl``.
 
 With ``trainer.resume_mode=auto`` (the default) a run continues from the newest
@@ -65,12 +66,18 @@ def run(overrides: list[str], progress: bool = False) -> int:
     else:
         exp = Experiment(cfg, progress=progress)
     logger = Tracking(list(t.logger), out_dir)
+
+    def validation() -> dict:  # metrics; the trainer.log_val_generations samples go to the loggers at once
+        metrics = exp.validate()
+        logger.log_generations(exp.last_val_generations, step=exp.global_step)
+        return metrics
+
     try:
         if t.val_only:  # verl: validate once and stop
-            logger.log(exp.validate(), step=exp.global_step)
+            logger.log(validation(), step=exp.global_step)
             return 0
         if resume_from is None and t.val_before_train and t.test_freq != 0:
-            logger.log(exp.validate(), step=exp.global_step)
+            logger.log(validation(), step=exp.global_step)
         while exp.global_step < exp.total_training_steps:
             if progress:
                 print(f"step {exp.global_step + 1}/{exp.total_training_steps}", file=sys.stderr, flush=True)
@@ -78,7 +85,7 @@ def run(overrides: list[str], progress: bool = False) -> int:
             metrics = dict(result.metrics)
             last = exp.global_step >= exp.total_training_steps
             if t.test_freq > 0 and (exp.global_step % t.test_freq == 0 or last):
-                metrics.update(exp.validate())
+                metrics.update(validation())
             if t.save_freq > 0 and (exp.global_step % t.save_freq == 0 or last):
                 saved = exp.save(out_dir / f"{ckpt_lib.STEP_PREFIX}{exp.global_step}")
                 for gone in ckpt_lib.prune(out_dir, t.max_actor_ckpt_to_keep, t.max_critic_ckpt_to_keep):

@@ -799,19 +799,86 @@ def _leaves():
     return [p for p, k in _INDEX.items() if k.kind != "section"]
 
 
+def _is_key_names(node) -> bool:
+    """A string, or a tuple/list/set/dict literal made of strings only (nested): a list of key names."""
+    import ast
+
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return bool(node.elts) and all(map(_is_key_names, node.elts))
+    if isinstance(node, ast.Dict):
+        return bool(node.keys) and all(k is not None and _is_key_names(k) for k in node.keys) \
+            and all(map(_is_key_names, node.values))
+    return False
+
+
+def _names_read(source: str) -> tuple[set, list]:
+    """What code in ``source`` can read a key with: attribute names (``cfg.trainer.name``) and string
+    constants (``cfg["name"]``, ``get("name")``, ``select(cfg, "a.name")``, ``f"{A}.name"``).
+    Comments and docstrings are no reads; nor are the strings of a literal list of names unless code
+    iterates over it or passes it to a call: a table of key names (checkpoint.py's ``FIXED_ON_RESUME``
+    / ``FREE_ON_RESUME``, ``x in ("a.b", ...)``) only names keys, ``for k in ("a", "b"): d.get(k)``
+    reads them."""
+    import ast
+
+    tree = ast.parse(source)
+    parent = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):  # a docstring
+            skip.add(node.value)
+        elif not isinstance(node, ast.Constant) and _is_key_names(node) and not _is_key_names(parent.get(node)):
+            up = parent.get(node)
+            if not ((isinstance(up, (ast.For, ast.comprehension)) and up.iter is node)
+                    or isinstance(up, (ast.Call, ast.keyword))):
+                skip.update(ast.walk(node))
+    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    strings = [n.value for n in ast.walk(tree)
+               if isinstance(n, ast.Constant) and isinstance(n.value, str) and n not in skip]
+    return attrs, strings
+
+
 def _unread_leaves():
-    """Leaves whose name appears nowhere in the package outside config.py, neither as an attribute
-    (``.name``) nor as a quoted key (``"name"``): nothing reads them."""
+    """Leaves nothing in the package outside config.py reads (:func:`_names_read`: an attribute of
+    the leaf's name, or a string that is the leaf's name or ends with ``.name``), neither directly nor
+    through the default of a leaf that is read (``default_local_dir``'s ``${trainer.project_name}``)."""
     import re
 
+    from rlkit.config import _DEFAULT, _raw
+
     pkg = Path(__file__).resolve().parents[1] / "rlkit"
-    text = "\n".join(f.read_text() for f in pkg.rglob("*.py") if f.name != "config.py")
-    out = []
-    for path in _leaves():
-        leaf = re.escape(path.rsplit(".", 1)[-1])
-        if not re.search(rf"\.{leaf}\b|[\"']{leaf}[\"']", text):
-            out.append(path)
-    return out
+    attrs, strings = set(), []
+    for f in pkg.rglob("*.py"):
+        if f.name != "config.py":
+            a, s = _names_read(f.read_text())
+            attrs |= a
+            strings += s
+    names = attrs | {s.rsplit(".", 1)[-1] for s in strings}  # "a.b.name", ".name" (f"{A}.name") and "name"
+    read = {path for path in _leaves() if path.rsplit(".", 1)[-1] in names}
+    grown = True
+    while grown:  # interpolations in the defaults of read leaves read what they name
+        named = {m for path in read for m in re.findall(r"\$\{([\w.]+)\}", str(_raw(_DEFAULT, path)))}
+        grown = not named <= read
+        read |= named
+    return [path for path in _leaves() if path not in read]
+
+
+def test_unread_keys_check_sees_through_tables_of_names():
+    """Key names only listed (a named table, a membership test) are no reads; iterated or passed, they are."""
+    attrs, strings = _names_read(
+        '"""Reads trainer.log_val_generations."""\n'
+        'FREE = ("trainer.log_val_generations", "trainer.project_name")  # trainer.experiment_name\n'
+        'TABLE = {"a.one": ("a", "one")}\n'
+        'def f(cfg, key):\n'
+        '    """cfg.hidden"""\n'
+        '    if key in ("a.two", "a.three"):\n'
+        '        return cfg.trainer.logger\n'
+        '    for k in ("four", "five"):\n'
+        '        cfg.get(k)\n'
+        '    return get(cfg, ("a", "six")), cfg["seven"]\n')
+    assert attrs == {"trainer", "logger", "get"}
+    assert sorted(strings) == ["a", "five", "four", "seven", "six"]
 
 
 def test_every_unread_key_is_refused_or_explained():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,6 +238,31 @@ def test_rollout_and_validation_dumps_follow_verl(char_model, tmp_path):
         assert [line["chars"] for line in lines] == [len(line["output"]) for line in lines]
     last = _read_jsonl(val_dir / "2.jsonl")
     assert [line["output"] for line in last] == exp.last_validation["response"].tolist()
+
+
+def test_custom_chat_template_builds_every_prompt(char_model, toy_data):
+    """actor_rollout_ref.model.custom_chat_template (verl): the tokenizer's chat template is replaced before any
+    prompt is built - the datasets' prompts, the ids the step generates from, the ranks' tokenizer."""
+    template = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+    ov = toy_overrides(char_model, toy_data, **{"actor_rollout_ref.model.custom_chat_template": f'"{template}"'})
+    cfg = PPOConfig.from_overrides(ov)
+    assert cfg.actor_rollout_ref.model.custom_chat_template == template  # quoted on the command line, as in verl
+    exp = Experiment(cfg, reward_fn=digit_fraction)
+    assert exp.tokenizer.chat_template == exp.worker.tokenizer.chat_template == template
+    # this tiny tokenizer, saved and loaded again, encodes no whitespace: the ids read "Q:count0A:"
+    for ds in (exp.train_dataset, exp.val_dataset):
+        item = ds[0]
+        assert item["prompt_text"] == "Q: count 0\nA:"  # "<|user|>count 0\n<|assistant|>" with the model's own
+        assert exp.tokenizer.decode(item["prompt_ids"]) == "Q:count0A:"
+    res = exp.step()
+    exp.shutdown()
+    assert all(re.fullmatch(r"Q: count \d+\nA:", p) for p in res.rollouts["prompt"])
+    width = res.batch["prompts"].shape[1]
+    real = res.batch["attention_mask"][:, :width].bool()
+    prompts = [exp.tokenizer.decode(ids[m].tolist()) for ids, m in zip(res.batch["prompts"], real)]
+    assert prompts == ["".join(p.split()) for p in res.rollouts["prompt"]]  # the ids generated from
+    assert all(re.fullmatch(r"Q:count\d+A:", p) for p in prompts)
+    assert len(set(prompts)) == 8  # train_batch_size prompts, rollout.n=4 responses each
 
 
 # ---------------------------------------------------------------------- GSM8K with the real Qwen2.5 tokenizer

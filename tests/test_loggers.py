@@ -91,3 +91,60 @@ def test_dump_into_a_file_names_the_key_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match="one value per response"):
         dump_generations(tmp_path / "d", 0, ["a", "b"], ["b"], ["c", "d"], [1.0, 2.0])
     assert not (tmp_path / "d").exists()
+
+
+# ---------------------------------------------------------------------- trainer.log_val_generations
+def test_val_generations_are_picked_as_verl_picks_them():
+    """verl: sort the (input, output, score) triples by input, shuffle with RandomState(42), keep the first N."""
+    import numpy as np
+
+    from rlkit.loggers import pick_val_generations
+
+    inputs = ["q2", "q1", "q3", "q1", "q0"]  # q1 twice (val_kwargs.n=2): a stable sort keeps o1a before o1b
+    outputs = ["o2", "o1a", "o3", "o1b", "o0"]
+    scores = [0.2, 0.1, 0.3, 0.15, 0.0]
+    # sorted: q0/o0, q1/o1a, q1/o1b, q2/o2, q3/o3; RandomState(42) puts 5 items in the order 1, 4, 2, 0, 3
+    assert np.random.RandomState(42).permutation(5).tolist() == [1, 4, 2, 0, 3]
+    assert pick_val_generations(inputs, outputs, scores, 3) == [("q1", "o1a", 0.1), ("q3", "o3", 0.3),
+                                                                ("q1", "o1b", 0.15)]
+    assert pick_val_generations(inputs, outputs, scores, 10) == [("q1", "o1a", 0.1), ("q3", "o3", 0.3),
+                                                                 ("q1", "o1b", 0.15), ("q0", "o0", 0.0),
+                                                                 ("q2", "o2", 0.2)]
+    assert pick_val_generations(inputs, outputs, scores, 0) == []
+    # reversed, the same samples sort the same except the tie: q0/o0, q1/o1b, q1/o1a, q2/o2, q3/o3
+    assert pick_val_generations(inputs[::-1], outputs[::-1], scores[::-1], 2) == [("q1", "o1b", 0.15),
+                                                                                 ("q3", "o3", 0.3)]
+    with pytest.raises(ValueError):
+        pick_val_generations(["a"], [], [1.0], 1)
+
+
+def test_each_logger_takes_the_val_generations(tmp_path, capsys):
+    samples = [("count 1\n", "12", 0.5), ("count 3\n", "x", 0.0)]
+    loggers = ["console", "jsonl"]
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append("tensorboard")
+    except ImportError:
+        pass
+    t = Tracking(loggers, tmp_path)
+    t.log({"val-core/toy/reward/mean@1": 0.25}, step=2)
+    t.log_generations(samples, step=2)
+    t.log_generations([], step=3)  # trainer.log_val_generations=0: nothing
+    t.close()
+    out = capsys.readouterr().out
+    assert out.endswith("val/generations step:2 sample:1/2 score:0.5\n[input]\ncount 1\n\n[output]\n12\n"
+                        "val/generations step:2 sample:2/2 score:0\n[input]\ncount 3\n\n[output]\nx\n")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 2, "val-core/toy/reward/mean@1": 0.25},
+                    {"step": 2, "val/generations": 1, "input": "count 1\n", "output": "12", "score": 0.5},
+                    {"step": 2, "val/generations": 2, "input": "count 3\n", "output": "x", "score": 0.0}]
+    if "tensorboard" in loggers:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0})
+        acc.Reload()
+        (event,) = acc.Tensors("val/generations/text_summary")
+        text = event.tensor_proto.string_val[0].decode()
+        assert event.step == 2 and text.startswith("**Generation Results - Step 2**")
+        assert "### Sample 2\n**Input:** count 3\n\n\n**Output:** x\n\n**Score:** 0.0" in text

@@ -157,3 +157,28 @@ def test_generation_dumps_at_verls_steps(toy, tmp_path):
         assert len(lines) == 4 and {line["step"] for line in lines} == {step}  # the 4 validation prompts
         assert sum(line["score"] for line in lines) / 4 == pytest.approx(
             logged[step]["val-core/toy/digits/reward/mean@1"])
+
+
+def test_log_val_generations_logs_verls_picks(toy, tmp_path):
+    """trainer.log_val_generations=2: after the validation, the console and metrics.jsonl get 2 of the 4 validation
+    samples, the ones verl logs: sorted by input ("count 0" .. "count 3"), RandomState(42) orders 4 items
+    1, 3, 0, 2, so "count 1" and "count 3", each with the output and score the validation dump holds."""
+    out, val = tmp_path / "run", tmp_path / "val"
+    proc = main_ppo(args(toy, out, **{"trainer.val_only": True, "trainer.log_val_generations": 2,
+                                      "trainer.validation_data_dir": val}), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dumped = {"".join(line["input"].split()): line
+              for line in map(json.loads, (val / "0.jsonl").read_text(encoding="utf-8").splitlines())}
+    assert sorted(dumped) == ["count0", "count1", "count2", "count3"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("val/generations") for r in rows] == [1, 2, None]  # the samples, then the metrics
+    picked = rows[:2]
+    assert ["".join(r["input"].split()) for r in picked] == ["count1", "count3"]
+    for r in picked:
+        line = dumped["".join(r["input"].split())]
+        assert r == {"step": 0, "val/generations": r["val/generations"], "input": line["input"],
+                     "output": line["output"], "score": line["score"]}
+    headers = [line for line in proc.stdout.splitlines() if line.startswith("val/generations")]
+    assert [h.split(" score:")[0] for h in headers] == ["val/generations step:0 sample:1/2",
+                                                        "val/generations step:0 sample:2/2"]
+    assert step_lines(proc.stdout)[0].startswith("step:0 - val-core/toy/digits/reward/mean@1:")

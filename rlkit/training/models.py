@@ -155,16 +155,28 @@ def _resolve(path: str | None, gguf_file: str | None, _cache: str, _offline: str
                        "pass a local checkpoint folder")
 
 
-def load_tokenizer(model_dir: str, tokenizer_path: str | None = None, trust_remote_code: bool = False):
-    """The tokenizer, with a pad token (falls back to eos) and a chat template check."""
+def load_tokenizer(model_dir: str, tokenizer_path: str | None = None, trust_remote_code: bool = False,
+                   chat_template: str | None = None):
+    """The tokenizer, with a pad token (falls back to eos). ``chat_template`` (a Jinja string), when
+    given, replaces the tokenizer's own chat template, as verl's ``model.custom_chat_template`` does."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path or model_dir, trust_remote_code=trust_remote_code)
+    if chat_template is not None:
+        tok.chat_template = chat_template
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if tok.eos_token_id is None:
         raise ValueError(f"tokenizer of {model_dir} has no eos token; responses could never stop")
     return tok
+
+
+def model_tokenizer(model_cfg, model_dir: str):
+    """The tokenizer of ``actor_rollout_ref.model`` (``model_cfg``), loaded from ``model_dir`` (the
+    resolved ``model.path``) with its ``tokenizer_path``, ``trust_remote_code`` and
+    ``custom_chat_template``: the one tokenizer the controller's datasets and every rank use."""
+    return load_tokenizer(model_dir, model_cfg.get("tokenizer_path"), model_cfg.get("trust_remote_code", False),
+                          model_cfg.get("custom_chat_template"))
 
 
 def _attention(packed: bool, override_config: dict) -> dict:

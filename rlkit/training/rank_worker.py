@@ -268,8 +268,7 @@ class RankWorker:
     def _load(self, cfg) -> None:
         arr = cfg.actor_rollout_ref
         self.model_dir = models.resolve_model_path(arr.model.path, arr.model.get("gguf_file"))
-        self.tokenizer = models.load_tokenizer(self.model_dir, arr.model.get("tokenizer_path"),
-                                               arr.model.get("trust_remote_code", False))
+        self.tokenizer = models.model_tokenizer(arr.model, self.model_dir)
         self.eos_ids = worker_lib.eos_token_ids(self.tokenizer, self.model_dir)
         self.engine_group = None  # the rank's part of its TP group's engine (rollout.name=sglang)
         self.gen_model = None  # the hf engine's unsharded generation copy
