@@ -27,7 +27,14 @@ def model_dir(tmp_path_factory):
 
 def test_local_rank_equals_a_ray_rank(model_dir, ray_cluster):
     batch = make_batch()
-    local = one_step(config(model_dir, 1), batch, local=True)
+    # bit for bit needs the same float order: a Ray rank's torch runs one intra-op thread on the CPU (Ray sets
+    # OMP_NUM_THREADS=1 in its workers), so the local rank runs with one too (with two, 2.7e-6 on this model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = one_step(config(model_dir, 1), batch, local=True)
+    finally:
+        torch.set_num_threads(threads)
     remote = one_step(config(model_dir, 1), batch)
     for role in ("actor", "critic"):
         assert max_diff(local["state"][role], remote["state"][role]) == 0.0, role
