@@ -1,7 +1,7 @@
 """rlkit.bench.peers: each side's command, verl's metrics file, the summary and the ratios by hand, the dry run and
 the refusals, and running sides as subprocesses (small Python commands stand in for rlkit, verl and TRL: no GPU,
 no verl or TRL needed). With RLKIT_VERL_SRC set to an unpacked verl 0.9.1, every key of the verl command is
-checked against verl's own config."""
+checked against verl's own config and the whole command line composed by verl's Hydra."""
 from __future__ import annotations
 
 import json
@@ -230,7 +230,7 @@ def _lookup(tree: dict, dotted: str):
 
 
 @pytest.mark.parametrize("estimator", ["gae", "grpo", "learning"])
-def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_path):
+def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_path, monkeypatch):
     src = os.environ.get("RLKIT_VERL_SRC")
     if not src:
         pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
@@ -258,6 +258,17 @@ def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_pat
             node = _lookup(cfg, parent)
             assert isinstance(node, dict), f"{a}: verl has no section {parent}"
             assert leaf in node, f"{a}: verl 0.9.1 has no such key"
+    # and verl's own Hydra composes the whole command line (its hydra ships beside it in the verl bundle)
+    monkeypatch.syspath_prepend(src)
+    hydra = pytest.importorskip("hydra")
+    from omegaconf import OmegaConf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with hydra.initialize_config_dir(config_dir=str(root / "trainer" / "config"), version_base=None):
+            composed = hydra.compose(config_name="ppo_trainer", overrides=argv[3:])
+    OmegaConf.resolve(composed)
+    assert composed.algorithm.adv_estimator == ("grpo" if estimator != "gae" else "gae")
 
 
 def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path, capsys):
