@@ -110,7 +110,7 @@ class CustomClsConfig:
 
 @dataclass
 class DataConfig:
-    tokenizer: Optional[str] = None  # tokenizer for the dataset; None = the actor's
+    tokenizer: Optional[str] = None  # verl's key, read by neither: must stay None (model.tokenizer_path instead)
     use_shm: bool = False  # copy data through /dev/shm (verl; ignored on one device)
     train_files: Any = "~/data/gsm8k/train.parquet"  # parquet path or list of paths (rlkit: where verl's gsm8k prep writes)
     val_files: Any = "~/data/gsm8k/test.parquet"  # parquet path or list of paths
@@ -1156,6 +1156,9 @@ def validate(cfg: Any) -> None:
             bad(k, "must be a parquet path or a non-empty list of paths",
                 f"e.g. {k}=~/data/gsm8k/train.parquet or {k}=[a.parquet,b.parquet]")
     rule("data.prompt_key", lambda v: bool(v), "must name the prompt column", "e.g. data.prompt_key=prompt")
+    rule("data.tokenizer", lambda v: False, "rlkit builds the prompts with the policy's tokenizer, as verl 0.9.1 "
+         "does (verl does not read data.tokenizer either)", "remove it, or set actor_rollout_ref.model."
+         "tokenizer_path to that tokenizer to use it for the model and its prompts alike")
 
     # -- keys rlkit does not implement yet: only their defaults are accepted
     for key, why in UNSUPPORTED_KEYS.items():

@@ -978,3 +978,14 @@ def test_actor_shuffle_true_warns_that_verl_keeps_rollout_order():
     with w.catch_warnings():
         w.simplefilter("error", ConfigWarning)
         PPOConfig.from_overrides([])  # the default (False, as verl) is silent
+
+
+def test_data_tokenizer_is_refused_with_the_key_that_does_it():
+    """verl 0.9.1 reads data.tokenizer nowhere; rlkit refuses a value instead of ignoring it silently."""
+    with pytest.raises(ConfigError) as err:
+        PPOConfig.from_overrides(["data.tokenizer=/tok"])
+    msg = str(err.value)
+    assert ("data.tokenizer=/tok: rlkit builds the prompts with the policy's tokenizer, as verl 0.9.1 does (verl "
+            "does not read data.tokenizer either). Fix: remove it, or set actor_rollout_ref.model.tokenizer_path to "
+            "that tokenizer to use it for the model and its prompts alike.") in msg
+    assert PPOConfig.from_overrides(["data.tokenizer=null"]).data.tokenizer is None
