@@ -212,13 +212,19 @@ def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int
                    f"{C}.forward_max_token_len_per_gpu={forward_max_token_len}"]
 
 
-def machine_record(device: str, peak_tflops: float | None = None) -> tuple[dict, float | None]:
+def read_jsonl(path) -> list[dict]:
+    """The JSON object of each non-empty line of a UTF-8 ``.jsonl`` file (metrics, generation dumps)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def machine_record(device: str | None = None, peak_tflops: float | None = None) -> tuple[dict, float | None]:
     """``({"date", "card", "versions"}, peak bf16 FLOP/s or None)`` of the machine a benchmark runs on:
-    the card's data-sheet peak (``peak_tflops`` overrides) on a GPU, None on a CPU."""
+    the card's data-sheet peak (``peak_tflops`` overrides) on a GPU, None on a CPU. ``device`` None: the GPU
+    when there is one."""
     import torch
     import transformers
 
-    on_gpu = device == "cuda"
+    on_gpu = device == "cuda" or (device is None and torch.cuda.is_available())
     card = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
     record = {"date": datetime.date.today().isoformat(), "card": card,
               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
@@ -312,7 +318,7 @@ def main(argv=None) -> dict:
         res["wall_s"] = time.time() - t0
         if status != 0:
             raise SystemExit(f"the run failed (exit status {status})")
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(out / "metrics.jsonl")
     res["steps"] = rows
     measured = res.get("matmul_bf16_tflops_measured", 0) * 1e12 or None
     res["summary"] = summarize(rows, model_cfg, args.prompts * args.n, peak, measured, skip=1 if len(rows) > 1 else 0)

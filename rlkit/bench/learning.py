@@ -74,10 +74,6 @@ def dump_keys(folder) -> list[str]:
     return [f"trainer.rollout_data_dir={folder / 'rollouts'}", f"trainer.validation_data_dir={folder / 'val'}"]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _step_files(folder: Path) -> dict[int, Path]:
     """``{step: path}`` of the ``<step>.jsonl`` files in ``folder`` (verl's and rlkit's dump names)."""
     return {int(p.stem): p for p in folder.glob("*.jsonl") if p.stem.isdigit()} if folder.is_dir() else {}
@@ -118,13 +114,13 @@ def curves(folder, metric_rows: list[dict]) -> dict:
     logged = {r["step"]: r.get("critic/score/mean") for r in metric_rows if "step" in r}
     steps = []
     for step, path in sorted(_step_files(folder / "rollouts").items()):
-        rows = _read_jsonl(path)
+        rows = peers.e2e.read_jsonl(path)
         steps.append(dict(step=step, score=logged.get(step), responses=len(rows),
                           score_dumped=statistics.fmean(float(r["score"]) for r in rows) if rows else None,
                           format=format_rate([r["output"] for r in rows])))
     val = {}
     for step, path in sorted(_step_files(folder / "val").items()):
-        rows = _read_jsonl(path)
+        rows = peers.e2e.read_jsonl(path)
         val[step] = dict(strict=accuracy(rows, "strict"), flexible=accuracy(rows, "flexible"), n=len(rows),
                          format=format_rate([r["output"] for r in rows]))
     return dict(steps=steps, val=val)
@@ -180,9 +176,7 @@ def main(argv=None) -> dict:
         return {name: {k: side[k] for k in ("argv", "env")} for name, side in plan.items()}
     peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
     write_reward_file(out)
-    import torch
-
-    machine, _ = peers.e2e.machine_record("cuda" if torch.cuda.is_available() else "cpu")
+    machine, _ = peers.e2e.machine_record()
     machine["versions"].update(verl=peers.e2e._version("verl"))
     failure = None
     try:

@@ -118,7 +118,7 @@ def rlkit_command(overrides: list[str]) -> tuple[list[str], dict]:
 
 def read_rlkit_metrics(path) -> list[dict]:
     """rlkit's ``jsonl`` rows (``{"step": N, metric: value, ...}``), one per logged step."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return e2e.read_jsonl(path)
 
 
 def read_verl_metrics(path) -> list[dict]:
@@ -198,56 +198,48 @@ class SidesFailed(SystemExit):
         self.done, self.failed = done, failed
 
 
-def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, summarize=None,
+def _run_side(name: str, side: dict, timeout: float | None):
+    """Run one side's command in its folder, output to its log; its exit status, or why it was stopped."""
+    print(f"peers: running {name}, output in {side['log']}", file=sys.stderr, flush=True)
+    env = dict(os.environ, **{k: v.replace(f"${k}", os.environ.get(k, "")).strip(os.pathsep)
+                              if f"${k}" in v else v for k, v in side["env"].items()})
+    side["cwd"].mkdir(parents=True, exist_ok=True)
+    Path(side["metrics"]).unlink(missing_ok=True)  # rlkit's jsonl logger appends: no rows of an earlier run
+    with open(side["log"], "w") as f:
+        proc = subprocess.Popen(side["argv"], cwd=side["cwd"], env=env, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the process group this side's command leads
+            return f"timed out after {timeout} s, exit status {proc.wait()}"
+
+
+def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, summarize=None, run: bool = True,
              **summary_kw) -> dict[str, dict]:
     """Run the sides of ``plan`` (:func:`plan_sides`) one after another, each in its folder with its output in its
     log, and summarize each: ``summarize(rows)`` of its metric rows, by default :func:`side_summary` with
     ``warmup`` and ``summary_kw``. A side that fails, times out or logs too few steps does not stop the next; then
     :class:`SidesFailed` (a SystemExit) names each failed side with its log's last lines and keeps the finished
-    sides' summaries. ``$K`` in the value of ``K``: its current value."""
+    sides' summaries. ``$K`` in the value of ``K``: its current value. ``run=False`` runs nothing and summarizes
+    the metrics the sides left earlier (a side without them is named)."""
     if summarize is None:
         def summarize(rows):
             return side_summary(rows, warmup, **summary_kw)
     done, failed = {}, {}
     for name, side in plan.items():
-        print(f"peers: running {name}, output in {side['log']}", file=sys.stderr, flush=True)
-        env = dict(os.environ, **{k: v.replace(f"${k}", os.environ.get(k, "")).strip(os.pathsep)
-                                  if f"${k}" in v else v for k, v in side["env"].items()})
-        side["cwd"].mkdir(parents=True, exist_ok=True)
-        Path(side["metrics"]).unlink(missing_ok=True)  # rlkit's jsonl logger appends: no rows of an earlier run
-        with open(side["log"], "w") as f:
-            proc = subprocess.Popen(side["argv"], cwd=side["cwd"], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                status = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the process group this side's command leads
-                status = f"timed out after {timeout} s, exit status {proc.wait()}"
+        status = _run_side(name, side, timeout) if run else 0
         try:
             if status != 0:
                 raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
             if not Path(side["metrics"]).exists():
-                raise RuntimeError(f"no metrics at {side['metrics']}")
+                raise RuntimeError(f"no metrics at {side['metrics']}" + ("" if run else ": run this side first"))
             done[name] = summarize(side["read"](side["metrics"]))
         except (RuntimeError, ValueError, KeyError) as e:
-            tail = "\n".join(Path(side["log"]).read_text(errors="replace").splitlines()[-25:])
-            failed[name] = f"side {name} failed ({e}); last lines of {side['log']}:\n{tail}"
-    if failed:
-        raise SidesFailed(done, failed)
-    return done
-
-
-def read_plan(plan: dict[str, dict], warmup: int = 2, **summary_kw) -> dict[str, dict]:
-    """:func:`run_plan`'s summaries from the metrics the sides of ``plan`` left earlier, running nothing; a side
-    without metrics, or with too few steps, is named in :class:`SidesFailed`."""
-    done, failed = {}, {}
-    for name, side in plan.items():
-        try:
-            if not Path(side["metrics"]).exists():
-                raise RuntimeError(f"no metrics at {side['metrics']}: run this side first")
-            done[name] = side_summary(side["read"](side["metrics"]), warmup, **summary_kw)
-        except (RuntimeError, ValueError, KeyError) as e:
             failed[name] = f"side {name} failed ({e})"
+            if run:
+                tail = "\n".join(Path(side["log"]).read_text(errors="replace").splitlines()[-25:])
+                failed[name] += f"; last lines of {side['log']}:\n{tail}"
     if failed:
         raise SidesFailed(done, failed)
     return done
@@ -324,14 +316,11 @@ def main(argv=None) -> dict:
     else:
         e2e.data_files(args.data)  # stops here when GSM8K is not prepared
         _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
-    import torch
-
-    machine, peak = e2e.machine_record("cuda" if torch.cuda.is_available() else "cpu")
+    machine, peak = e2e.machine_record()
     machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
     failure, kw = None, dict(model_cfg=model_cfg, peak=peak, sequences=args.prompts * responses_per_prompt(args))
     try:
-        summaries = read_plan(plan, args.warmup, **kw) if args.from_logs else run_plan(plan, args.warmup,
-                                                                                       args.timeout, **kw)
+        summaries = run_plan(plan, args.warmup, args.timeout, run=not args.from_logs, **kw)
     except SidesFailed as e:  # keep what the finished sides measured; exit non-zero after writing it
         summaries, failure = e.done, e
     res = dict(machine, setup=vars(args), summary=summaries,

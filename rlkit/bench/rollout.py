@@ -103,6 +103,12 @@ def engine_extra(args) -> dict:
     return {"cuda_graph_max_bs_decode": args.cuda_graph_max_bs} if args.cuda_graph_max_bs else {}
 
 
+def engine_options(args) -> dict:
+    """The keyword arguments every engine of the run gets (:class:`SGLangRollout` and its ``engine_kwargs``)."""
+    return dict(gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+                load_format="auto", engine_kwargs=engine_extra(args))
+
+
 def time_side(name: str, args, model_dir) -> dict:
     """A fresh engine of side ``name`` (``direct_sglang``: ``sglang.Engine`` with the arguments rlkit would pass;
     ``rlkit_sglang``: rlkit's :class:`SGLangRollout`): its start time, one warm-up generation, ``--repeats``
@@ -111,8 +117,7 @@ def time_side(name: str, args, model_dir) -> dict:
     from rlkit.rollout.sglang import SGLangRollout, import_sglang
 
     prompts, new_tokens = requests(args)
-    kw = dict(gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
-              load_format="auto", engine_kwargs=engine_extra(args))
+    kw, sweep = engine_options(args), sweep_batches(args)
     params = {"max_new_tokens": new_tokens, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "ignore_eos": True,
               "skip_special_tokens": False}  # what SGLangRollout sends for `sampling` below
 
@@ -133,12 +138,12 @@ def time_side(name: str, args, model_dir) -> dict:
     try:
         generate(engine, 16)
         rec = {"start_s": start, "seconds": []}
-        for batch in sweep_batches(args):  # with --sweep: one generation per batch size, log-probs on and off
+        for batch in sweep:  # with --sweep: one generation per batch size, log-probs on and off
             for logprob in (True, False):
                 lengths, dt = timed(generate, engine, new_tokens, prompts[:batch], logprob)
                 assert lengths == [new_tokens] * batch, "a request stopped early despite ignore_eos"
                 rec.setdefault("sweep", []).append({"batch": batch, "logprob": logprob, "seconds": dt})
-        for _ in range(0 if sweep_batches(args) else args.repeats):
+        for _ in range(0 if sweep else args.repeats):
             lengths, dt = timed(generate, engine, new_tokens)
             assert lengths == [new_tokens] * len(prompts), "a request stopped early despite ignore_eos"
             rec["seconds"].append(dt)
@@ -266,9 +271,7 @@ def main(argv=None) -> dict:
     # between rounds; medians over all runs.
     from transformers import AutoModelForCausalLM
 
-    extra = engine_extra(args)
-    engine_args = SGLangRollout.engine_kwargs(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                                              enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
+    engine_args = SGLangRollout.engine_kwargs(str(model_dir), **engine_options(args))
     res["engine_args"] = {k: v for k, v in engine_args.items() if k != "model_path"}
 
     def run_side(name: str) -> dict:
@@ -302,8 +305,7 @@ def main(argv=None) -> dict:
         res[name] = {"seconds": secs, "median_s": statistics.median(secs),
                      "tokens_per_s": n_tokens / statistics.median(secs)}
     save()
-    eng = SGLangRollout(str(model_dir), gpu_memory_utilization=args.gpu_memory_utilization,
-                        enforce_eager=args.enforce_eager, load_format="auto", engine_kwargs=extra)
+    eng = SGLangRollout(str(model_dir), **engine_options(args))
     # weight sync and sleep / wake with the actor's weights (fp32 on the GPU, as in training)
     actor = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).cuda()
     eng.update_weights(actor.named_parameters())  # first push allocates transfer buffers
