@@ -3,6 +3,7 @@ the decode roofline; plus seconds per weight sync and per sleep/wake.
 
     python -m rlkit.bench.rollout --out rollout_bench.json
     python -m rlkit.bench.rollout --prompts 1024 --cuda-graph-max-bs 1024 --skip-hf   # verl-sized batches
+    python -m rlkit.bench.rollout --prompts 1024 --cuda-graph-max-bs 1024 --sweep 128,256,512,1024 --profile-steps 20
 
 The two SGLang sides run with the same engine arguments and requests, each in ``--rounds`` fresh engines,
 one at a time, each engine in a new process (``--in-process``: all in this one), in alternating order; each
@@ -143,6 +144,8 @@ def time_side(name: str, args, model_dir) -> dict:
                 lengths, dt = timed(generate, engine, new_tokens, prompts[:batch], logprob)
                 assert lengths == [new_tokens] * batch, "a request stopped early despite ignore_eos"
                 rec.setdefault("sweep", []).append({"batch": batch, "logprob": logprob, "seconds": dt})
+        if getattr(args, "profile_steps", 0):  # with --sweep: where the GPU time of a full-batch step goes
+            rec["profile"] = profile_generation(engine, lambda: generate(engine, new_tokens), args.profile_steps)
         for _ in range(0 if sweep else args.repeats):
             lengths, dt = timed(generate, engine, new_tokens)
             assert lengths == [new_tokens] * len(prompts), "a request stopped early despite ignore_eos"
@@ -153,6 +156,28 @@ def time_side(name: str, args, model_dir) -> dict:
         engine.shutdown()
         torch.cuda.empty_cache()
     return rec
+
+
+def profile_generation(engine, run, steps: int, top: int = 15) -> dict:
+    """Call ``run`` (one generation on ``engine``, a ``sglang.Engine``) under SGLang's profiler, device
+    kernels only, for the first ``steps`` prefill and the first ``steps`` decode steps; each stage's trace is
+    read back and summarised (:func:`rlkit.diagnostics.kernels.summarize`: busy fraction, seconds per kernel
+    category, top kernels) with ``ms_per_step``: the trace's span over ``steps``.
+
+    Returns ``{"prefill": ..., "decode": ...}`` (a stage SGLang wrote no trace for is missing)."""
+    from rlkit.diagnostics.kernels import read_chrome_trace, summarize
+
+    out_dir = Path(tempfile.mkdtemp(prefix="rlkit-profile-"))
+    engine.start_profile(output_dir=str(out_dir), num_steps=steps, profile_by_stage=True, activities=["GPU"])
+    run()
+    out = {}
+    for f in sorted(out_dir.glob("*.trace.json*")):
+        stage = "decode" if "-DECODE" in f.name else "prefill" if "-EXTEND" in f.name else f.name
+        kernels, span = read_chrome_trace(f)
+        out[stage] = dict(summarize(kernels, span, top), steps=steps, ms_per_step=1e3 * span / steps)
+    if not out:
+        raise RuntimeError(f"SGLang's profiler wrote no trace into {out_dir}")
+    return out
 
 
 def sweep_batches(args) -> list[int]:
@@ -225,6 +250,9 @@ def main(argv=None) -> dict:
     p.add_argument("--sweep", default="",
                    help="batch sizes, e.g. 128,256,512,1024: instead of the comparison, time sglang.Engine alone "
                         "(its own process) at each, with log-probs on and off: ms per decode step against the roofline")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="with --sweep: then profile one generation of every prompt (SGLang's profiler, GPU kernels) "
+                        "over this many prefill and decode steps: busy fraction, kernel categories, top kernels")
     p.add_argument("--sync-shapes", default="0.5b,1.5b", help="shapes to time weight sync on ('' to skip)")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--side", choices=SIDES, default=None, help=argparse.SUPPRESS)  # one side, in a child process
@@ -233,6 +261,8 @@ def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     sweep_batches(args)  # bad --sweep sizes stop here, before any GPU work
+    if args.profile_steps and not args.sweep:
+        raise SystemExit("--profile-steps profiles the --sweep engine: give --sweep too (e.g. --sweep 1024)")
     if args.side:  # a child: time one side and leave its record in --out
         Path(args.out).write_text(json.dumps(time_side(args.side, args, args.model_dir)))
         return {}
@@ -287,8 +317,13 @@ def main(argv=None) -> dict:
         res["sweep_start_s"] = rec["start_s"]
         res["sweep"] = sweep_rows(rec["sweep"], args.shape, args.prompt_len, args.new_tokens,
                                   res["bandwidth_gbps"] * 1e9)
+        if "profile" in rec:
+            res["profile"] = rec["profile"]
         save()
         print(json.dumps(res["sweep"], indent=2))
+        for stage, prof in res.get("profile", {}).items():
+            print(f"{stage}: {prof['ms_per_step']:.2f} ms/step, busy {prof['busy_fraction']:.2f}, "
+                  + ", ".join(f"{c} {v['share']:.0%}" for c, v in prof["by_category"].items()))
         return res
     res["rounds"] = []
     for r in range(args.rounds):

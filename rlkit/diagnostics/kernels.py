@@ -24,13 +24,17 @@ from typing import Iterable
 
 # (category, pattern) in the order they are tried: flash kernels carry ``cutlass`` in their names, so
 # attention is matched before gemm; a cast (``direct_copy``) is a copy before it is an element-wise kernel.
+# SGLang's triton attention kernels are ``_fwd_kernel_stage1`` / ``_fwd_grouped_kernel_stage1`` (decode)
+# and ``_fwd_kernel`` of its extend attention; sampling draws random numbers (``distribution_``), sorts,
+# scans (cumulative sums) and takes arg-maxes over the vocabulary.
 CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("attention", r"flash|fmha|attention|sdpa|efficient_attention"),
+    ("attention", r"flash|fmha|attention|sdpa|efficient_attention|kernel_stage\d|^_fwd_kernel"),
     ("gemm", r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitkreduce"),
     ("optimizer", r"multi_tensor|adam|foreach"),  # also the multi-tensor kernels of grad-norm clipping
     ("softmax", r"softmax|cross_entropy|nll_loss|logsumexp"),
     ("communication", r"nccl|all_?gather|reduce_?scatter|all_?reduce"),
     ("copy", r"memcpy|memset|direct_copy|copy_kernel|cat_array|index_put|gather_kernel|index_select"),
+    ("sampling", r"multinomial|distribution_|sort|radix|scan_|cumsum|argmax|topk|top_k|top_p"),
     ("fused (triton)", r"^triton_"),
     ("reduction", r"reduce_kernel|norm_kernel"),
     ("elementwise", r"elementwise|vectorized|unrolled|functor|fill_kernel"),
@@ -100,3 +104,36 @@ def summarize(kernels: Iterable[tuple[str, float, float]], wall_seconds: float, 
         "by_category": dict(sorted(by_cat.items(), key=lambda kv: kv[1]["s"], reverse=True)),
         "top_kernels": [dict(name=n, category=kernel_category(n), **row) for n, row in names],
     }
+
+
+def read_chrome_trace(path) -> tuple[list[tuple[str, float, float]], float]:
+    """The device kernels (and device copies / sets) of a chrome trace, as ``(name, start_s, end_s)``, and the
+    seconds from the first one's start to the last one's end: what :func:`summarize` takes.
+
+    ``path`` is a ``.json`` or gzipped ``.json.gz`` trace, as ``torch.profiler`` exports it (SGLang's
+    ``Engine.start_profile`` writes these): events of category ``kernel``, ``gpu_memcpy`` or ``gpu_memset``
+    with ``ts`` and ``dur`` in microseconds.
+
+    >>> import json, tempfile, os
+    >>> from rlkit.diagnostics.kernels import read_chrome_trace
+    >>> ev = [{"ph": "X", "cat": "kernel", "name": "gemm", "ts": 10.0, "dur": 30.0},
+    ...       {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 5.0},
+    ...       {"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy DtoH", "ts": 50.0, "dur": 10.0}]
+    >>> f = os.path.join(tempfile.mkdtemp(), "t.json")
+    >>> _ = open(f, "w").write(json.dumps({"traceEvents": ev}))
+    >>> kernels, span = read_chrome_trace(f)
+    >>> [(n, round(s * 1e6), round(e * 1e6)) for n, s, e in kernels], round(span * 1e6)
+    ([('gemm', 10, 40), ('Memcpy DtoH', 50, 60)], 50)
+    """
+    import gzip
+    import json
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    kernels = [(e["name"], e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6) for e in events
+               if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    kernels.sort(key=lambda k: k[1])
+    span = (max(e for _, _, e in kernels) - kernels[0][1]) if kernels else 0.0
+    return kernels, span

@@ -42,3 +42,59 @@ def test_sweep_rows_put_each_batch_against_its_own_roofline():
     for r in rows:
         assert r["of_roofline"] == r["tokens_per_s"] / roofline("0.5b", r["batch"], 100, 200, 1e12)[
             "tokens_per_s_weights_and_kv"]
+
+
+class _FakeProfiledEngine:
+    """Writes what SGLang's profiler writes with profile_by_stage: one gzipped chrome trace per stage."""
+
+    def __init__(self):
+        self.kw = None
+
+    def start_profile(self, **kw):
+        self.kw = kw
+
+    def write_traces(self):
+        import gzip
+        import json
+        from pathlib import Path
+
+        stages = {"EXTEND": [("_fwd_kernel", 0, 400), ("nvjet_gemm", 400, 1000)],
+                  "DECODE": [("nvjet_gemm", 0, 100), ("_fwd_grouped_kernel_stage1", 100, 400),
+                             ("distribution_elementwise_grid_stride_kernel", 400, 500), ("nvjet_gemm", 900, 1000)]}
+        for stage, ks in stages.items():
+            ev = [{"ph": "X", "cat": "kernel", "name": n, "ts": float(a), "dur": float(b - a)} for n, a, b in ks]
+            with gzip.open(Path(self.kw["output_dir"]) / f"id-TP-0-{stage}.trace.json.gz", "wt") as f:
+                json.dump({"traceEvents": ev}, f)
+
+
+def test_profile_generation_reads_each_stage_trace():
+    from rlkit.bench.rollout import profile_generation
+
+    eng = _FakeProfiledEngine()
+    out = profile_generation(eng, eng.write_traces, steps=4)
+    assert eng.kw["num_steps"] == 4 and eng.kw["profile_by_stage"] and eng.kw["activities"] == ["GPU"]
+    assert set(out) == {"prefill", "decode"}
+    d = out["decode"]
+    assert d["ms_per_step"] == 1e3 * 1000e-6 / 4  # the trace spans 1000 us over 4 steps
+    assert abs(d["busy_fraction"] - 0.6) < 1e-9  # 600 of 1000 us
+    assert {c: round(v["s"] * 1e6) for c, v in d["by_category"].items()} == {"attention": 300, "gemm": 200,
+                                                                            "sampling": 100}
+    assert out["prefill"]["busy_fraction"] == 1.0
+
+
+def test_profile_generation_fails_loudly_without_a_trace():
+    import pytest
+
+    from rlkit.bench.rollout import profile_generation
+
+    with pytest.raises(RuntimeError, match="wrote no trace"):
+        profile_generation(_FakeProfiledEngine(), lambda: None, steps=2)
+
+
+def test_profile_steps_needs_a_sweep():
+    import pytest
+
+    from rlkit.bench.rollout import main
+
+    with pytest.raises(SystemExit, match="--sweep"):
+        main(["--profile-steps", "10"])

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from rlkit.diagnostics.kernels import busy_seconds, kernel_category, summarize
+from rlkit.diagnostics.kernels import busy_seconds, kernel_category, read_chrome_trace, summarize
 
 
 @pytest.mark.parametrize("name, category", [
@@ -21,6 +21,12 @@ from rlkit.diagnostics.kernels import busy_seconds, kernel_category, summarize
     ("void at::native::multi_tensor_apply_kernel<TensorListMetadata<4>, FusedAdamMathFunctor>", "optimizer"),
     ("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0", "fused (triton)"),
     ("ncclDevKernel_AllGather_RING_LL", "communication"),
+    ("_fwd_grouped_kernel_stage1", "attention"),  # SGLang's triton decode attention
+    ("_fwd_kernel_stage2", "attention"),
+    ("_fwd_kernel", "attention"),  # SGLang's triton extend attention
+    ("void at::native::(anonymous namespace)::distribution_elementwise_grid_stride_kernel<float, 4>", "sampling"),
+    ("void at_cuda_detail::cub::DeviceRadixSortOnesweepKernel<...>", "sampling"),
+    ("void at::native::tensor_kernel_scan_innermost_dim<float, std::plus<float>>", "sampling"),
     ("some_custom_kernel", "other"),
 ])
 def test_kernel_category(name, category):
@@ -49,3 +55,32 @@ def test_summarize_without_kernels_or_wall_time():
     s = summarize([], wall_seconds=1.0)
     assert s["kernel_s"] == 0 and s["busy_fraction"] == 0 and s["by_category"] == {} and s["top_kernels"] == []
     assert math.isnan(summarize([("k", 0, 1)], wall_seconds=0)["busy_fraction"])
+
+
+def test_read_chrome_trace_keeps_device_events_of_a_gzipped_trace(tmp_path):
+    import gzip
+    import json
+
+    ev = [{"ph": "X", "cat": "kernel", "name": "b", "ts": 300.0, "dur": 100.0},
+          {"ph": "X", "cat": "kernel", "name": "a", "ts": 100.0, "dur": 50.0},
+          {"ph": "X", "cat": "gpu_memset", "name": "Memset", "ts": 600.0, "dur": 100.0},
+          {"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 90.0, "dur": 5.0},
+          {"ph": "i", "cat": "kernel", "name": "instant", "ts": 0.0},
+          {"ph": "M", "name": "process_name"}]
+    f = tmp_path / "x.trace.json.gz"
+    with gzip.open(f, "wt") as fh:
+        json.dump({"traceEvents": ev}, fh)
+    kernels, span = read_chrome_trace(f)
+    assert [k[0] for k in kernels] == ["a", "b", "Memset"]  # sorted by start, host events dropped
+    assert kernels[0][1:] == pytest.approx((100e-6, 150e-6))
+    assert span == pytest.approx(600e-6)  # 100 us .. 700 us
+    s = summarize(kernels, span)
+    assert s["busy_fraction"] == pytest.approx(250 / 600)
+
+
+def test_read_chrome_trace_without_device_events(tmp_path):
+    import json
+
+    f = tmp_path / "x.json"
+    f.write_text(json.dumps([{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 5}]))
+    assert read_chrome_trace(f) == ([], 0.0)
