@@ -272,7 +272,7 @@ class RolloutConfig:
     tensor_model_parallel_size: int = 2  # engine TP size (ignored by hf)
     max_num_batched_tokens: int = 8192  # engine prefill token budget
     max_model_len: Optional[int] = None  # engine context length; None = prompt + response
-    max_num_seqs: int = 1024  # engine concurrent sequences
+    max_num_seqs: int = 1024  # engine concurrent sequences (sglang: max_running_requests; decode CUDA graphs up to it)
     log_prob_micro_batch_size: Optional[int] = None  # deprecated global micro-batch (all GPUs)
     log_prob_micro_batch_size_per_gpu: Optional[int] = None  # responses per old-log-prob forward per GPU
     log_prob_use_dynamic_bsz: bool = II("actor_rollout_ref.actor.use_dynamic_bsz")  # follows the actor

@@ -25,10 +25,10 @@ from typing import Iterable
 # (category, pattern) in the order they are tried: flash kernels carry ``cutlass`` in their names, so
 # attention is matched before gemm; a cast (``direct_copy``) is a copy before it is an element-wise kernel.
 # SGLang's triton attention kernels are ``_fwd_kernel_stage1`` / ``_fwd_grouped_kernel_stage1`` (decode)
-# and ``_fwd_kernel`` of its extend attention; sampling draws random numbers (``distribution_``), sorts,
+# and ``_fwd_kernel`` of its extend attention (flashinfer's fused RMSNorm is a norm, not attention); sampling draws random numbers (``distribution_``), sorts,
 # scans (cumulative sums) and takes arg-maxes over the vocabulary.
 CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("attention", r"flash|fmha|attention|sdpa|efficient_attention|kernel_stage\d|^_fwd_kernel"),
+    ("attention", r"flash(?!infer::norm)|fmha|attention|sdpa|efficient_attention|kernel_stage\d|^_fwd_kernel"),
     ("gemm", r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitkreduce"),
     ("optimizer", r"multi_tensor|adam|foreach"),  # also the multi-tensor kernels of grad-norm clipping
     ("softmax", r"softmax|cross_entropy|nll_loss|logsumexp"),
@@ -36,7 +36,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("copy", r"memcpy|memset|direct_copy|copy_kernel|cat_array|index_put|gather_kernel|index_select"),
     ("sampling", r"multinomial|distribution_|sort|radix|scan_|cumsum|argmax|topk|top_k|top_p"),
     ("fused (triton)", r"^triton_"),
-    ("reduction", r"reduce_kernel|norm_kernel"),
+    ("reduction", r"reduce_kernel|norm_kernel|rmsnorm"),
     ("elementwise", r"elementwise|vectorized|unrolled|functor|fill_kernel"),
 )
 _COMPILED = [(name, re.compile(pat, re.IGNORECASE)) for name, pat in CATEGORIES]

@@ -137,6 +137,26 @@ class SGLangRollout:
         kwargs.update(dict(engine_kwargs or {}))
         return kwargs
 
+    @staticmethod
+    def concurrency_kwargs(max_num_seqs: int, enforce_eager: bool = False, given: dict | None = None) -> dict:
+        """The engine arguments ``rollout.max_num_seqs`` sets: at most that many running requests
+        (``max_running_requests``, as verl passes it) and, with CUDA graphs on, decode graphs for every batch
+        size up to it (``cuda_graph_max_bs_decode``). SGLang's own graph limit is 256 on 80-160 GB cards
+        below TP 4, so a larger rollout batch (GRPO's 64 prompts x 5 = 320 rows) would decode without graphs,
+        one kernel launch at a time. A key already in ``given`` (``engine_kwargs.sglang``) wins.
+
+        >>> from rlkit.rollout.sglang import SGLangRollout
+        >>> SGLangRollout.concurrency_kwargs(1024)
+        {'max_running_requests': 1024, 'cuda_graph_max_bs_decode': 1024}
+        >>> SGLangRollout.concurrency_kwargs(1024, enforce_eager=True, given={"max_running_requests": 64})
+        {}
+        """
+        given = given or {}
+        out = {"max_running_requests": int(max_num_seqs)}
+        if not enforce_eager:
+            out["cuda_graph_max_bs_decode"] = int(max_num_seqs)
+        return {k: v for k, v in out.items() if k not in given}
+
     @classmethod
     def from_worker(cls, worker) -> "SGLangRollout":
         """Build from a run's config (rollout.* keys)."""
@@ -148,6 +168,7 @@ class SGLangRollout:
         ``node_rank``, ``dist_init_addr``, ``preflight``) win."""
         r = cfg.actor_rollout_ref.rollout
         kw = dict(r.get("engine_kwargs", {}).get("sglang", {}) or {})
+        kw.update(cls.concurrency_kwargs(int(r.get("max_num_seqs", 1024)), bool(r.enforce_eager), kw))
         args = dict(
             tp_size=int(r.tensor_model_parallel_size),
             gpu_memory_utilization=float(r.gpu_memory_utilization), enforce_eager=bool(r.enforce_eager),

@@ -24,6 +24,7 @@ from rlkit.diagnostics.kernels import busy_seconds, kernel_category, read_chrome
     ("_fwd_grouped_kernel_stage1", "attention"),  # SGLang's triton decode attention
     ("_fwd_kernel_stage2", "attention"),
     ("_fwd_kernel", "attention"),  # SGLang's triton extend attention
+    ("void flashinfer::norm::FusedAddRMSNormKernel<8u, __nv_bfloat16>(__nv_bfloat16*)", "reduction"),
     ("void at::native::(anonymous namespace)::distribution_elementwise_grid_stride_kernel<float, 4>", "sampling"),
     ("void at_cuda_detail::cub::DeviceRadixSortOnesweepKernel<...>", "sampling"),
     ("void at::native::tensor_kernel_scan_innermost_dim<float, std::plus<float>>", "sampling"),

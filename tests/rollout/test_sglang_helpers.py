@@ -147,3 +147,30 @@ def test_oom_message_names_each_gpu(fake_gpus):
     msg = sglang_mod._oom_message("starting", 0.5)
     assert "  GPU 0: free 77.14 GiB, used 2.86 GiB of 80.00 GiB\n  GPU 1: free 57.14 GiB, used 22.86 GiB" in msg
     assert "gpu_memory_utilization (now 0.5)" in msg
+
+
+def _engine_from(overrides, tmp_path):
+    from rlkit.config import PPOConfig
+
+    cfg = PPOConfig.from_overrides(["actor_rollout_ref.rollout.name=sglang",
+                                    "actor_rollout_ref.rollout.tensor_model_parallel_size=1", *overrides], check=False)
+    return SGLangRollout.from_config(cfg, str(tmp_path))
+
+
+def test_max_num_seqs_caps_running_requests_and_sizes_the_decode_graphs(fake_gpus, fake_sglang, tmp_path):
+    """GRPO's 64 x 5 = 320 rows exceed SGLang's own graph limit (256 on an H100/H200): without
+    cuda_graph_max_bs_decode the whole rollout would decode eagerly."""
+    fake_gpus(80)
+    _engine_from([], tmp_path)  # verl's default max_num_seqs=1024
+    _engine_from(["actor_rollout_ref.rollout.max_num_seqs=320"], tmp_path)
+    _engine_from(["actor_rollout_ref.rollout.max_num_seqs=320", "actor_rollout_ref.rollout.enforce_eager=True"],
+                 tmp_path)
+    assert [(k.get("max_running_requests"), k.get("cuda_graph_max_bs_decode"), k["disable_cuda_graph"])
+            for k in fake_sglang] == [(1024, 1024, False), (320, 320, False), (320, None, True)]
+
+
+def test_engine_kwargs_sglang_win_over_max_num_seqs(fake_gpus, fake_sglang, tmp_path):
+    fake_gpus(80)
+    _engine_from(["+actor_rollout_ref.rollout.engine_kwargs.sglang.cuda_graph_max_bs_decode=64",
+                  "+actor_rollout_ref.rollout.engine_kwargs.sglang.max_running_requests=128"], tmp_path)
+    assert (fake_sglang[0]["max_running_requests"], fake_sglang[0]["cuda_graph_max_bs_decode"]) == (128, 64)
