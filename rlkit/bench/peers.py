@@ -219,7 +219,9 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
              **summary_kw) -> dict[str, dict]:
     """Run the sides of ``plan`` (:func:`plan_sides`) one after another, each in its folder with its output in its
     log, and summarize each: ``summarize(rows)`` of its metric rows, by default :func:`side_summary` with
-    ``warmup`` and ``summary_kw``. A side that fails, times out or logs too few steps does not stop the next; then
+    ``warmup`` and ``summary_kw``. A side stopped by ``timeout`` after logging more than ``warmup`` steps is
+    summarized from those, with ``partial`` saying why. A side that fails, times out sooner or logs too few
+    steps does not stop the next; then
     :class:`SidesFailed` (a SystemExit) names each failed side with its log's last lines and keeps the finished
     sides' summaries. ``$K`` in the value of ``K``: its current value. ``run=False`` runs nothing and summarizes
     the metrics the sides left earlier (a side without them is named)."""
@@ -230,6 +232,13 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     for name, side in plan.items():
         status = _run_side(name, side, timeout) if run else 0
         try:
+            if isinstance(status, str) and Path(side["metrics"]).exists():  # timed out: keep its measured steps
+                try:
+                    done[name] = dict(summarize(side["read"](side["metrics"])), partial=status)
+                    print(f"peers: side {name} {status}; summarized from the steps it logged", file=sys.stderr)
+                    continue
+                except ValueError as e:  # too few steps: the timeout is the failure
+                    status = f"{status}; {e}"
             if status != 0:
                 raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
             if not Path(side["metrics"]).exists():

@@ -221,6 +221,28 @@ def test_sides_run_in_turn_and_a_failed_side_is_named_with_its_logs_last_lines(t
     assert peers.run_plan({"a": plan["a"]}, warmup=1, model_cfg={}, sequences=1)["a"]["throughput_median"] == 25.0
 
 
+def test_a_side_stopped_by_the_timeout_keeps_the_steps_it_logged(tmp_path):
+    """verl's GRPO side logged 5 of 7 steps before its time ran out: steps 3-5 still measure it."""
+    write = ("import json, time\n"
+             "for s in (1, 2, 3, 4):\n"
+             "    open('metrics.jsonl', 'a').write(json.dumps({'step': s, 'perf/throughput': 10.0 * s, "
+             "'timing_s/step': 1.0 * s, 'perf/total_num_tokens': 8}) + '\\n')\n"
+             "time.sleep(60)\n")
+    one = [sys.executable, "-c", "import json, time; open('metrics.jsonl', 'a').write(json.dumps({'step': 1, "
+           "'perf/throughput': 1.0, 'timing_s/step': 1.0}) + '\\n'); time.sleep(60)"]
+    plan = {n: dict(argv=argv, env={}, cwd=tmp_path / n, log=tmp_path / f"{n}.log",
+                    metrics=tmp_path / n / "metrics.jsonl", read=peers.read_rlkit_metrics)
+            for n, argv in {"slow": [sys.executable, "-c", write], "early": one}.items()}
+    with pytest.raises(SystemExit) as e:
+        peers.run_plan(plan, warmup=2, timeout=4, model_cfg={}, sequences=1)
+    slow = e.value.done["slow"]
+    assert slow["partial"] == "timed out after 4 s, exit status -9"
+    assert slow["throughput_median"] == 35.0 and slow["steps_in_median"] == [3, 4]  # median of 30 and 40
+    assert slow["step_s_median"] == 3.5
+    assert set(e.value.failed) == {"early"}  # one step is not more than the two warm-up steps
+    assert "timed out after 4 s" in e.value.failed["early"] and "1 step(s) logged" in e.value.failed["early"]
+
+
 def _lookup(tree: dict, dotted: str):
     for part in dotted.split(".") if dotted else []:
         if not isinstance(tree, dict) or part not in tree:
