@@ -141,7 +141,7 @@ class SGLangRollout:
     def concurrency_kwargs(max_num_seqs: int, enforce_eager: bool = False, given: dict | None = None) -> dict:
         """The engine arguments ``rollout.max_num_seqs`` sets: at most that many running requests
         (``max_running_requests``, as verl passes it) and, with CUDA graphs on, decode graphs for every batch
-        size up to it (``cuda_graph_max_bs_decode``). SGLang's own graph limit is 256 on 80-160 GB cards
+        size up to it (``cuda_graph_max_bs_decode``). SGLang's own graph limit is 256 on 60-160 GB cards
         below TP 4, so a larger rollout batch (GRPO's 64 prompts x 5 = 320 rows) would decode without graphs,
         one kernel launch at a time. A key already in ``given`` (``engine_kwargs.sglang``) wins.
 
