@@ -144,7 +144,7 @@ def time_side(name: str, args, model_dir) -> dict:
                 lengths, dt = timed(generate, engine, new_tokens, prompts[:batch], logprob)
                 assert lengths == [new_tokens] * batch, "a request stopped early despite ignore_eos"
                 rec.setdefault("sweep", []).append({"batch": batch, "logprob": logprob, "seconds": dt})
-        if getattr(args, "profile_steps", 0):  # with --sweep: where the GPU time of a full-batch step goes
+        if args.profile_steps:  # with --sweep: where the GPU time of a full-batch step goes
             rec["profile"] = profile_generation(engine, lambda: generate(engine, new_tokens), args.profile_steps)
         for _ in range(0 if sweep else args.repeats):
             lengths, dt = timed(generate, engine, new_tokens)

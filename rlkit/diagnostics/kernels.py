@@ -25,8 +25,9 @@ from typing import Iterable
 # (category, pattern) in the order they are tried: flash kernels carry ``cutlass`` in their names, so
 # attention is matched before gemm; a cast (``direct_copy``) is a copy before it is an element-wise kernel.
 # SGLang's triton attention kernels are ``_fwd_kernel_stage1`` / ``_fwd_grouped_kernel_stage1`` (decode)
-# and ``_fwd_kernel`` of its extend attention (flashinfer's fused RMSNorm is a norm, not attention); sampling draws random numbers (``distribution_``), sorts,
-# scans (cumulative sums) and takes arg-maxes over the vocabulary.
+# and ``_fwd_kernel`` of its extend attention (flashinfer's fused RMSNorm is a norm, not attention);
+# sampling draws random numbers (``distribution_``), sorts, scans (cumulative sums) and takes arg-maxes
+# over the vocabulary.
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("attention", r"flash(?!infer::norm)|fmha|attention|sdpa|efficient_attention|kernel_stage\d|^_fwd_kernel"),
     ("gemm", r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitkreduce"),
