@@ -74,6 +74,59 @@ def dump_keys(folder) -> list[str]:
     return [f"trainer.rollout_data_dir={folder / 'rollouts'}", f"trainer.validation_data_dir={folder / 'val'}"]
 
 
+def resume_keys(args, folder) -> list[str]:
+    """With ``--save-freq N``: the side checkpoints every N steps in its ``folder`` (the newest kept) and a rerun
+    resumes from there (``trainer.resume_mode=auto``); a side that holds a checkpoint already validated before
+    training, so it does not again.
+
+    >>> import argparse, tempfile
+    >>> from pathlib import Path
+    >>> from rlkit.bench.learning import resume_keys
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> resume_keys(argparse.Namespace(save_freq=0), folder)
+    []
+    >>> resume_keys(argparse.Namespace(save_freq=10), folder)
+    ['trainer.save_freq=10', 'trainer.resume_mode=auto', 'trainer.max_actor_ckpt_to_keep=1']
+    >>> (folder / "global_step_10").mkdir()
+    >>> resume_keys(argparse.Namespace(save_freq=10), folder)[-1]
+    'trainer.val_before_train=False'
+    """
+    if not args.save_freq:
+        return []
+    keys = [f"trainer.save_freq={args.save_freq}", "trainer.resume_mode=auto", "trainer.max_actor_ckpt_to_keep=1"]
+    return keys + (["trainer.val_before_train=False"] if _checkpoints(folder) else [])
+
+
+def _checkpoints(folder) -> list[Path]:
+    return sorted(Path(folder).glob("global_step_*"))
+
+
+def keep_earlier(side: dict) -> None:
+    """Before a side resumes: its metric rows and log so far move to ``metrics.earlier.jsonl`` and
+    ``<name>.earlier.log`` (appended: a side can resume many times), since the run truncates both; the side's
+    reader then returns the earlier rows and the new, the newest row of a step winning (a resumed side
+    repeats the steps after its checkpoint). A side without a checkpoint starts afresh: no earlier rows."""
+    metrics, log = Path(side["metrics"]), Path(side["log"])
+    earlier = metrics.with_name("metrics.earlier.jsonl")
+    if not _checkpoints(side["cwd"]):
+        earlier.unlink(missing_ok=True)
+        return
+    for path, to in ((metrics, earlier), (log, log.with_name(log.stem + ".earlier.log"))):
+        if path.exists():
+            with open(to, "a") as f:
+                f.write(path.read_text(errors="replace"))
+            path.unlink()
+    read = side["read"]
+
+    def read_all(path):
+        rows = {}
+        for r in [row for f in (earlier, path) if Path(f).exists() for row in read(f)]:
+            rows[r["step"]] = r
+        return [rows[s] for s in sorted(rows)]
+
+    side["read"] = read_all
+
+
 def _step_files(folder: Path) -> dict[int, Path]:
     """``{step: path}`` of the ``<step>.jsonl`` files in ``folder`` (verl's and rlkit's dump names)."""
     return {int(p.stem): p for p in folder.glob("*.jsonl") if p.stem.isdigit()} if folder.is_dir() else {}
@@ -143,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="data.seed (prompt order)")
     p.add_argument("--override", action="append", default=[], help="extra key=value for both sides (repeatable)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per side (default: none)")
+    p.add_argument("--save-freq", type=int, default=0,
+                   help="checkpoint every N steps; rerun with the same --out to resume a side stopped by --timeout")
     p.add_argument("--dry-run", action="store_true", help="print the commands with their environment; run nothing")
     p.set_defaults(estimator="grpo", prompt_len=512, response_len=512, mini_batch=None, micro_batch=16,
                    log_prob_micro_batch=32, gpu_memory_utilization=0.4, trl_site=None, warmup=0)
@@ -168,7 +223,8 @@ def main(argv=None) -> dict:
     out = Path(args.out).expanduser().resolve()
     model = args.model if args.dry_run else resolve_model(args.model)
     args.override = learning_keys(args, out / REWARD_FILE) + list(args.override)
-    plan = peers.plan_sides(args, sides, model=model, side_keys=dump_keys)
+    plan = peers.plan_sides(args, sides, model=model,
+                            side_keys=lambda folder: dump_keys(folder) + resume_keys(args, folder))
     if args.dry_run:
         for name, side in plan.items():
             print(f"\n# {name}: output to {side['log']}\ncd {side['cwd']} && "
@@ -178,6 +234,9 @@ def main(argv=None) -> dict:
     write_reward_file(out)
     machine, _ = peers.e2e.machine_record()
     machine["versions"].update(verl=peers.e2e._version("verl"))
+    if args.save_freq:
+        for side in plan.values():
+            keep_earlier(side)
     failure = None
     try:
         rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r)

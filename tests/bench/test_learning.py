@@ -91,3 +91,31 @@ def test_rlkit_side_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir):
     assert (out / "learning.png").stat().st_size > 5000
     log = (out / "rlkit.log").read_text()
     assert "Traceback" not in log
+
+
+def test_a_side_stopped_early_resumes_from_its_checkpoint_and_keeps_its_earlier_rows(tmp_path, gsm8k_source,
+                                                                                       qwen_tokenizer_dir):
+    """--save-freq: a first sitting of 1 step (as a timeout would stop it), then the rerun continues at step 2 from
+    the checkpoint without validating again; the curves hold both sittings' steps and both validation passes."""
+    from rlkit.datasets import gsm8k
+
+    gsm8k(local_dir=tmp_path / "gsm8k", source=str(gsm8k_source))
+    model, _ = e2e.make_model("tiny", str(qwen_tokenizer_dir), tmp_path / "model")
+    out = tmp_path / "learning"
+    over = ["actor_rollout_ref.rollout.name=hf", "trainer.device=cpu", "data.val_max_samples=4",
+            "data.max_response_length=8", "data.max_prompt_length=256"]
+    argv = ["--model", str(model), "--sides", "rlkit", "--data", str(tmp_path / "gsm8k"), "--out", str(out),
+            "--prompts", "4", "--n", "2", "--save-freq", "1", *[f"--override={o}" for o in over]]
+    first = learning.main(argv + ["--steps", "1"])["sides"]["rlkit"]
+    assert [s["step"] for s in first["steps"]] == [1] and sorted(first["val"]) == ["0", "1"]
+    assert (out / "rlkit" / "global_step_1").is_dir()
+    second = learning.main(argv + ["--steps", "2"])["sides"]["rlkit"]
+    assert [s["step"] for s in second["steps"]] == [1, 2]
+    assert second["steps"][0] == first["steps"][0]  # step 1 comes from the first sitting's row and dump
+    assert all(s["score"] == pytest.approx(s["score_dumped"]) for s in second["steps"])
+    assert sorted(second["val"]) == ["0", "1", "2"]
+    log = (out / "rlkit.log").read_text()
+    assert "resum" in log.lower() and "Traceback" not in log
+    assert (out / "rlkit.earlier.log").exists() and (out / "rlkit" / "metrics.earlier.jsonl").exists()
+    plan = learning.main(argv + ["--steps", "2", "--dry-run"])["rlkit"]["argv"]
+    assert "trainer.val_before_train=False" in plan and "trainer.resume_mode=auto" in plan
