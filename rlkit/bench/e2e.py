@@ -213,8 +213,11 @@ def engine_overrides(engine: str, max_token_len: int, forward_max_token_len: int
 
 
 def read_jsonl(path) -> list[dict]:
-    """The JSON object of each non-empty line of a UTF-8 ``.jsonl`` file (metrics, generation dumps)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The JSON object of each non-empty line of a UTF-8 ``.jsonl`` file (metrics, generation dumps). Lines end at
+    ``\\n`` only: a generated text may hold U+2028 or U+0085 unescaped (``json.dumps(..., ensure_ascii=False)``),
+    which ``str.splitlines`` would take for line ends."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def machine_record(device: str | None = None, peak_tflops: float | None = None) -> tuple[dict, float | None]:

@@ -15,8 +15,10 @@ once more with one scorer, so the numbers of the two sides are counted the same 
 * validation accuracy, strict and flexible (the last number in the response), before and after training.
 
 ``--model`` takes a Hugging Face folder or a ``.gguf`` file (de-quantised once into rlkit's cache; verl gets that
-folder). ``--dry-run`` prints the two commands and runs nothing. Results go to ``<out>/learning.json`` and the
-figure to ``<out>/learning.png`` (:func:`rlkit.viz.plots.plot_learning`).
+folder). ``--dry-run`` prints the two commands and runs nothing; ``--from-logs`` runs nothing and reads what the
+sides left in ``--out``; ``--save-freq N`` checkpoints every N steps, and a rerun resumes a side stopped early.
+Results go to ``<out>/learning.json`` and the figure to ``<out>/learning.png``
+(:func:`rlkit.viz.plots.plot_learning`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from rlkit.bench import peers
 
 SIDES = ("rlkit", "verl")
+EARLIER = "metrics.earlier.jsonl"  # a resumed side's rows from before (keep_earlier)
 REWARD_FILE = "gsm8k_reward.py"
 REWARD_SOURCE = '''"""Written by rlkit.bench.learning: the reward both sides load (custom_reward_function)."""
 from rlkit.rewards.gsm8k import compute_score as _gsm8k
@@ -101,14 +104,13 @@ def _checkpoints(folder) -> list[Path]:
     return sorted(Path(folder).glob("global_step_*"))
 
 
-def keep_earlier(side: dict) -> None:
-    """Before a side resumes: its metric rows and log so far move to ``metrics.earlier.jsonl`` and
-    ``<name>.earlier.log`` (appended: a side can resume many times), since the run truncates both; the side's
-    reader then returns the earlier rows and the new, the newest row of a step winning (a resumed side
-    repeats the steps after its checkpoint). A side without a checkpoint starts afresh: no earlier rows."""
+def keep_earlier(side: dict, resumes: bool) -> None:
+    """Before a side runs: if it ``resumes`` from a checkpoint in its folder, its metric rows and log so far move to
+    ``metrics.earlier.jsonl`` and ``<name>.earlier.log`` (appended: a side can resume many times), since the run
+    truncates both; otherwise it starts afresh and earlier rows are dropped."""
     metrics, log = Path(side["metrics"]), Path(side["log"])
-    earlier = metrics.with_name("metrics.earlier.jsonl")
-    if not _checkpoints(side["cwd"]):
+    earlier = metrics.with_name(EARLIER)
+    if not (resumes and _checkpoints(side["cwd"])):
         earlier.unlink(missing_ok=True)
         return
     for path, to in ((metrics, earlier), (log, log.with_name(log.stem + ".earlier.log"))):
@@ -116,15 +118,19 @@ def keep_earlier(side: dict) -> None:
             with open(to, "a") as f:
                 f.write(path.read_text(errors="replace"))
             path.unlink()
-    read = side["read"]
 
+
+def with_earlier(read):
+    """``read`` (a side's metric reader) that also returns the rows of ``metrics.earlier.jsonl`` beside the file,
+    the newest row of a step winning (a resumed side repeats the steps after its checkpoint)."""
     def read_all(path):
         rows = {}
-        for r in [row for f in (earlier, path) if Path(f).exists() for row in read(f)]:
-            rows[r["step"]] = r
+        for f in (Path(path).with_name(EARLIER), Path(path)):
+            for r in read(f) if f.exists() else []:
+                rows[r["step"]] = r
         return [rows[s] for s in sorted(rows)]
 
-    side["read"] = read_all
+    return read_all
 
 
 def _step_files(folder: Path) -> dict[int, Path]:
@@ -179,6 +185,17 @@ def curves(folder, metric_rows: list[dict]) -> dict:
     return dict(steps=steps, val=val)
 
 
+def machine_of_run(out) -> dict:
+    """For ``--from-logs``: the date, card and versions of the run that left the logs, as ``<out>/learning.json``
+    recorded them; this machine's would be wrong (a run's dumps read back elsewhere). Without that file the record
+    says it is unknown."""
+    saved = Path(out) / "learning.json"
+    if saved.exists():
+        res = json.loads(saved.read_text())
+        return {k: res[k] for k in ("date", "card", "versions") if k in res}
+    return dict(date=None, card="not recorded (--from-logs without an earlier learning.json)", versions={})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlkit.bench.learning", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-freq", type=int, default=0,
                    help="checkpoint every N steps; rerun with the same --out to resume a side stopped by --timeout")
     p.add_argument("--dry-run", action="store_true", help="print the commands with their environment; run nothing")
+    p.add_argument("--from-logs", action="store_true",
+                   help="run nothing: the curves and figure again from the dumps and metrics the sides left in --out")
     p.set_defaults(estimator="grpo", prompt_len=512, response_len=512, mini_batch=None, micro_batch=16,
                    log_prob_micro_batch=32, gpu_memory_utilization=0.4, trl_site=None, warmup=0)
     return p
@@ -221,7 +240,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--sides {args.sides!r}: choose from {', '.join(SIDES)}")
     args.mini_batch = args.mini_batch or args.prompts  # one update per step: on-policy GRPO
     out = Path(args.out).expanduser().resolve()
-    model = args.model if args.dry_run else resolve_model(args.model)
+    model = args.model if args.dry_run or args.from_logs else resolve_model(args.model)
     args.override = learning_keys(args, out / REWARD_FILE) + list(args.override)
     plan = peers.plan_sides(args, sides, model=model,
                             side_keys=lambda folder: dump_keys(folder) + resume_keys(args, folder))
@@ -230,16 +249,19 @@ def main(argv=None) -> dict:
             print(f"\n# {name}: output to {side['log']}\ncd {side['cwd']} && "
                   f"{peers.shell_line(side['argv'], side['env'], peers.CONTINUED)}")
         return {name: {k: side[k] for k in ("argv", "env")} for name, side in plan.items()}
-    peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
-    write_reward_file(out)
-    machine, _ = peers.e2e.machine_record()
-    machine["versions"].update(verl=peers.e2e._version("verl"))
-    if args.save_freq:
-        for side in plan.values():
-            keep_earlier(side)
+    if not args.from_logs:
+        peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
+        write_reward_file(out)
+    machine = machine_of_run(out) if args.from_logs else peers.e2e.machine_record()[0]
+    if not args.from_logs:
+        machine["versions"].update(verl=peers.e2e._version("verl"))
+    for side in plan.values():
+        if not args.from_logs:
+            keep_earlier(side, resumes=bool(args.save_freq))
+        side["read"] = with_earlier(side["read"])
     failure = None
     try:
-        rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r)
+        rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r, run=not args.from_logs)
     except peers.SidesFailed as e:  # keep the finished side's curves; exit non-zero after writing them
         rows, failure = e.done, e
     res = dict(machine, setup={k: v for k, v in vars(args).items() if k != "override"}, overrides=args.override,

@@ -105,3 +105,15 @@ def test_data_files_names_both_splits_and_stops_when_missing(tmp_path):
     for f in files.values():
         open(f, "w").close()
     assert e2e.data_files(tmp_path) == files
+
+
+def test_read_jsonl_ends_lines_at_newlines_only(tmp_path):
+    """A generated text with U+2028 / U+0085 (left unescaped by ensure_ascii=False) stays one row, as a GSM8K
+    rollout dump held on a GPU run."""
+    from rlkit.bench.e2e import read_jsonl
+
+    rows = [{"output": "a\u2028b"}, {"output": "c\x85d\u2029"}, {"step": 3}]
+    path = tmp_path / "dump.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "\n", encoding="utf-8")
+    assert len(path.read_text(encoding="utf-8").splitlines()) > 4  # what the reader must not do
+    assert read_jsonl(path) == rows

@@ -107,6 +107,7 @@ def test_a_side_stopped_early_resumes_from_its_checkpoint_and_keeps_its_earlier_
     argv = ["--model", str(model), "--sides", "rlkit", "--data", str(tmp_path / "gsm8k"), "--out", str(out),
             "--prompts", "4", "--n", "2", "--save-freq", "1", *[f"--override={o}" for o in over]]
     first = learning.main(argv + ["--steps", "1"])["sides"]["rlkit"]
+    recorded = json.loads((out / "learning.json").read_text())
     assert [s["step"] for s in first["steps"]] == [1] and sorted(first["val"]) == ["0", "1"]
     assert (out / "rlkit" / "global_step_1").is_dir()
     second = learning.main(argv + ["--steps", "2"])["sides"]["rlkit"]
@@ -119,3 +120,16 @@ def test_a_side_stopped_early_resumes_from_its_checkpoint_and_keeps_its_earlier_
     assert (out / "rlkit.earlier.log").exists() and (out / "rlkit" / "metrics.earlier.jsonl").exists()
     plan = learning.main(argv + ["--steps", "2", "--dry-run"])["rlkit"]["argv"]
     assert "trainer.val_before_train=False" in plan and "trainer.resume_mode=auto" in plan
+    again = learning.main(argv + ["--steps", "2", "--from-logs"])  # runs nothing: the same curves from the files
+    assert again["sides"]["rlkit"] == second and again["card"] == recorded["card"]
+    assert again["versions"] == recorded["versions"]
+
+
+def test_from_logs_without_a_recorded_run_says_the_machine_is_unknown(tmp_path):
+    side = tmp_path / "rlkit"
+    _dump(side / "rollouts", 1, [{"input": "q", "output": "#### 3", "gts": "3", "score": 1.0}])
+    (side / "metrics.jsonl").write_text(json.dumps({"step": 1, "critic/score/mean": 1.0}) + "\n")
+    res = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "rlkit", "--from-logs"])
+    assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0, format=1.0)]
+    assert res["card"].startswith("not recorded") and res["date"] is None
+    assert (tmp_path / "learning.png").exists() and not (tmp_path / learning.REWARD_FILE).exists()
