@@ -185,17 +185,6 @@ def curves(folder, metric_rows: list[dict]) -> dict:
     return dict(steps=steps, val=val)
 
 
-def machine_of_run(out) -> dict:
-    """For ``--from-logs``: the date, card and versions of the run that left the logs, as ``<out>/learning.json``
-    recorded them; this machine's would be wrong (a run's dumps read back elsewhere). Without that file the record
-    says it is unknown."""
-    saved = Path(out) / "learning.json"
-    if saved.exists():
-        res = json.loads(saved.read_text())
-        return {k: res[k] for k in ("date", "card", "versions") if k in res}
-    return dict(date=None, card="not recorded (--from-logs without an earlier learning.json)", versions={})
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlkit.bench.learning", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,7 +241,7 @@ def main(argv=None) -> dict:
     if not args.from_logs:
         peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
         write_reward_file(out)
-    machine = machine_of_run(out) if args.from_logs else peers.e2e.machine_record()[0]
+    machine = peers.recorded_machine(out / "learning.json")[0] if args.from_logs else peers.e2e.machine_record()[0]
     if not args.from_logs:
         machine["versions"].update(verl=peers.e2e._version("verl"))
     for side in plan.values():

@@ -49,6 +49,7 @@ VERL_CRITIC_EXTRAS = ["+critic.model.override_config.attn_implementation=sdpa", 
 VERL_ALSO = {"actor_rollout_ref.actor.use_torch_compile": ("actor_rollout_ref.actor.fsdp_config.use_torch_compile",
                                                            "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
                                                            "critic.fsdp.use_torch_compile")}
+MIN_PHASE_S = 0.05  # seconds: shorter phases get no ratio in compare's table
 CONTINUED = " \\\n    "  # a shell line continued on the next
 PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights")
 
@@ -150,8 +151,10 @@ def side_summary(rows: list[dict], warmup: int = 2, model_cfg: dict | None = Non
 def compare(sides: dict[str, dict], base: str = "rlkit") -> dict:
     """``{"ratios": {peer: {row: base/peer}}, "table": markdown}`` over :func:`side_summary` results: tokens/s/GPU
     (a ratio above 1: ``base`` faster), seconds per step and per phase, peak memory (below 1: ``base`` faster or
-    smaller); a phase one side lacks shows ``-``."""
-    found = {p for s in sides.values() for p in s["phase_s_median"]}
+    smaller); a phase one side lacks shows ``-``. Timers inside a phase (``agent_loop/...``: verl's inside
+    generation) stay in the summaries, out of the table; a phase ratio needs both sides at :data:`MIN_PHASE_S` or
+    more (a ratio of two near-zero timers says nothing)."""
+    found = {p for s in sides.values() for p in s["phase_s_median"] if "/" not in p}
     rows = [("tokens/s/GPU", lambda s: s["throughput_median"], "{:,.0f}"),
             ("s/step", lambda s: s["step_s_median"], "{:.2f}")]
     rows += [(f"{p} s", lambda s, p=p: s["phase_s_median"].get(p), "{:.2f}")
@@ -163,7 +166,8 @@ def compare(sides: dict[str, dict], base: str = "rlkit") -> dict:
         cells = [fmt.format(get(s)) if get(s) is not None else "-" for s in sides.values()]
         for o in others:
             a, b = get(sides[base]), get(sides[o])
-            if a is not None and b:
+            small = label.endswith(" s") and min(a or 0, b or 0) < MIN_PHASE_S
+            if a is not None and b and not small:
                 ratios[o][label] = a / b
             cells.append(f"{ratios[o][label]:.2f}" if label in ratios[o] else "-")
         table.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -277,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def recorded_machine(path) -> tuple[dict, float | None]:
+    """For ``--from-logs``: like :func:`rlkit.bench.e2e.machine_record`, ``(record, peak bf16 FLOP/s)`` of the
+    machine that ran the sides, as the earlier result file ``path`` recorded it (this machine's would be wrong when
+    the logs are read back elsewhere); without that file, a record that says so and no peak."""
+    if not Path(path).exists():
+        return dict(date=None, card=f"not recorded (--from-logs without an earlier {Path(path).name})",
+                    versions={}), None
+    res = json.loads(Path(path).read_text())
+    record = {k: res[k] for k in ("date", "card", "versions") if k in res}
+    peak = next((v for k, v in e2e.PEAK_BF16_TFLOPS.items() if k in record.get("card", "")), 0.0) * 1e12
+    return record, peak or None
+
+
 def plan_sides(args, sides: list[str], model=None, side_keys=None) -> dict[str, dict]:
     """Per side: argv, environment, folder, log, metrics file and its reader. ``model``: the checkpoint folder
     (default ``<out>/model``); ``side_keys(folder)``: more keys for the side run in ``folder``."""
@@ -327,6 +344,8 @@ def main(argv=None) -> dict:
         _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
     machine, peak = e2e.machine_record()
     machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
+    if args.from_logs:
+        machine, peak = recorded_machine(out / "peers.json")
     failure, kw = None, dict(model_cfg=model_cfg, peak=peak, sequences=args.prompts * responses_per_prompt(args))
     try:
         summaries = run_plan(plan, args.warmup, args.timeout, run=not args.from_logs, **kw)

@@ -136,8 +136,9 @@ def test_compare_ratios_and_table_by_hand():
     def side(t, step, phases, peak):
         return {"throughput_median": t, "step_s_median": step, "phase_s_median": phases, "peak_memory_allocated_gib": peak}
 
-    c = peers.compare({"rlkit": side(300.0, 10.0, {"gen": 4.0, "update_actor": 2.0, "wake": 0.5}, 20.0),
-                       "verl": side(200.0, 15.0, {"gen": 8.0, "update_actor": 2.5, "reward": 1.0}, 25.0),
+    c = peers.compare({"rlkit": side(300.0, 10.0, {"gen": 4.0, "update_actor": 2.0, "wake": 0.5, "adv": 0.03}, 20.0),
+                       "verl": side(200.0, 15.0, {"gen": 8.0, "update_actor": 2.5, "reward": 1.0, "adv": 0.01,
+                                                  "agent_loop/generate_sequences/mean": 7.5}, 25.0),
                        "trl": side(600.0, 5.0, {"gen": 1.0, "update_actor": 4.0}, 10.0)})
     assert c["ratios"]["verl"] == pytest.approx({"tokens/s/GPU": 1.5, "s/step": 10 / 15, "gen s": 0.5,
                                                  "update_actor s": 0.8, "peak allocated GiB": 0.8})
@@ -150,6 +151,7 @@ def test_compare_ratios_and_table_by_hand():
         "| s/step | 10.00 | 15.00 | 5.00 | 0.67 | 2.00 |",
         "| gen s | 4.00 | 8.00 | 1.00 | 0.50 | 4.00 |",
         "| reward s | - | 1.00 | - | - | - |",
+        "| adv s | 0.03 | 0.01 | - | - | - |",  # both under 0.05 s: no ratio
         "| update_actor s | 2.00 | 2.50 | 4.00 | 0.80 | 0.50 |",
         "| wake s | 0.50 | - | - | - | - |",
         "| peak allocated GiB | 20.0 | 25.0 | 10.0 | 0.80 | 2.00 |"]
@@ -314,3 +316,22 @@ def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path
     assert res["summary"]["verl"]["throughput_median"] == 1000.0 and "failed" not in res
     assert res["comparison"]["ratios"]["verl"]["tokens/s/GPU"] == pytest.approx(3.0)
     assert not (tmp_path / "model").exists()  # nothing ran, nothing was written but peers.json
+
+
+def test_from_logs_keeps_the_machine_that_ran_the_sides(tmp_path):
+    """Logs read back on another machine: peers.json keeps the card, date and versions the run recorded, and MFU
+    is taken against that card's peak, not this machine's."""
+    row = {"perf/throughput": 1000.0, "timing_s/step": 6.0, "timing_s/update_actor": 2.0,
+           "perf/total_num_tokens": 6000}
+    (tmp_path / "rlkit").mkdir()
+    (tmp_path / "rlkit" / "metrics.jsonl").write_text("".join(json.dumps(dict(row, step=s)) + "\n" for s in (1, 2, 3)))
+    argv = ["--sides", "rlkit", "--estimator", "grpo", "--out", str(tmp_path), "--from-logs", "--warmup", "2"]
+    res = peers.main(argv)
+    assert res["card"].startswith("not recorded") and res["summary"]["rlkit"]["mfu"]["update_actor"]["mfu"] is None
+    recorded = dict(res, date="2026-12-07", card="NVIDIA H100 80GB HBM3", versions={"torch": "2.11.0+cu130"})
+    (tmp_path / "peers.json").write_text(json.dumps(recorded))
+    again = peers.main(argv)
+    assert (again["date"], again["card"], again["versions"]) == ("2026-12-07", "NVIDIA H100 80GB HBM3",
+                                                                  {"torch": "2.11.0+cu130"})
+    mfu = again["summary"]["rlkit"]["mfu"]["update_actor"]
+    assert mfu["mfu"] == pytest.approx(mfu["tflops_per_s"] / e2e.PEAK_BF16_TFLOPS["H100 80GB HBM3"])
