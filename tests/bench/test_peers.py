@@ -253,7 +253,7 @@ def _lookup(tree: dict, dotted: str):
     return tree
 
 
-@pytest.mark.parametrize("estimator", ["gae", "grpo", "learning"])
+@pytest.mark.parametrize("estimator", ["gae", "grpo", "learning", "learning-resumed"])
 def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_path, monkeypatch):
     src = os.environ.get("RLKIT_VERL_SRC")
     if not src:
@@ -263,10 +263,15 @@ def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_pat
     root = Path(src) / "verl"
     assert (root / "version" / "version").read_text().strip() == "0.9.1"
     cfg = yaml.safe_load((root / "trainer" / "config" / "_generated_ppo_trainer.yaml").read_text())
-    if estimator == "learning":  # rlkit.bench.learning's verl side
+    if estimator.startswith("learning"):  # rlkit.bench.learning's verl side; resumed: from a checkpoint it left
         from rlkit.bench import learning
 
-        argv = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "verl", "--dry-run"])["verl"]["argv"]
+        more = ["--save-freq", "10"] if estimator == "learning-resumed" else []
+        if more:
+            (tmp_path / "verl" / "global_step_10").mkdir(parents=True)
+        argv = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "verl", "--dry-run", *more])
+        argv = argv["verl"]["argv"]
+        assert ("trainer.val_before_train=False" in argv) == bool(more)
     else:
         o = peers.common_overrides(args("--estimator", estimator), "/m", DATA, "/o")
         argv, _ = peers.verl_command(o, "/o/m.jsonl", with_trl_on_path=estimator == "gae")
