@@ -21,6 +21,7 @@ from .core import masked_whiten
 __all__ = [
     "ADV_ESTIMATORS",
     "compute_gae",
+    "discounted_reverse_sum",
     "compute_grpo_outcome_advantage",
     "compute_rloo_outcome_advantage",
     "compute_reinforce_plus_plus_outcome_advantage",
@@ -80,6 +81,44 @@ def _group_mean_std(scores: torch.Tensor, gid: torch.Tensor, num_groups: int):
     return mean, std, count
 
 
+GAE_BLOCK = 64  # tokens per block of discounted_reverse_sum: one (B, B) matmul inside a block, a carry across
+
+
+def discounted_reverse_sum(x: torch.Tensor, discount: float, block: int = GAE_BLOCK) -> torch.Tensor:
+    """``y_t = sum_{k >= t} discount^(k - t) * x_k`` along the last dimension, without a loop over tokens.
+
+    Inside a block of ``block`` tokens it is one matmul with the upper-triangular ``D[k, t] = discount^(k - t)``
+    (``k >= t``); across blocks, from the last one back, ``y_t += discount^(block - t) * y_<first token of the next
+    block>`` (a loop over ``T / block`` blocks). The sum runs in float64 (exact powers, no TF32), the result comes
+    back in ``x``'s dtype.
+
+    Args:
+        x: ``(bs, T)``.
+        discount: the per-token factor (``gamma * lam`` for GAE), in ``[0, 1]``.
+
+    Returns:
+        ``(bs, T)``.
+
+    >>> import torch
+    >>> from rlkit.algos.advantages import discounted_reverse_sum
+    >>> discounted_reverse_sum(torch.tensor([[1.0, 2.0, 4.0]]), 0.5, block=2).tolist()  # 1 + 0.5*2 + 0.25*4, 2 + 0.5*4, 4
+    [[3.0, 4.0, 4.0]]
+    """
+    bs, length = x.shape
+    xp = torch.nn.functional.pad(x.to(torch.float64), (0, (-length) % block)).view(bs, -1, block)  # (bs, nb, B)
+    i = torch.arange(block, device=x.device, dtype=torch.float64)
+    gap = i[:, None] - i[None, :]  # k - t: rows k (summed over), columns t
+    ones = torch.ones((), dtype=torch.float64, device=x.device)
+    d = torch.where(gap >= 0, (discount * ones) ** gap.clamp(min=0), 0 * ones)  # D[k, t] = discount^(k - t), k >= t
+    y = xp @ d  # within each block: y_t = sum_{k >= t in the block} discount^(k - t) x_k
+    tail = (discount * ones) ** (block - i)  # discount^(distance from t to the next block's first token)
+    carry = torch.zeros(bs, dtype=torch.float64, device=x.device)  # y at the first token of the next block
+    for b in reversed(range(y.shape[1])):
+        y[:, b] += carry[:, None] * tail
+        carry = y[:, b, 0]
+    return y.reshape(bs, -1)[:, :length].to(x.dtype)
+
+
 @torch.no_grad()
 def compute_gae(
     token_level_rewards: torch.Tensor,
@@ -90,12 +129,16 @@ def compute_gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised Advantage Estimation (PPO with a critic).
 
-    Backward recursion over the tokens where ``response_mask`` is 1 (masked-out tokens
+    The backward recursion over the tokens where ``response_mask`` is 1 (masked-out tokens
     are skipped: they neither bootstrap a value nor reset the running advantage; the
     value after the last valid token is 0)::
 
         delta_t = r_t + gamma * V_{t+1} - V_t
-        A_t     = delta_t + gamma * lam * A_{t+1}
+        A_t     = delta_t + gamma * lam * A_{t+1}   =  sum_{k >= t} (gamma * lam)^(k - t) delta_k
+
+    computed without a loop over tokens: each row's valid tokens are moved to its front (a stable sort, so
+    ``V_{t+1}`` is the next valid token's value), the deltas summed with :func:`discounted_reverse_sum`, and
+    the result moved back.
 
     Args:
         token_level_rewards: ``(bs, response_length)``.
@@ -111,25 +154,17 @@ def compute_gae(
         Both are 0 outside the mask.
     """
     dtype = torch.result_type(token_level_rewards, values)
-    rewards = token_level_rewards.to(dtype)
-    values = values.to(dtype)
     mask = response_mask.bool()
-    bs, length = rewards.shape
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # valid tokens first, in their order
+    valid = mask.gather(1, order)  # (bs, T): a prefix of each row
+    rewards = token_level_rewards.to(dtype).gather(1, order)
+    vals = torch.where(valid, values.to(dtype).gather(1, order), torch.zeros((), dtype=dtype, device=values.device))
+    next_vals = torch.nn.functional.pad(vals[:, 1:], (0, 1))  # V_{t+1} of the next valid token, 0 after the last
+    delta = torch.where(valid, rewards + gamma * next_vals - vals, torch.zeros_like(vals))  # r_t + g V_{t+1} - V_t
+    raw = torch.empty_like(delta).scatter_(1, order, discounted_reverse_sum(delta, gamma * lam))  # back in place
 
-    next_value = torch.zeros(bs, dtype=dtype, device=rewards.device)  # V_{t+1} of the next valid token
-    last_gae = torch.zeros(bs, dtype=dtype, device=rewards.device)  # A_{t+1} of the next valid token
-    advantages = torch.zeros_like(rewards)
-    for t in reversed(range(length)):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # delta_t = r_t + g V_{t+1} - V_t
-        gae = delta + gamma * lam * last_gae  # A_t = delta_t + g l A_{t+1}
-        valid = mask[:, t]
-        # only valid tokens update the running quantities; masked-out tokens are skipped
-        next_value = torch.where(valid, values[:, t], next_value)
-        last_gae = torch.where(valid, gae, last_gae)
-        advantages[:, t] = last_gae
-
-    returns = advantages + values  # R_t = A_t + V_t
-    advantages = masked_whiten(advantages, mask)
+    returns = raw + values.to(dtype)  # R_t = A_t + V_t
+    advantages = masked_whiten(raw, mask)
     return _zero_outside(advantages, mask), _zero_outside(returns, mask)
 
 

@@ -18,6 +18,7 @@ from rlkit.algos import (
     get_adv_estimator,
     register_adv_estimator,
 )
+from rlkit.algos.advantages import discounted_reverse_sum
 
 
 def ragged_mask(bs, length, gen, min_len=1):
@@ -101,6 +102,47 @@ def test_gae_vs_loop_reference(seed, shape, gamma, lam):
     ref_adv, ref_ret = _ref_gae(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam)
     assert torch.allclose(adv, torch.tensor(ref_adv, dtype=torch.float64), atol=1e-8)
     assert torch.allclose(ret, torch.tensor(ref_ret, dtype=torch.float64), atol=1e-10)
+
+
+@pytest.mark.parametrize("length", [63, 64, 65, 200])
+def test_gae_vs_loop_reference_across_blocks(length):
+    """Rows longer than one block of the discounted sum (64 tokens), with holes and ragged ends."""
+    gen = torch.Generator().manual_seed(length)
+    rewards = torch.randn(4, length, generator=gen, dtype=torch.float64)
+    values = torch.randn(4, length, generator=gen, dtype=torch.float64)
+    mask = ragged_mask(4, length, gen) * (torch.rand(4, length, generator=gen) > 0.2).to(torch.float64)
+    mask[0, :2] = 1.0
+    adv, ret = compute_gae(rewards, values, mask, 0.99, 0.95)
+    ref_adv, ref_ret = _ref_gae(rewards.tolist(), values.tolist(), mask.tolist(), 0.99, 0.95)
+    assert torch.allclose(adv, torch.tensor(ref_adv, dtype=torch.float64), atol=1e-8)
+    assert torch.allclose(ret, torch.tensor(ref_ret, dtype=torch.float64), atol=1e-10)
+
+
+@pytest.mark.parametrize("discount", [0.0, 0.5, 0.95, 1.0])
+@pytest.mark.parametrize("length, block", [(1, 4), (7, 4), (8, 4), (9, 4), (130, 64)])
+def test_discounted_reverse_sum_vs_loop(discount, length, block):
+    gen = torch.Generator().manual_seed(length)
+    x = torch.randn(3, length, generator=gen, dtype=torch.float64)
+    want = torch.zeros_like(x)
+    running = torch.zeros(3, dtype=torch.float64)
+    for t in reversed(range(length)):  # y_t = x_t + discount * y_{t+1}
+        running = x[:, t] + discount * running
+        want[:, t] = running
+    got = discounted_reverse_sum(x, discount, block=block)
+    assert got.shape == x.shape and torch.allclose(got, want, atol=1e-12)
+
+
+def test_gae_float32_long_rows_stay_accurate():
+    """4,096 tokens in float32 (the sum runs in float64): the raw GAE matches a float64 loop to float32 precision."""
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.zeros(2, 4096, dtype=torch.float64)
+    rewards[:, -1] = 1.0
+    values = torch.rand(2, 4096, generator=gen, dtype=torch.float64)
+    mask = torch.ones(2, 4096, dtype=torch.float64)
+    _, ret32 = compute_gae(rewards.float(), values.float(), mask.float(), 1.0, 1.0)
+    _, ret64 = compute_gae(rewards, values, mask, 1.0, 1.0)
+    assert ret32.dtype == torch.float32
+    assert torch.allclose(ret32.double(), ret64, atol=1e-5) and torch.allclose(ret64, torch.ones_like(ret64))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
