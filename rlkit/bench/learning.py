@@ -165,10 +165,38 @@ def accuracy(rows: list[dict], method: str) -> float:
     return sum(compute_score(r["output"], str(r["gts"]), method=method) == 1.0 for r in rows) / len(rows)
 
 
+def prompts_digest(rows: list[dict]) -> str:
+    """A short digest of the multiset of ground truths in a step's dumped ``rows``: equal on two sides when they
+    drew the same prompts (each side decodes its prompts its own way; the ground truths are the data's).
+
+    >>> from rlkit.bench.learning import prompts_digest
+    >>> prompts_digest([{"gts": "3"}, {"gts": "72"}]) == prompts_digest([{"gts": "72"}, {"gts": 3}])
+    True
+    """
+    import hashlib
+
+    return hashlib.sha1("\n".join(sorted(str(r["gts"]) for r in rows)).encode()).hexdigest()[:12]
+
+
+def same_prompts(sides: dict[str, dict]) -> dict:
+    """Over the steps every side dumped: how many drew the same prompts on all sides (``prompts`` digests).
+
+    >>> from rlkit.bench.learning import same_prompts
+    >>> a = {"steps": [{"step": 1, "prompts": "x"}, {"step": 2, "prompts": "y"}]}
+    >>> same_prompts({"rlkit": a, "verl": {"steps": [{"step": 1, "prompts": "x"}, {"step": 2, "prompts": "z"}]}})
+    {'steps': 2, 'same': 1, 'first_different': 2}
+    """
+    by_side = [{s["step"]: s["prompts"] for s in side["steps"]} for side in sides.values()]
+    common = sorted(set.intersection(*(set(d) for d in by_side))) if by_side else []
+    differ = [step for step in common if len({d[step] for d in by_side}) > 1]
+    return dict(steps=len(common), same=len(common) - len(differ), first_different=differ[0] if differ else None)
+
+
 def curves(folder, metric_rows: list[dict]) -> dict:
     """One side's learning record from its folder's dumps and its metric rows: per step ``score`` (the logged
-    ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``format``, ``responses``; and
-    validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation pass."""
+    ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``format``, ``responses`` and
+    ``prompts`` (:func:`prompts_digest`); and validation accuracy ``{step: {"strict", "flexible", "n"}}`` for
+    each validation pass."""
     folder = Path(folder)
     logged = {r["step"]: r.get("critic/score/mean") for r in metric_rows if "step" in r}
     steps = []
@@ -176,7 +204,7 @@ def curves(folder, metric_rows: list[dict]) -> dict:
         rows = peers.e2e.read_jsonl(path)
         steps.append(dict(step=step, score=logged.get(step), responses=len(rows),
                           score_dumped=statistics.fmean(float(r["score"]) for r in rows) if rows else None,
-                          format=format_rate([r["output"] for r in rows])))
+                          format=format_rate([r["output"] for r in rows]), prompts=prompts_digest(rows)))
     val = {}
     for step, path in sorted(_step_files(folder / "val").items()):
         rows = peers.e2e.read_jsonl(path)
@@ -256,6 +284,8 @@ def main(argv=None) -> dict:
     res = dict(machine, setup={k: v for k, v in vars(args).items() if k != "override"}, overrides=args.override,
                sides={name: curves(plan[name]["cwd"], rows[name]) for name in rows},
                commands={n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()})
+    if len(res["sides"]) > 1:  # a per-step comparison needs the same prompts at each step (verl and rlkit: the same
+        res["same_prompts"] = same_prompts(res["sides"])  # seeded randperm in the first epoch)
     if failure is not None:
         res["failed"] = failure.failed
     from rlkit.diagnostics.memory import sanitize

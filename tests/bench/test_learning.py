@@ -28,8 +28,10 @@ def test_curves_by_hand(tmp_path):
     (side / "rollouts" / "notes.txt").write_text("not a step")
     rows = [{"step": 1, "critic/score/mean": 0.05}, {"step": 2, "critic/score/mean": 0.55}]
     c = learning.curves(side, rows)
-    assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, format=0.5),
-                          dict(step=2, score=0.55, responses=2, score_dumped=0.55, format=1.0)]
+    assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, format=0.5,
+                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}])),
+                          dict(step=2, score=0.55, responses=2, score_dumped=0.55, format=1.0,
+                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]))]
     # strict: only "#### 3" is right (1 of 4); flexible also takes the last number of "so 3" (2 of 4)
     assert c["val"] == {0: dict(strict=0.25, flexible=0.5, n=4, format=0.5)}
     assert learning.curves(tmp_path / "missing", []) == {"steps": [], "val": {}}
@@ -130,6 +132,22 @@ def test_from_logs_without_a_recorded_run_says_the_machine_is_unknown(tmp_path):
     _dump(side / "rollouts", 1, [{"input": "q", "output": "#### 3", "gts": "3", "score": 1.0}])
     (side / "metrics.jsonl").write_text(json.dumps({"step": 1, "critic/score/mean": 1.0}) + "\n")
     res = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "rlkit", "--from-logs"])
-    assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0, format=1.0)]
+    assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0, format=1.0,
+                                                    prompts=learning.prompts_digest([{"gts": "3"}]))]
     assert res["card"].startswith("not recorded") and res["date"] is None
     assert (tmp_path / "learning.png").exists() and not (tmp_path / learning.REWARD_FILE).exists()
+
+
+def test_two_sides_from_logs_say_whether_they_drew_the_same_prompts(tmp_path):
+    """Step 1: both sides drew prompts with answers 3 and 5 (in another order); step 2: verl's differ."""
+    for name, step2 in (("rlkit", ["7", "8"]), ("verl", ["7", "9"])):
+        side = tmp_path / name
+        _dump(side / "rollouts", 1, [{"input": f"{name} q", "output": "#### 3", "gts": g, "score": 1.0}
+                                     for g in (["3", "5"] if name == "rlkit" else ["5", "3"])])
+        _dump(side / "rollouts", 2, [{"input": "q", "output": "x", "gts": g, "score": 0.0} for g in step2])
+        rows = [{"step": s, "critic/score/mean": m} for s, m in ((1, 1.0), (2, 0.0))]
+        lines = [json.dumps({"step": r["step"], "data": r} if name == "verl" else r) for r in rows]
+        (side / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    res = learning.main(["--model", "/m", "--out", str(tmp_path), "--from-logs"])
+    assert res["same_prompts"] == {"steps": 2, "same": 1, "first_different": 2}
+    assert [s["score"] for s in res["sides"]["verl"]["steps"]] == [1.0, 0.0]
