@@ -57,6 +57,47 @@ def test_reward_rises_on_easy_behaviour(char_model, toy_data):
     assert after > before + 0.3, (before, after)
 
 
+def test_one_intra_op_thread_sets_one_and_restores_the_count():
+    import torch
+
+    from rlkit.experiment import one_intra_op_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError), one_intra_op_thread():
+            raise KeyError("an error inside still restores the count")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_advantages_run_on_one_thread_and_training_keeps_its_threads(char_model, toy_data, monkeypatch):
+    """The driver's advantage math is shielded from busy processes on its cores (one_intra_op_thread); the
+    training around it, which here runs in this process, keeps the process's thread count."""
+    import torch
+
+    from rlkit import experiment
+
+    seen, compute = [], experiment.algos.compute_advantage
+
+    def recording(*a, **k):
+        seen.append(torch.get_num_threads())
+        return compute(*a, **k)
+
+    monkeypatch.setattr(experiment.algos, "compute_advantage", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction).step()
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_step_result_contents(char_model, toy_data):
     exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
     res = exp.step()
