@@ -327,7 +327,8 @@ class Experiment:
             with timer.phase("update_weights"):
                 worker.sync_rollout_weights()
 
-        metrics.update(_data_metrics(batch, int(cfg.data.max_response_length), int(cfg.data.max_prompt_length)))
+        with one_intra_op_thread():  # the driver's own math again, as the advantages
+            metrics.update(_data_metrics(batch, int(cfg.data.max_response_length), int(cfg.data.max_prompt_length)))
         metrics.update(_timing_metrics(timer.timing, batch, n_gpus=self.world_size))
         metrics["training/global_step"] = step
         metrics["training/epoch"] = epoch

@@ -75,25 +75,28 @@ def test_one_intra_op_thread_sets_one_and_restores_the_count():
         torch.set_num_threads(before)
 
 
-def test_the_advantages_run_on_one_thread_and_training_keeps_its_threads(char_model, toy_data, monkeypatch):
-    """The driver's advantage math is shielded from busy processes on its cores (one_intra_op_thread); the
-    training around it, which here runs in this process, keeps the process's thread count."""
+def test_the_drivers_own_math_runs_on_one_thread(char_model, toy_data, monkeypatch):
+    """The driver's advantage and batch-metric math is shielded from busy processes on its cores
+    (one_intra_op_thread); the process's thread count is back after the step."""
     import torch
 
     from rlkit import experiment
 
-    seen, compute = [], experiment.algos.compute_advantage
+    seen = []
 
-    def recording(*a, **k):
-        seen.append(torch.get_num_threads())
-        return compute(*a, **k)
+    def recording(fn):
+        def record(*a, **k):
+            seen.append((fn.__name__, torch.get_num_threads()))
+            return fn(*a, **k)
+        return record
 
-    monkeypatch.setattr(experiment.algos, "compute_advantage", recording)
+    monkeypatch.setattr(experiment.algos, "compute_advantage", recording(experiment.algos.compute_advantage))
+    monkeypatch.setattr(experiment, "_data_metrics", recording(experiment._data_metrics))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction).step()
-        assert seen == [1] and torch.get_num_threads() == 2
+        assert seen == [("compute_advantage", 1), ("_data_metrics", 1)] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
