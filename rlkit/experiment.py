@@ -281,9 +281,10 @@ class Experiment:
                 # verl: this pass's entropy aggregated like the loss; an update that computes the entropy
                 # (actor.calculate_entropy or entropy_coeff != 0) reports its own value instead
                 a = cfg.actor_rollout_ref.actor
-                metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask, a.loss_agg_mode,
-                                                          a.get("loss_scale_factor")).item()
-                metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
+                with one_intra_op_thread():
+                    metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask, a.loss_agg_mode,
+                                                              a.get("loss_scale_factor")).item()
+                    metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
 
             # 5. reference log-probs (for the KL loss or the KL reward penalty)
             if worker.has_ref:

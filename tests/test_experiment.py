@@ -76,7 +76,7 @@ def test_one_intra_op_thread_sets_one_and_restores_the_count():
 
 
 def test_the_drivers_own_math_runs_on_one_thread(char_model, toy_data, monkeypatch):
-    """The driver's advantage and batch-metric math is shielded from busy processes on its cores
+    """The driver's advantage, log-prob-gap and batch-metric math is shielded from busy processes on its cores
     (one_intra_op_thread); the process's thread count is back after the step."""
     import torch
 
@@ -92,11 +92,13 @@ def test_the_drivers_own_math_runs_on_one_thread(char_model, toy_data, monkeypat
 
     monkeypatch.setattr(experiment.algos, "compute_advantage", recording(experiment.algos.compute_advantage))
     monkeypatch.setattr(experiment, "_data_metrics", recording(experiment._data_metrics))
+    monkeypatch.setattr(experiment, "_rollout_probs_diff", recording(experiment._rollout_probs_diff))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction).step()
-        assert seen == [("compute_advantage", 1), ("_data_metrics", 1)] and torch.get_num_threads() == 2
+        assert seen == [("_rollout_probs_diff", 1), ("compute_advantage", 1), ("_data_metrics", 1)]
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
