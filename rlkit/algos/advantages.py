@@ -108,10 +108,10 @@ def discounted_reverse_sum(x: torch.Tensor, discount: float, block: int = GAE_BL
     xp = torch.nn.functional.pad(x.to(torch.float64), (0, (-length) % block)).view(bs, -1, block)  # (bs, nb, B)
     i = torch.arange(block, device=x.device, dtype=torch.float64)
     gap = i[:, None] - i[None, :]  # k - t: rows k (summed over), columns t
-    ones = torch.ones((), dtype=torch.float64, device=x.device)
-    d = torch.where(gap >= 0, (discount * ones) ** gap.clamp(min=0), 0 * ones)  # D[k, t] = discount^(k - t), k >= t
+    base = torch.tensor(discount, dtype=torch.float64, device=x.device)
+    d = torch.where(gap >= 0, base ** gap.clamp(min=0), 0.0)  # D[k, t] = discount^(k - t) for k >= t
     y = xp @ d  # within each block: y_t = sum_{k >= t in the block} discount^(k - t) x_k
-    tail = (discount * ones) ** (block - i)  # discount^(distance from t to the next block's first token)
+    tail = base ** (block - i)  # discount^(distance from t to the next block's first token)
     carry = torch.zeros(bs, dtype=torch.float64, device=x.device)  # y at the first token of the next block
     for b in reversed(range(y.shape[1])):
         y[:, b] += carry[:, None] * tail

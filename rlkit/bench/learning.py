@@ -269,9 +269,7 @@ def main(argv=None) -> dict:
     if not args.from_logs:
         peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
         write_reward_file(out)
-    machine = peers.recorded_machine(out / "learning.json")[0] if args.from_logs else peers.e2e.machine_record()[0]
-    if not args.from_logs:
-        machine["versions"].update(verl=peers.e2e._version("verl"))
+    machine, _ = peers.run_machine(out / "learning.json", args.from_logs, peers=("verl",))
     for side in plan.values():
         if not args.from_logs:
             keep_earlier(side, resumes=bool(args.save_freq))

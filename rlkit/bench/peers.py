@@ -281,14 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def recorded_machine(path) -> tuple[dict, float | None]:
-    """For ``--from-logs``: like :func:`rlkit.bench.e2e.machine_record`, ``(record, peak bf16 FLOP/s)`` of the
-    machine that ran the sides, as the earlier result file ``path`` recorded it (this machine's would be wrong when
-    the logs are read back elsewhere); without that file, a record that says so and no peak."""
-    if not Path(path).exists():
-        return dict(date=None, card=f"not recorded (--from-logs without an earlier {Path(path).name})",
-                    versions={}), None
-    res = json.loads(Path(path).read_text())
+def run_machine(result_file, from_logs: bool, peers=("verl", "trl")) -> tuple[dict, float | None]:
+    """``(record, peak bf16 FLOP/s)`` of the machine the sides ran on, as :func:`rlkit.bench.e2e.machine_record`
+    gives it, with the ``peers``' versions as this interpreter sees them. ``from_logs``: the sides ran earlier,
+    maybe elsewhere, so the record is the one their earlier ``result_file`` holds (this machine's would be wrong);
+    without that file, a record that says so and no peak."""
+    if not from_logs:
+        record, peak = e2e.machine_record()
+        record["versions"].update({name: e2e._version(name) for name in peers})
+        return record, peak
+    path = Path(result_file)
+    if not path.exists():
+        return dict(date=None, card=f"not recorded (--from-logs without an earlier {path.name})", versions={}), None
+    res = json.loads(path.read_text())
     record = {k: res[k] for k in ("date", "card", "versions") if k in res}
     peak = next((v for k, v in e2e.PEAK_BF16_TFLOPS.items() if k in record.get("card", "")), 0.0) * 1e12
     return record, peak or None
@@ -342,10 +347,7 @@ def main(argv=None) -> dict:
     else:
         e2e.data_files(args.data)  # stops here when GSM8K is not prepared
         _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
-    machine, peak = e2e.machine_record()
-    machine["versions"].update(verl=e2e._version("verl"), trl=e2e._version("trl"))  # as this interpreter sees them
-    if args.from_logs:
-        machine, peak = recorded_machine(out / "peers.json")
+    machine, peak = run_machine(out / "peers.json", args.from_logs)
     failure, kw = None, dict(model_cfg=model_cfg, peak=peak, sequences=args.prompts * responses_per_prompt(args))
     try:
         summaries = run_plan(plan, args.warmup, args.timeout, run=not args.from_logs, **kw)
