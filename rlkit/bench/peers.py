@@ -228,7 +228,7 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     steps does not stop the next; then
     :class:`SidesFailed` (a SystemExit) names each failed side with its log's last lines and keeps the finished
     sides' summaries. ``$K`` in the value of ``K``: its current value. ``run=False`` runs nothing and summarizes
-    the metrics the sides left earlier (a side without them is named)."""
+    the metrics the sides left earlier (a side without them is named, with its log's last lines if it ran)."""
     if summarize is None:
         def summarize(rows):
             return side_summary(rows, warmup, **summary_kw)
@@ -246,11 +246,12 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
             if status != 0:
                 raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
             if not Path(side["metrics"]).exists():
-                raise RuntimeError(f"no metrics at {side['metrics']}" + ("" if run else ": run this side first"))
+                ran = run or Path(side["log"]).exists()
+                raise RuntimeError(f"no metrics at {side['metrics']}" + ("" if ran else ": run this side first"))
             done[name] = summarize(side["read"](side["metrics"]))
         except (RuntimeError, ValueError, KeyError) as e:
             failed[name] = f"side {name} failed ({e})"
-            if run:
+            if Path(side["log"]).exists():  # why it failed, also when compared --from-logs after it ran
                 tail = "\n".join(Path(side["log"]).read_text(errors="replace").splitlines()[-25:])
                 failed[name] += f"; last lines of {side['log']}:\n{tail}"
     if failed:

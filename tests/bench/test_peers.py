@@ -314,6 +314,12 @@ def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path
     assert "no metrics at" in e.value.failed["verl"] and "run this side first" in e.value.failed["verl"]
     saved = json.loads((tmp_path / "peers.json").read_text())
     assert saved["summary"]["rlkit"]["throughput_median"] == 3000.0 and "verl" in saved["failed"]
+    (tmp_path / "verl.log").write_text("loading the critic\nImportError: flash_attn is not installed\n")
+    with pytest.raises(peers.SidesFailed) as e:  # it ran earlier and failed: the comparison keeps why
+        peers.main(argv)
+    assert "run this side first" not in e.value.failed["verl"]
+    assert e.value.failed["verl"].endswith("verl.log:\nloading the critic\nImportError: flash_attn is not installed")
+    assert "ImportError: flash_attn" in json.loads((tmp_path / "peers.json").read_text())["failed"]["verl"]
     (tmp_path / "verl").mkdir()
     (tmp_path / "verl" / "metrics.jsonl").write_text("".join(json.dumps({"step": r.pop("step"), "data": r}) + "\n"
                                                              for r in rows(1000.0, 6.0)))
