@@ -10,7 +10,7 @@ import torch
 def init(rank: int, world: int, port: int) -> None:
     import torch.distributed as dist
 
-    from rlkit.distributed.addresses import tcp_init_method
+    from rlkit.addresses import tcp_init_method
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=tcp_init_method("127.0.0.1", port), rank=rank, world_size=world,

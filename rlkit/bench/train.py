@@ -55,7 +55,7 @@ def synthetic_batch(rows: int, prompt_min: int, prompt_max: int, response_len: i
 
 
 def config(args, model: Path, engine: str):
-    from rlkit import PPOConfig
+    from rlkit.config import PPOConfig
     from rlkit.bench.e2e import engine_overrides
 
     A, C = "actor_rollout_ref.actor", "critic"

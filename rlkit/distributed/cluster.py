@@ -5,7 +5,7 @@ Where the driver connects (:func:`ray_address_for`): ``trainer.ray_address`` (rl
 the cluster ``ray start`` left on this machine if there is one, else a new local cluster. Accepted forms: ``auto`` (the cluster ``ray start`` left on this
 machine), ``HOST:PORT`` (the head's GCS, port 6379 by default) and ``ray://HOST:PORT`` (Ray Client,
 port 10001 by default); an IPv6 host is written in brackets, ``[fd00::2]:6379``
-(:mod:`rlkit.distributed.addresses`).
+(:mod:`rlkit.addresses`).
 
 A multi-node cluster is started by hand before the run::
 
@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from rlkit.distributed.addresses import format_host_port, is_ipv6, split_host_port
+from rlkit.addresses import format_host_port, is_ipv6, split_host_port
 
 __all__ = ["ray_address_for", "normalize_ray_address", "connect", "check_cluster_resources", "check_nodes",
            "describe_nodes", "dump_timeline", "FORWARDED_ENV_PREFIXES"]

@@ -5,7 +5,7 @@ Layout: one Ray placement group per node, ``STRICT_PACK``, of ``n_gpus_per_node`
 local rank, as :meth:`rlkit.parallel.ParallelPlan.rank_info` numbers them. Each bundle holds one
 :class:`~rlkit.training.rank_worker.RankWorker` actor with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR`` and ``MASTER_PORT`` in its environment; the address is rank 0's node (as Ray sees
-it) and a port free there, and every ``host:port`` is built by :mod:`rlkit.distributed.addresses`
+it) and a port free there, and every ``host:port`` is built by :mod:`rlkit.addresses`
 (IPv6 bracketed). The ranks then meet in ``init_process_group`` (NCCL on GPU, gloo on CPU).
 
 Dispatch modes (:mod:`rlkit.distributed.dispatch`): :meth:`~WorkerGroup.call_all`,
@@ -46,7 +46,7 @@ from typing import Any, Sequence
 
 from rlkit.datasets.batch import RolloutBatch
 from rlkit.distributed import dispatch
-from rlkit.distributed.addresses import format_host_port
+from rlkit.addresses import format_host_port
 from rlkit.distributed.cluster import _import_ray, check_nodes, connect
 from rlkit.parallel import ParallelPlan
 
@@ -86,7 +86,7 @@ def _node_address() -> tuple[str, int]:
     """Run inside bundle 0: this node's address (as Ray knows it) and a TCP port free on it."""
     import ray
 
-    from rlkit.distributed.addresses import free_port
+    from rlkit.addresses import free_port
 
     ip = ray.util.get_node_ip_address()
     return ip, free_port(ip)
@@ -170,7 +170,7 @@ class WorkerGroup:
 
     def _start_local(self, rank_cls, total_training_steps: int, timeout_s: float, progress: bool) -> None:
         """One rank in this process (see the module docstring)."""
-        from rlkit.distributed.addresses import free_port
+        from rlkit.addresses import free_port
 
         if self.world_size != 1:
             raise ValueError(f"a local worker group has one rank, and trainer.nnodes * trainer.n_gpus_per_node = "

@@ -114,7 +114,7 @@ class EngineGroup:
             raise ValueError(f"rank {rank} is in none of the plan's TP groups {plan.tp_groups}")
 
         # where every rank of the group runs, and its GPU memory now (the pre-flight's readings)
-        from rlkit.distributed.addresses import free_port, format_host_port  # pure stdlib
+        from rlkit.addresses import free_port, format_host_port  # pure stdlib
 
         host = _host_address()
         me = {"rank": rank, "node": info["node"], "host": host, "gpu": gpu_id,

@@ -209,7 +209,7 @@ class RankWorker:
                  master_port: int | None = None, timeout_s: float | None = None, progress: bool = False):
         import torch.distributed as dist
 
-        from rlkit.distributed.addresses import bare_host, tcp_init_method  # pure stdlib; lazy: a layer below
+        from rlkit.addresses import bare_host, tcp_init_method  # pure stdlib
 
         self.cfg = cfg
         self.progress = progress

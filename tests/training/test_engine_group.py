@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlkit.distributed.addresses import free_port
+from rlkit.addresses import free_port
 
 BUCKET = 16 * 1024  # bytes: the tiny model (~100 kB) goes in several buckets
 

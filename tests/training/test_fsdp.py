@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlkit.distributed.addresses import free_port
+from rlkit.addresses import free_port
 
 MAX_NORM = 0.5  # below the tiny model's gradient norm: clipping is active
 

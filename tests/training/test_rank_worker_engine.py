@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlkit import PPOConfig
-from rlkit.distributed.addresses import free_port
+from rlkit.addresses import free_port
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""rlkit.distributed.addresses: IPv6 literals are bracketed in every host:port rlkit builds."""
+"""rlkit.addresses: IPv6 literals are bracketed in every host:port rlkit builds."""
 from __future__ import annotations
 
 import subprocess
@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from rlkit.distributed.addresses import (bare_host, format_host_port, free_port, has_ipv6_loopback, is_ipv6,
+from rlkit.addresses import (bare_host, format_host_port, free_port, has_ipv6_loopback, is_ipv6,
                                          local_ip, split_host_port, tcp_init_method)
 
 
@@ -69,7 +69,7 @@ def test_free_port_v6():
 
 RANK = textwrap.dedent("""
     import sys, datetime, torch, torch.distributed as dist
-    from rlkit.distributed.addresses import tcp_init_method
+    from rlkit.addresses import tcp_init_method
     rank, port = int(sys.argv[1]), int(sys.argv[2])
     dist.init_process_group("gloo", init_method=tcp_init_method("::1", port), rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))

@@ -8,7 +8,7 @@ and SGLang's ``dist_init_addr`` would read the port as part of the host (or fail
 Bare hosts (``MASTER_ADDR``, ``TCPStore``, ``socket.bind``) are never bracketed: use
 :func:`bare_host` to undo a bracket someone wrote in an environment variable.
 
->>> from rlkit.distributed.addresses import format_host_port, tcp_init_method, split_host_port
+>>> from rlkit.addresses import format_host_port, tcp_init_method, split_host_port
 >>> format_host_port("10.0.0.2", 29500), format_host_port("fd00::2", 29500)
 ('10.0.0.2:29500', '[fd00::2]:29500')
 >>> tcp_init_method("::1", 1234), tcp_init_method("node-3", 1234)
@@ -31,7 +31,7 @@ __all__ = ["is_ipv6", "bare_host", "format_host_port", "tcp_init_method", "split
 def bare_host(host: str) -> str:
     """``host`` without surrounding brackets (``[::1]`` -> ``::1``); anything else unchanged.
 
-    >>> from rlkit.distributed.addresses import bare_host
+    >>> from rlkit.addresses import bare_host
     >>> bare_host("[fe80::1%eth0]"), bare_host("10.0.0.1")
     ('fe80::1%eth0', '10.0.0.1')
     """
@@ -45,7 +45,7 @@ def is_ipv6(host: str) -> bool:
     """True for an IPv6 literal, bracketed or not, with or without a zone (``fe80::1%eth0``).
     Host names are not resolved: ``localhost`` is False even where it maps to ``::1``.
 
-    >>> from rlkit.distributed.addresses import is_ipv6
+    >>> from rlkit.addresses import is_ipv6
     >>> is_ipv6("::1"), is_ipv6("[fd00::2]"), is_ipv6("fe80::1%eth0"), is_ipv6("10.0.0.1"), is_ipv6("node-1")
     (True, True, True, False, False)
     """
@@ -72,7 +72,7 @@ def format_host_port(host: str, port: int | str) -> str:
     """``host:port``, with an IPv6 literal in brackets (``[::1]:80``); an already bracketed host is
     not bracketed twice.
 
-    >>> from rlkit.distributed.addresses import format_host_port
+    >>> from rlkit.addresses import format_host_port
     >>> format_host_port("[::1]", "80"), format_host_port("fe80::1%eth0", 80)
     ('[::1]:80', '[fe80::1%eth0]:80')
     """
@@ -93,7 +93,7 @@ def split_host_port(address: str) -> tuple[str, int]:
     """``(host, port)`` of ``host:port`` or ``[ipv6]:port``; raises ValueError naming the address for
     an unbracketed IPv6 literal (ambiguous: is the last group the port?).
 
-    >>> from rlkit.distributed.addresses import split_host_port
+    >>> from rlkit.addresses import split_host_port
     >>> split_host_port("fd00::2:6379")
     Traceback (most recent call last):
     ...
