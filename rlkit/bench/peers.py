@@ -235,6 +235,7 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     done, failed = {}, {}
     for name, side in plan.items():
         status = _run_side(name, side, timeout) if run else 0
+        has_log = Path(side["log"]).exists()  # it ran (now, or earlier for run=False): its log says why it failed
         try:
             if isinstance(status, str) and Path(side["metrics"]).exists():  # timed out: keep its measured steps
                 try:
@@ -246,12 +247,12 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
             if status != 0:
                 raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
             if not Path(side["metrics"]).exists():
-                ran = run or Path(side["log"]).exists()
-                raise RuntimeError(f"no metrics at {side['metrics']}" + ("" if ran else ": run this side first"))
+                first = "" if run or has_log else ": run this side first"
+                raise RuntimeError(f"no metrics at {side['metrics']}{first}")
             done[name] = summarize(side["read"](side["metrics"]))
         except (RuntimeError, ValueError, KeyError) as e:
             failed[name] = f"side {name} failed ({e})"
-            if Path(side["log"]).exists():  # why it failed, also when compared --from-logs after it ran
+            if has_log:
                 tail = "\n".join(Path(side["log"]).read_text(errors="replace").splitlines()[-25:])
                 failed[name] += f"; last lines of {side['log']}:\n{tail}"
     if failed:
