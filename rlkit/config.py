@@ -128,7 +128,7 @@ class DataConfig:
     shuffle: bool = True  # shuffle the training set each epoch
     validation_shuffle: bool = False  # shuffle the validation set
     seed: Optional[int] = 1  # dataloader shuffle seed and *_max_samples subset seed (null: 1 in rlkit; verl: null = unseeded)
-    dataloader_num_workers: int = 8  # dataloader worker processes
+    dataloader_num_workers: int = 8  # verl's loader processes; rlkit loads in-process, but 0 vs >0 picks verl's prompt order
     filter_overlong_prompts: bool = False  # drop prompts longer than max_prompt_length
     filter_overlong_prompts_workers: int = 1  # processes used for that filtering
     truncation: str = "error"  # overlong prompt: error | left | right | middle
@@ -656,7 +656,7 @@ UNSUPPORTED_KEYS: Dict[str, str] = {
 # speed, memory or I/O (the numbers do not change), or rlkit always runs one way (said here and in
 # README "Notes for verl users").
 ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
-    "data.use_shm": "I/O only", "data.dataloader_num_workers": "I/O only (rlkit loads in the main process)",
+    "data.use_shm": "I/O only",
     "data.filter_overlong_prompts_workers": "I/O only (filtering runs in one process)",
     "actor_rollout_ref.model.use_shm": "I/O only", "critic.model.use_shm": "I/O only",
     "actor_rollout_ref.model.enable_activation_offload": "memory only (rlkit keeps activations on the GPU)",
@@ -737,6 +737,10 @@ def _unknown_key_message(key: str, source: str) -> str:
         if key == prefix or key.startswith(prefix + "."):
             return (f"{source}: '{prefix}' is a verl setting that rlkit does not implement. "
                     f"Fix: remove '{key}' from the command/config.")
+    if key.split(".")[0] == "reward" and "reward" not in _CHILDREN[""]:
+        moved = ", ".join(f"{new} (= {old})" for new, old in MOVED_KEYS.items())
+        return (f"{source}: '{key}' is in verl 0.9's `reward` group, of which rlkit reads only {moved}. "
+                f"Fix: remove '{key}', or set the rlkit key named there.")
     if key == "defaults":
         return (f"{source}: Hydra 'defaults:' lists are not supported. "
                 "Fix: pass a flattened config (all sections written out) or use overrides.")
@@ -999,6 +1003,37 @@ def _example(path: str) -> str:
     return f", e.g. {path}={_fmt(v)}" if v is not None else ""
 
 
+# verl 0.9 moved the reward settings into one `reward` group and its main_ppo reads only that group: the
+# top-level `custom_reward_function.*` is still accepted on its command line but no longer used there.
+# rlkit keeps the older places and reads both spellings, the new one mapped here.
+MOVED_KEYS = {
+    "reward.custom_reward_function": "custom_reward_function",
+    "reward.reward_manager.name": "reward_model.reward_manager",
+    "reward.reward_model.enable": "reward_model.enable",
+}
+
+
+def canonical_key(key: str) -> str:
+    """``key`` at rlkit's place for it: verl 0.9's ``reward.*`` spelling of a reward key (:data:`MOVED_KEYS`)
+    becomes the older one rlkit's schema holds; every other key comes back unchanged.
+
+    >>> from rlkit.config import canonical_key
+    >>> canonical_key("reward.custom_reward_function.reward_kwargs.format_score")
+    'custom_reward_function.reward_kwargs.format_score'
+    >>> canonical_key("reward.reward_manager.name"), canonical_key("data.seed")
+    ('reward_model.reward_manager', 'data.seed')
+    """
+    for new, old in MOVED_KEYS.items():
+        if key == new or key.startswith(new + "."):
+            return old + key[len(new):]
+    return key
+
+
+def _moved_section(path: str) -> bool:
+    """Whether ``path`` is a group of verl 0.9's ``reward`` spelling above a moved key (walked into, not set)."""
+    return any(new.startswith(path + ".") for new in MOVED_KEYS)
+
+
 def _node_exists(cfg: DictConfig, key: str) -> bool:
     parent_key, _, last = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
@@ -1007,6 +1042,9 @@ def _node_exists(cfg: DictConfig, key: str) -> bool:
 
 def _apply(cfg: DictConfig, key: str, value: Any, mode: str, source: str) -> List[str]:
     """Set ``key`` to ``value`` in ``cfg``; returns problems instead of raising."""
+    key = canonical_key(key)
+    if _moved_section(key) and isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _apply(cfg, f"{key}.{k}", v, mode, source)]
     entry, open_dict = _lookup(key)
     if entry is None and open_dict is None:
         return [_unknown_key_message(key, source)]
@@ -1063,9 +1101,9 @@ def _merge_mapping(cfg: DictConfig, d: Any) -> None:
         for k, v in node.items():
             if k == "_target_":  # Hydra instantiate metadata in verl's generated YAML
                 continue
-            path = f"{prefix}{k}"
+            path = canonical_key(f"{prefix}{k}")
             entry = _INDEX.get(path)
-            if entry is not None and entry.kind == "section" and isinstance(v, Mapping):
+            if (_moved_section(path) or entry is not None and entry.kind == "section") and isinstance(v, Mapping):
                 walk(v, path + ".")
             else:
                 problems.extend(_apply(cfg, path, v, "=", source=path))

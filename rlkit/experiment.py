@@ -162,7 +162,8 @@ class Experiment:
         self.train_dataset, self.val_dataset = _load_datasets(cfg, self.tokenizer)
         d = cfg.data
         self.sampler = PromptSampler(len(self.train_dataset), int(d.train_batch_size), shuffle=bool(d.shuffle),
-                                     seed=int(d.get("seed", 1) or 1), drop_last=True)
+                                     seed=int(d.get("seed", 1) or 1), drop_last=True,
+                                     num_workers=int(d.dataloader_num_workers))  # verl's order for its settings
         self.total_training_steps = int(cfg.trainer.get("total_training_steps") or
                                         self.sampler.batches_per_epoch * int(cfg.trainer.total_epochs))
         from rlkit.parallel import ParallelPlan

@@ -398,6 +398,32 @@ def test_plus_adds_into_open_dicts():
     assert cfg.critic.model.override_config.nested.deep is True
 
 
+def test_verl_09_reward_group_sets_the_same_keys_as_the_older_spelling():
+    new = PPOConfig.from_overrides([
+        "reward.custom_reward_function.path=/tmp/my_reward.py", "reward.custom_reward_function.name=score",
+        "+reward.custom_reward_function.reward_kwargs.format_score=0.1", "reward.reward_manager.name=naive",
+    ], check=False)
+    old = PPOConfig.from_overrides([
+        "custom_reward_function.path=/tmp/my_reward.py", "custom_reward_function.name=score",
+        "+custom_reward_function.reward_kwargs.format_score=0.1", "reward_model.reward_manager=naive",
+    ], check=False)
+    assert new == old
+    assert new.custom_reward_function.reward_kwargs == {"format_score": 0.1}
+    nested = PPOConfig.from_dict({"reward": {"custom_reward_function": {"path": "/tmp/my_reward.py", "name": "score",
+                                                                        "reward_kwargs": {"format_score": 0.1}},
+                                             "reward_manager": {"name": "naive"}}}, check=False)
+    assert nested == old
+
+
+@pytest.mark.parametrize("text", ["reward.num_workers=2", "reward.reward_manager.source=importlib"])
+def test_other_verl_09_reward_keys_are_refused_by_name(text):
+    with pytest.raises(ConfigError) as e:
+        PPOConfig.from_overrides([text], check=False)
+    key = text.split("=")[0]
+    assert f"'{key}' is in verl 0.9's `reward` group" in str(e.value)
+    assert "reward.custom_reward_function (= custom_reward_function)" in str(e.value)
+
+
 def test_open_dict_accepts_plain_and_double_plus():
     cfg = PPOConfig.from_overrides([
         "actor_rollout_ref.rollout.engine_kwargs.sglang.attention_backend=fa3",  # verl v0.5 pre-populated this key

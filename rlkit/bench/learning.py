@@ -67,8 +67,10 @@ def learning_keys(args, reward_file) -> list[str]:
             f"actor_rollout_ref.rollout.temperature={args.temperature}",
             f"actor_rollout_ref.actor.kl_loss_coef={args.kl_coef}", "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
             "algorithm.use_kl_in_reward=False", "trainer.val_before_train=True", f"trainer.test_freq={args.steps}",
-            f"custom_reward_function.path={reward_file}", "custom_reward_function.name=compute_score",
-            f"+custom_reward_function.reward_kwargs.format_score={args.format_score}"]
+            "data.dataloader_num_workers=0",  # verl's prompt order without loader workers (rlkit follows either)
+            # verl 0.9's main_ppo reads the reward function from its `reward` group only (rlkit reads both spellings)
+            f"reward.custom_reward_function.path={reward_file}", "reward.custom_reward_function.name=compute_score",
+            f"+reward.custom_reward_function.reward_kwargs.format_score={args.format_score}"]
 
 
 def dump_keys(folder) -> list[str]:
@@ -192,18 +194,24 @@ def same_prompts(sides: dict[str, dict]) -> dict:
     return dict(steps=len(common), same=len(common) - len(differ), first_different=differ[0] if differ else None)
 
 
-def curves(folder, metric_rows: list[dict]) -> dict:
+def curves(folder, metric_rows: list[dict], format_score: float = 0.1) -> dict:
     """One side's learning record from its folder's dumps and its metric rows: per step ``score`` (the logged
-    ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``format``, ``responses`` and
-    ``prompts`` (:func:`prompts_digest`); and validation accuracy ``{step: {"strict", "flexible", "n"}}`` for
-    each validation pass."""
+    ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``score_shared`` (the same responses
+    scored again with the shared reward, ``format_score`` included), ``format``, ``responses`` and ``prompts``
+    (:func:`prompts_digest`); and validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation
+    pass."""
+    from rlkit.rewards.gsm8k import compute_score
+
     folder = Path(folder)
     logged = {r["step"]: r.get("critic/score/mean") for r in metric_rows if "step" in r}
     steps = []
     for step, path in sorted(_step_files(folder / "rollouts").items()):
         rows = peers.e2e.read_jsonl(path)
+        mean = statistics.fmean if rows else (lambda _: None)
         steps.append(dict(step=step, score=logged.get(step), responses=len(rows),
-                          score_dumped=statistics.fmean(float(r["score"]) for r in rows) if rows else None,
+                          score_dumped=mean(float(r["score"]) for r in rows),
+                          score_shared=mean(compute_score(r["output"], str(r["gts"]), format_score=format_score)
+                                            for r in rows),
                           format=format_rate([r["output"] for r in rows]), prompts=prompts_digest(rows)))
     val = {}
     for step, path in sorted(_step_files(folder / "val").items()):
@@ -211,6 +219,37 @@ def curves(folder, metric_rows: list[dict]) -> dict:
         val[step] = dict(strict=accuracy(rows, "strict"), flexible=accuracy(rows, "flexible"), n=len(rows),
                          format=format_rate([r["output"] for r in rows]))
     return dict(steps=steps, val=val)
+
+
+def comparison_problems(sides: dict[str, dict]) -> list[str]:
+    """Why ``sides`` (:func:`curves` records) are not the same run in two frameworks, each with the step it shows
+    first: a side whose dumped rewards differ from the shared reward (it scored with another function) or steps
+    whose prompts differ between the sides. Empty when the comparison holds.
+
+    >>> from rlkit.bench.learning import comparison_problems
+    >>> ok = {"steps": [{"step": 1, "score_dumped": 0.1, "score_shared": 0.1, "prompts": "x"}]}
+    >>> comparison_problems({"rlkit": ok, "verl": ok})
+    []
+    >>> off = {"steps": [{"step": 1, "score_dumped": 0.0, "score_shared": 0.1, "prompts": "y"}]}
+    >>> for p in comparison_problems({"rlkit": ok, "verl": off}): print(p)
+    verl: the dumped rewards differ from the shared reward at 1 of 1 steps (first: step 1, 0 vs 0.1): it did not score with the shared reward file
+    the sides drew different prompts at 1 of 1 steps (first: step 1): the same data.seed and data.dataloader_num_workers give the same prompts
+    """
+    problems = []
+    for name, side in sides.items():
+        off = [s for s in side["steps"] if s.get("score_dumped") is not None and s.get("score_shared") is not None
+               and abs(s["score_dumped"] - s["score_shared"]) > 1e-6]
+        if off:
+            problems.append(f"{name}: the dumped rewards differ from the shared reward at {len(off)} of "
+                            f"{len(side['steps'])} steps (first: step {off[0]['step']}, {off[0]['score_dumped']:.4g} "
+                            f"vs {off[0]['score_shared']:.4g}): it did not score with the shared reward file")
+    if len(sides) > 1:
+        same = same_prompts(sides)
+        if same["first_different"] is not None:
+            problems.append(f"the sides drew different prompts at {same['steps'] - same['same']} of {same['steps']} "
+                            f"steps (first: step {same['first_different']}): the same data.seed and "
+                            "data.dataloader_num_workers give the same prompts")
+    return problems
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,12 +319,13 @@ def main(argv=None) -> dict:
     except peers.SidesFailed as e:  # keep the finished side's curves; exit non-zero after writing them
         rows, failure = e.done, e
     res = dict(machine, setup={k: v for k, v in vars(args).items() if k != "override"}, overrides=args.override,
-               sides={name: curves(plan[name]["cwd"], rows[name]) for name in rows},
+               sides={name: curves(plan[name]["cwd"], rows[name], args.format_score) for name in rows},
                commands={n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()})
     if len(res["sides"]) > 1:  # a per-step comparison needs the same prompts at each step (verl and rlkit: the same
         res["same_prompts"] = same_prompts(res["sides"])  # seeded randperm in the first epoch)
     if failure is not None:
         res["failed"] = failure.failed
+    res["problems"] = comparison_problems(res["sides"])
     from rlkit.diagnostics.memory import sanitize
     from rlkit.viz.plots import plot_learning
 
@@ -295,6 +335,8 @@ def main(argv=None) -> dict:
     print(json.dumps({n: s["val"] for n, s in res["sides"].items()}, indent=1), file=sys.stderr)
     if failure is not None:
         raise failure
+    if res["problems"]:  # written down, and the run says so: these curves do not compare one setting
+        raise SystemExit("learning: not a like-for-like comparison:\n  " + "\n  ".join(res["problems"]))
     return res
 
 

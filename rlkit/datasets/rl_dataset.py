@@ -323,9 +323,13 @@ class RLDataset:
 class PromptSampler:
     """Deterministic, resumable batches of dataset indices.
 
-    Each epoch is a permutation drawn with ``torch.Generator().manual_seed(seed + epoch)``
-    (or ``0..n-1`` in order with ``shuffle=False``). :meth:`next_batch` returns the
-    next batch and rolls over to the next epoch by itself. State:
+    verl's order: one ``torch.Generator().manual_seed(seed)`` draws a ``torch.randperm`` per
+    epoch, so a run with verl's ``data.seed`` and ``data.dataloader_num_workers`` sees verl's
+    prompts at every step. verl's loader (torchdata's ``StatefulDataLoader``) draws two
+    permutations per epoch when it has worker processes and uses the second; ``num_workers``
+    (``data.dataloader_num_workers``) > 0 does the same, 0 uses each draw. ``shuffle=False``:
+    ``0..n-1`` in order. :meth:`next_batch` returns the next batch and rolls over to the next
+    epoch by itself. State:
 
     * ``epoch``: the epoch the next batch comes from (= epochs completed);
     * ``position``: how many batches of that epoch were already returned.
@@ -337,7 +341,10 @@ class PromptSampler:
     :attr:`batches_per_epoch`.
     """
 
-    def __init__(self, dataset_len: int, batch_size: int, shuffle: bool = True, seed: int = 1, drop_last: bool = True):
+    ORDER = "verl"  # the state's name for this order; a state without one is from rlkit before it (seed + epoch)
+
+    def __init__(self, dataset_len: int, batch_size: int, shuffle: bool = True, seed: int = 1, drop_last: bool = True,
+                 num_workers: int = 0):
         dataset_len = operator.index(dataset_len)
         batch_size = operator.index(batch_size)
         if dataset_len <= 0:
@@ -355,6 +362,8 @@ class PromptSampler:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
+        self.draws_per_epoch = 2 if operator.index(num_workers) > 0 else 1
+        self.order = self.ORDER
         self.epoch = 0
         self.position = 0
         self._order_epoch: int | None = None
@@ -376,7 +385,12 @@ class PromptSampler:
         import torch
 
         gen = torch.Generator()
-        gen.manual_seed(self.seed + epoch)
+        if self.order != self.ORDER:  # resumed from an older rlkit's checkpoint: its order, seed + epoch
+            gen.manual_seed(self.seed + epoch)
+            return torch.randperm(self.dataset_len, generator=gen).tolist()
+        gen.manual_seed(self.seed)
+        for _ in range(epoch * self.draws_per_epoch + self.draws_per_epoch - 1):  # the draws before this epoch's
+            torch.randperm(self.dataset_len, generator=gen)
         return torch.randperm(self.dataset_len, generator=gen).tolist()
 
     def _current_order(self) -> list[int]:
@@ -409,14 +423,18 @@ class PromptSampler:
             "dataset_len": self.dataset_len,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "order": self.order,
+            "draws_per_epoch": self.draws_per_epoch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mismatched = {
             key: (state[key], getattr(self, key))
-            for key in ("seed", "batch_size", "dataset_len", "shuffle", "drop_last")
+            for key in ("seed", "batch_size", "dataset_len", "shuffle", "drop_last", "draws_per_epoch")
             if key in state and state[key] != getattr(self, key)
         }
+        if "draws_per_epoch" in mismatched:
+            mismatched["data.dataloader_num_workers (0 or not)"] = mismatched.pop("draws_per_epoch")
         if mismatched:
             detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"PromptSampler.load_state_dict: the saved sampler differs ({detail}); "
@@ -426,6 +444,7 @@ class PromptSampler:
             raise ValueError(f"PromptSampler.load_state_dict: invalid epoch={epoch} / position={position} "
                              f"(batches_per_epoch={self.batches_per_epoch})")
         self.epoch, self.position = epoch, position
+        self.order, self._order_epoch = state.get("order", "seed+epoch"), None
 
     def __repr__(self) -> str:
         return (

@@ -28,13 +28,33 @@ def test_curves_by_hand(tmp_path):
     (side / "rollouts" / "notes.txt").write_text("not a step")
     rows = [{"step": 1, "critic/score/mean": 0.05}, {"step": 2, "critic/score/mean": 0.55}]
     c = learning.curves(side, rows)
-    assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, format=0.5,
+    # shared reward (format_score 0.1): "x" 0, "#### 4" 0.1 -> 0.05; "#### 3" 1, "#### 4" 0.1 -> 0.55
+    assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, score_shared=0.05, format=0.5,
                                prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}])),
-                          dict(step=2, score=0.55, responses=2, score_dumped=0.55, format=1.0,
+                          dict(step=2, score=0.55, responses=2, score_dumped=0.55, score_shared=0.55, format=1.0,
                                prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]))]
     # strict: only "#### 3" is right (1 of 4); flexible also takes the last number of "so 3" (2 of 4)
     assert c["val"] == {0: dict(strict=0.25, flexible=0.5, n=4, format=0.5)}
     assert learning.curves(tmp_path / "missing", []) == {"steps": [], "val": {}}
+    assert learning.curves(side, rows, format_score=0.0)["steps"][0]["score_shared"] == 0.0
+
+
+def test_from_logs_names_a_side_that_scored_with_another_reward_and_prompts_that_differ(tmp_path):
+    """verl 0.9.1 ignored the top-level custom_reward_function (its built-in scorer gave a formatted wrong answer
+    0) and, with loader workers, drew other prompts: both are written down and the run exits non-zero."""
+    for name, gts, score in (("rlkit", "3", 0.1), ("verl", "5", 0.0)):
+        _dump(tmp_path / name / "rollouts", 1, [{"input": "q", "output": "#### 4", "gts": gts, "score": score}])
+        row = {"critic/score/mean": score}  # verl's file logger nests a step's metrics under "data"
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps(dict(step=1, data=row) if name == "verl" else
+                                                                  dict(step=1, **row)) + "\n")
+    with pytest.raises(SystemExit) as e:
+        learning.main(["--model", "/m", "--out", str(tmp_path), "--from-logs"])
+    msg = str(e.value)
+    assert "not a like-for-like comparison" in msg and "rlkit:" not in msg
+    assert "verl: the dumped rewards differ from the shared reward at 1 of 1 steps (first: step 1, 0 vs 0.1)" in msg
+    assert "different prompts at 1 of 1 steps (first: step 1)" in msg
+    saved = json.loads((tmp_path / "learning.json").read_text())
+    assert len(saved["problems"]) == 2 and saved["same_prompts"] == {"steps": 1, "same": 0, "first_different": 1}
 
 
 def _commands(tmp_path, *argv):
@@ -47,8 +67,9 @@ def test_both_sides_run_one_grpo_setting_with_their_own_dumps_and_the_same_rewar
     rl, vl = keys["rlkit"], keys["verl"]
     for k in ("data.train_batch_size", "actor_rollout_ref.rollout.n", "algorithm.adv_estimator",
               "trainer.total_training_steps", "actor_rollout_ref.actor.optim.lr", "data.seed",
-              "actor_rollout_ref.actor.ppo_mini_batch_size", "custom_reward_function.path",
-              "custom_reward_function.reward_kwargs.format_score", "trainer.val_before_train", "trainer.test_freq",
+              "actor_rollout_ref.actor.ppo_mini_batch_size", "reward.custom_reward_function.path",
+              "reward.custom_reward_function.reward_kwargs.format_score", "trainer.val_before_train",
+              "trainer.test_freq", "data.dataloader_num_workers",
               "actor_rollout_ref.actor.use_kl_loss", "actor_rollout_ref.actor.kl_loss_coef",
               "actor_rollout_ref.rollout.temperature", "actor_rollout_ref.model.path"):
         assert rl[k] == vl[k], k
@@ -56,8 +77,11 @@ def test_both_sides_run_one_grpo_setting_with_their_own_dumps_and_the_same_rewar
         ("64", "4", "grpo")
     assert rl["actor_rollout_ref.actor.ppo_mini_batch_size"] == "64"  # one update per step
     assert (rl["trainer.val_before_train"], rl["trainer.test_freq"]) == ("True", "60")
-    assert rl["custom_reward_function.path"] == str(tmp_path / learning.REWARD_FILE)
-    assert rl["custom_reward_function.reward_kwargs.format_score"] == "0.1"
+    # verl 0.9.1's main_ppo reads the reward function from its `reward` group only
+    assert rl["reward.custom_reward_function.path"] == str(tmp_path / learning.REWARD_FILE)
+    assert rl["reward.custom_reward_function.reward_kwargs.format_score"] == "0.1"
+    assert not any(k.startswith("custom_reward_function") for k in rl)
+    assert rl["data.dataloader_num_workers"] == "0"  # verl's prompt order without loader workers
     assert not any(k.startswith("critic.") for k in rl)
     for name, k in keys.items():
         assert k["trainer.rollout_data_dir"] == str(tmp_path / name / "rollouts")
@@ -87,6 +111,8 @@ def test_rlkit_side_runs_on_cpu(tmp_path, gsm8k_source, qwen_tokenizer_dir):
     side = res["sides"]["rlkit"]
     assert [s["step"] for s in side["steps"]] == [1, 2] and all(s["responses"] == 8 for s in side["steps"])
     assert all(s["score"] == pytest.approx(s["score_dumped"]) for s in side["steps"])
+    assert all(s["score_shared"] == pytest.approx(s["score_dumped"]) for s in side["steps"])  # the reward group
+    assert res["problems"] == []
     assert sorted(side["val"]) == ["0", "2"] and all(v["n"] == 6 for v in side["val"].values())
     saved = json.loads((out / "learning.json").read_text())
     assert saved["sides"] == res["sides"] and str(tmp_path) not in (out / "learning.json").read_text()
@@ -132,7 +158,8 @@ def test_from_logs_without_a_recorded_run_says_the_machine_is_unknown(tmp_path):
     _dump(side / "rollouts", 1, [{"input": "q", "output": "#### 3", "gts": "3", "score": 1.0}])
     (side / "metrics.jsonl").write_text(json.dumps({"step": 1, "critic/score/mean": 1.0}) + "\n")
     res = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "rlkit", "--from-logs"])
-    assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0, format=1.0,
+    assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0,
+                                                    score_shared=1.0, format=1.0,
                                                     prompts=learning.prompts_digest([{"gts": "3"}]))]
     assert res["card"].startswith("not recorded") and res["date"] is None
     assert (tmp_path / "learning.png").exists() and not (tmp_path / learning.REWARD_FILE).exists()
@@ -142,12 +169,15 @@ def test_two_sides_from_logs_say_whether_they_drew_the_same_prompts(tmp_path):
     """Step 1: both sides drew prompts with answers 3 and 5 (in another order); step 2: verl's differ."""
     for name, step2 in (("rlkit", ["7", "8"]), ("verl", ["7", "9"])):
         side = tmp_path / name
-        _dump(side / "rollouts", 1, [{"input": f"{name} q", "output": "#### 3", "gts": g, "score": 1.0}
+        _dump(side / "rollouts", 1, [{"input": f"{name} q", "output": f"#### {g}", "gts": g, "score": 1.0}
                                      for g in (["3", "5"] if name == "rlkit" else ["5", "3"])])
         _dump(side / "rollouts", 2, [{"input": "q", "output": "x", "gts": g, "score": 0.0} for g in step2])
         rows = [{"step": s, "critic/score/mean": m} for s, m in ((1, 1.0), (2, 0.0))]
         lines = [json.dumps({"step": r["step"], "data": r} if name == "verl" else r) for r in rows]
         (side / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    res = learning.main(["--model", "/m", "--out", str(tmp_path), "--from-logs"])
+    with pytest.raises(SystemExit, match="different prompts at 1 of 2 steps"):
+        learning.main(["--model", "/m", "--out", str(tmp_path), "--from-logs"])
+    res = json.loads((tmp_path / "learning.json").read_text())
     assert res["same_prompts"] == {"steps": 2, "same": 1, "first_different": 2}
+    assert len(res["problems"]) == 1  # the rewards agree with the shared one on both sides
     assert [s["score"] for s in res["sides"]["verl"]["steps"]] == [1.0, 0.0]

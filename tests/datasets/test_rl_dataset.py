@@ -341,20 +341,62 @@ def test_sampler_keep_last():
     assert PromptSampler(3, 8, drop_last=False, shuffle=False).next_batch() == [0, 1, 2]
 
 
-def test_sampler_shuffle_is_seeded_per_epoch():
-    s = PromptSampler(10, 5, seed=7)
+def _perms(seed, n, count):
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return [torch.randperm(n, generator=gen).tolist() for _ in range(count)]
+
+
+def test_sampler_shuffle_draws_verls_permutations_from_one_generator():
+    perms = _perms(7, 10, 4)  # verl: one generator seeded with data.seed, a randperm per epoch
+    s = PromptSampler(10, 5, seed=7)  # no loader workers: each draw is an epoch
     got = [s.next_batch() for _ in range(4)]
-    for epoch in (0, 1):
-        gen = torch.Generator()
-        gen.manual_seed(7 + epoch)
-        perm = torch.randperm(10, generator=gen).tolist()
-        assert got[2 * epoch] + got[2 * epoch + 1] == perm
+    assert [got[0] + got[1], got[2] + got[3]] == perms[:2]
     assert sorted(got[0] + got[1]) == list(range(10))
     assert got[:2] != got[2:]  # reshuffled
     again = PromptSampler(10, 5, seed=7)
     assert [again.next_batch() for _ in range(4)] == got
     other = PromptSampler(10, 5, seed=8)
     assert [other.next_batch() for _ in range(2)] != got[:2]
+
+
+def test_sampler_with_loader_workers_takes_the_second_of_each_two_draws():
+    perms = _perms(1, 10, 6)  # verl's StatefulDataLoader with workers draws twice per epoch, uses the second
+    s = PromptSampler(10, 10, seed=1, num_workers=8)
+    assert [s.next_batch() for _ in range(3)] == [perms[1], perms[3], perms[5]]
+    assert PromptSampler(10, 10, seed=1, num_workers=1).epoch_order(2) == perms[5]
+    assert PromptSampler(10, 10, seed=1, num_workers=0).epoch_order(2) == perms[2]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sampler_matches_verls_loader_over_three_epochs(workers):
+    """The loader verl 0.9.1 builds (create_rl_sampler + StatefulDataLoader), checked against, not copied."""
+    torchdata = pytest.importorskip("torchdata.stateful_dataloader")
+    from torchdata.stateful_dataloader.sampler import RandomSampler
+
+    rows = list(range(12))
+    gen = torch.Generator()
+    gen.manual_seed(5)
+    loader = torchdata.StatefulDataLoader(rows, batch_size=4, num_workers=workers, drop_last=True,
+                                          sampler=RandomSampler(data_source=rows, generator=gen))
+    verl = [batch.tolist() for _ in range(3) for batch in loader]
+    ours = PromptSampler(12, 4, seed=5, num_workers=workers)
+    assert [ours.next_batch() for _ in range(9)] == verl
+
+
+def test_sampler_resumes_an_older_checkpoint_in_its_seed_plus_epoch_order():
+    old_state = {"epoch": 1, "position": 0, "seed": 3, "batch_size": 5, "dataset_len": 10, "shuffle": True,
+                 "drop_last": True}  # rlkit before verl's order saved no "order"
+    s = PromptSampler(10, 5, seed=3)
+    s.load_state_dict(old_state)
+    assert s.next_batch() + s.next_batch() == _perms(3 + 1, 10, 1)[0]
+    assert s.state_dict()["order"] == "seed+epoch"  # and it stays so for the rest of that run
+
+
+def test_sampler_refuses_to_resume_with_the_other_loader_order():
+    state = PromptSampler(10, 5, seed=3, num_workers=8).state_dict()
+    with pytest.raises(ValueError, match="dataloader_num_workers"):
+        PromptSampler(10, 5, seed=3, num_workers=0).load_state_dict(state)
 
 
 def test_sampler_iteration_is_one_epoch():
