@@ -298,6 +298,11 @@ def test_every_key_of_the_verl_command_is_in_verl_091s_config(estimator, tmp_pat
             composed = hydra.compose(config_name="ppo_trainer", overrides=argv[3:])
     OmegaConf.resolve(composed)
     assert composed.algorithm.adv_estimator == ("grpo" if estimator != "gae" else "gae")
+    if estimator.startswith("learning"):  # where verl 0.9.1's main_ppo reads the reward (trainer/ppo/reward.py:
+        crf = composed.reward.custom_reward_function  # config.reward.custom_reward_function; the top-level
+        assert crf.path == str(tmp_path / learning.REWARD_FILE)  # legacy keys exist but nothing reads them)
+        assert crf.reward_kwargs.format_score == 0.1
+        assert composed.data.dataloader_num_workers == 0  # the prompt order rlkit's recorded run drew
 
 
 def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path, capsys):
