@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from rlkit import PPOConfig
-from rlkit.distributed.cluster import check_nodes, connect, dump_timeline, normalize_ray_address, ray_address_for
+from rlkit.distributed.cluster import (FORWARDED_ENV_PREFIXES, check_nodes, connect, dump_timeline, normalize_ray_address,
+                                      ray_address_for)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,6 +144,8 @@ def test_connect_passes_what_ray_init_needs(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append((kw, os.environ.get("RAY_ADDRESS"))))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    for k in [k for k in os.environ if k.startswith(FORWARDED_ENV_PREFIXES)]:  # this machine's (e.g. CI's RLKIT_*)
+        monkeypatch.delenv(k)  # would be forwarded by the calls that read os.environ
     env = {"RLKIT_X": "1"}
     connect(cfg_with(**{"trainer.ray_address": "auto"}), env_vars=env)
     connect(cfg_with(**{"trainer.ray_address": "ray://[fd00::2]:10001"}))
