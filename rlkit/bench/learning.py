@@ -17,6 +17,8 @@ once more with one scorer, so the numbers of the two sides are counted the same 
 ``--model`` takes a Hugging Face folder or a ``.gguf`` file (de-quantised once into rlkit's cache; verl gets that
 folder). ``--dry-run`` prints the two commands and runs nothing; ``--from-logs`` runs nothing and reads what the
 sides left in ``--out``; ``--save-freq N`` checkpoints every N steps, and a rerun resumes a side stopped early.
+``--recorded rlkit=<earlier learning.json>`` takes a side's curves from an earlier run with the same settings
+(:func:`recorded_sides`) and runs only the other side; the checks of prompts and rewards cover it as well.
 Results go to ``<out>/learning.json`` and the figure to ``<out>/learning.png``
 (:func:`rlkit.viz.plots.plot_learning`).
 """
@@ -252,6 +254,61 @@ def comparison_problems(sides: dict[str, dict]) -> list[str]:
     return problems
 
 
+# What makes two learning runs the same run (besides the extra --override keys): build_parser's settings
+RUN_SETTINGS = ("estimator", "prompts", "n", "steps", "lr", "kl_coef", "temperature", "format_score", "seed",
+                "prompt_len", "response_len", "mini_batch")
+
+
+def run_keys(overrides: list[str]) -> list[str]:
+    """The extra ``--override`` keys that change what a run computes: keys rlkit accepts without reading (speed,
+    memory or I/O only, :data:`rlkit.config.ACCEPTED_UNREAD_KEYS`) are left out, the rest sorted.
+
+    >>> from rlkit.bench.learning import run_keys
+    >>> run_keys(["actor_rollout_ref.model.use_fused_kernels=True", "actor_rollout_ref.actor.clip_ratio=0.3"])
+    ['actor_rollout_ref.actor.clip_ratio=0.3']
+    """
+    from rlkit.config import ACCEPTED_UNREAD_KEYS
+
+    return sorted(o for o in overrides if peers.key(o).lstrip("+") not in ACCEPTED_UNREAD_KEYS)
+
+
+def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[str, dict]:
+    """``--recorded SIDE=learning.json``: SIDE's curves as an earlier run recorded them, for a comparison that runs
+    only the other side. Each record is ``{"curves", "from", "date", "card", "versions", "command"}``; refused
+    with the difference when the recorded run had other settings (:data:`RUN_SETTINGS`, :func:`run_keys`) than
+    ``setup`` (this run's), and when SIDE also runs now or the file holds no SIDE."""
+    records = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in SIDES or not path:
+            raise SystemExit(f"--recorded {spec!r}: write SIDE=PATH, SIDE one of {', '.join(SIDES)} and PATH a "
+                             "learning.json an earlier run wrote")
+        if name in running or name in records:
+            raise SystemExit(f"--recorded {spec!r}: {name} is already in this comparison (--sides or another "
+                             f"--recorded); drop one of the two")
+        file = Path(path).expanduser()
+        try:
+            res = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--recorded {spec!r}: cannot read {file} ({e}): give a learning.json an earlier run "
+                             "wrote") from None
+        if name not in res.get("sides", {}):
+            raise SystemExit(f"--recorded {spec!r}: {file} holds no {name} side (it has: "
+                             f"{', '.join(res.get('sides', {})) or 'none'})")
+        then = dict(res.get("setup", {}), extra_overrides=run_keys(res.get("setup", {}).get("extra_overrides", [])))
+        now = dict(setup, extra_overrides=run_keys(setup["extra_overrides"]))
+        differ = [f"{k}: recorded {then.get(k)!r}, now {now[k]!r}" for k in RUN_SETTINGS + ("extra_overrides",)
+                  if then.get(k) != now[k]]
+        if differ:
+            raise SystemExit(f"--recorded {spec!r}: that {name} run had other settings, so its curves would not "
+                             "compare:\n  " + "\n  ".join(differ) + f"\nRun {name} again with --sides, or give "
+                             "this run the recorded settings.")
+        records[name] = {"curves": res["sides"][name], "from": str(file),
+                         **{k: res.get(k) for k in ("date", "card", "versions")},
+                         "command": res.get("commands", {}).get(name)}
+    return records
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rlkit.bench.learning", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands with their environment; run nothing")
     p.add_argument("--from-logs", action="store_true",
                    help="run nothing: the curves and figure again from the dumps and metrics the sides left in --out")
+    p.add_argument("--recorded", action="append", default=[], metavar="SIDE=PATH",
+                   help="compare with SIDE as the learning.json at PATH recorded it (the same settings), instead of "
+                        "running it again (repeatable)")
     p.set_defaults(estimator="grpo", prompt_len=512, response_len=512, mini_batch=None, micro_batch=16,
                    log_prob_micro_batch=32, gpu_memory_utilization=0.4, trl_site=None, warmup=0)
     return p
@@ -296,6 +356,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--sides {args.sides!r}: choose from {', '.join(SIDES)}")
     args.mini_batch = args.mini_batch or args.prompts  # one update per step: on-policy GRPO
     out = Path(args.out).expanduser().resolve()
+    setup = dict({k: v for k, v in vars(args).items() if k != "override"}, extra_overrides=list(args.override))
+    recorded = recorded_sides(args.recorded, setup, sides)  # refused before anything runs
     model = args.model if args.dry_run or args.from_logs else resolve_model(args.model)
     args.override = learning_keys(args, out / REWARD_FILE) + list(args.override)
     plan = peers.plan_sides(args, sides, model=model,
@@ -318,9 +380,15 @@ def main(argv=None) -> dict:
         rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r, run=not args.from_logs)
     except peers.SidesFailed as e:  # keep the finished side's curves; exit non-zero after writing them
         rows, failure = e.done, e
-    res = dict(machine, setup={k: v for k, v in vars(args).items() if k != "override"}, overrides=args.override,
-               sides={name: curves(plan[name]["cwd"], rows[name], args.format_score) for name in rows},
-               commands={n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()})
+    ran = {name: curves(plan[name]["cwd"], rows[name], args.format_score) for name in rows}
+    commands = {n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()}
+    res = dict(machine, setup=setup, overrides=args.override,
+               sides={n: ran[n] if n in ran else recorded[n]["curves"] for n in SIDES if n in ran or n in recorded},
+               commands={n: commands[n] if n in commands else recorded[n]["command"] for n in SIDES
+                         if n in commands or n in recorded})
+    if recorded:  # where those curves come from: the machine above ran only the other sides
+        res["recorded"] = {n: {k: v for k, v in r.items() if k not in ("curves", "command")}
+                           for n, r in recorded.items()}
     if len(res["sides"]) > 1:  # a per-step comparison needs the same prompts at each step (verl and rlkit: the same
         res["same_prompts"] = same_prompts(res["sides"])  # seeded randperm in the first epoch)
     if failure is not None:

@@ -660,8 +660,9 @@ def _rlkit_version() -> str:
 SANITIZED_NOTE = "absolute paths -> <path>/name, IP addresses -> nodeN (rlkit.diagnostics.memory.sanitize)"
 _PATH_MARK = "<path>"
 _SEG = r"[\w.@%+~-]*\w[\w.@%+~-]*"  # a path segment holds a letter or digit: "+/- 1" is no path
-# an absolute POSIX path: not inside a word, a relative path or a URL ("http://host/x" is left alone)
-_POSIX_PATH = re.compile(rf"(?<![\w.~/\\-])(?:/{_SEG})+/?")
+# an absolute POSIX path: not inside a word, a relative path or a URL ("http://host/x" is left alone), nor the
+# rest of one already shortened ("<path>/x" stays: sanitising twice gives what sanitising once gave)
+_POSIX_PATH = re.compile(rf"(?<![\w.~/\\-])(?<!{_PATH_MARK})(?:/{_SEG})+/?")
 _WINDOWS_PATH = re.compile(r"(?<![\w])[A-Za-z]:\\(?:[^\\\s\"'<>|:*?]+\\)*[^\\\s\"'<>|:*?]*")
 _IPV4 = re.compile(r"(?<![\w.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\w]|\.\d)")
 _IPV4_DASHED = re.compile(r"(?<![\w-])ip-(\d{1,3})-(\d{1,3})-(\d{1,3})-(\d{1,3})(?![\w-])")  # ip-10-0-0-5

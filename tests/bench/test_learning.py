@@ -181,3 +181,73 @@ def test_two_sides_from_logs_say_whether_they_drew_the_same_prompts(tmp_path):
     assert res["same_prompts"] == {"steps": 2, "same": 1, "first_different": 2}
     assert len(res["problems"]) == 1  # the rewards agree with the shared one on both sides
     assert [s["score"] for s in res["sides"]["verl"]["steps"]] == [1.0, 0.0]
+
+
+def _side_from_logs(out: Path, name: str, gts: list[str]) -> dict:
+    """A side's dumps and metrics for one step in ``out/name`` (every response "#### 3", scored with the shared
+    reward: 1 where the answer is 3, 0.1 elsewhere), then ``--from-logs`` over it alone."""
+    scores = [1.0 if g == "3" else 0.1 for g in gts]
+    _dump(out / name / "rollouts", 1, [{"input": "q", "output": "#### 3", "gts": g, "score": s}
+                                       for g, s in zip(gts, scores)])
+    row = {"critic/score/mean": sum(scores) / len(scores)}
+    (out / name / "metrics.jsonl").write_text(json.dumps(dict(step=1, data=row) if name == "verl" else
+                                                         dict(step=1, **row)) + "\n")
+    return learning.main(["--model", "/m", "--out", str(out), "--sides", name, "--from-logs"])
+
+
+def test_a_recorded_side_is_compared_with_a_side_run_now(tmp_path):
+    """rlkit's curves from an earlier learning.json, verl's from its own run: one comparison, checked the same way
+    (same prompts, shared reward), that says where the recorded side came from."""
+    _side_from_logs(tmp_path / "then", "rlkit", ["3", "5"])
+    record = tmp_path / "then" / "learning.json"
+    rec = json.loads(record.read_text())
+    rec["card"], rec["date"] = "NVIDIA H100 80GB HBM3", "2026-12-07"
+    record.write_text(json.dumps(rec))
+    _dump(tmp_path / "now" / "verl" / "rollouts", 1,
+          [{"input": "q", "output": "#### 3", "gts": g, "score": s} for g, s in (("5", 0.1), ("3", 1.0))])
+    (tmp_path / "now" / "verl" / "metrics.jsonl").write_text(json.dumps(dict(step=1, data={"critic/score/mean": 0.55}))
+                                                             + "\n")
+    argv = ["--model", "/m", "--out", str(tmp_path / "now"), "--sides", "verl", "--from-logs",
+            "--recorded", f"rlkit={record}"]
+    res = learning.main(argv)
+    assert list(res["sides"]) == ["rlkit", "verl"] and res["sides"]["rlkit"] == rec["sides"]["rlkit"]
+    assert res["sides"]["rlkit"]["steps"][0]["score_shared"] == pytest.approx(0.55)  # (1 + 0.1) / 2
+    assert res["same_prompts"] == {"steps": 1, "same": 1, "first_different": None} and res["problems"] == []
+    assert res["recorded"] == {"rlkit": {"from": "<path>/learning.json", "date": "2026-12-07", "card": "NVIDIA H100 80GB HBM3",
+                                         "versions": {}}}
+    assert res["commands"]["rlkit"] == rec["commands"]["rlkit"] and "verl.trainer.main_ppo" in res["commands"]["verl"]
+    # the checks cover the recorded side too: verl drawing other prompts is caught
+    _dump(tmp_path / "now" / "verl" / "rollouts", 1, [{"input": "q", "output": "x", "gts": "7", "score": 0.0}])
+    with pytest.raises(SystemExit, match="different prompts at 1 of 1 steps"):
+        learning.main(argv)
+
+
+def test_a_recorded_side_with_other_settings_is_refused_with_the_difference(tmp_path):
+    _side_from_logs(tmp_path, "rlkit", ["3"])
+    record = str(tmp_path / "learning.json")
+    base = ["--model", "/m", "--out", str(tmp_path / "now"), "--sides", "verl", "--dry-run"]
+    with pytest.raises(SystemExit) as e:
+        learning.main(base + ["--lr", "2e-5", "--n", "8", "--recorded", f"rlkit={record}"])
+    assert "n: recorded 4, now 8" in str(e.value) and "lr: recorded 1e-05, now 2e-05" in str(e.value)
+    assert "steps:" not in str(e.value) and "Run rlkit again with --sides" in str(e.value)
+    with pytest.raises(SystemExit, match=r"extra_overrides: recorded \[\], now \['actor_rollout_ref.actor.clip_ratio"):
+        learning.main(base + ["--override", "actor_rollout_ref.actor.clip_ratio=0.3", "--recorded", f"rlkit={record}"])
+    # a speed-only key (rlkit accepts it unread) does not change the run: verl's fused log-probs
+    plan = learning.main(base + ["--override", "actor_rollout_ref.model.use_fused_kernels=True",
+                                 "--recorded", f"rlkit={record}"])
+    assert list(plan) == ["verl"] and "actor_rollout_ref.model.use_fused_kernels=True" in plan["verl"]["argv"]
+    for spec, message in ((f"rlkit={tmp_path / 'nope.json'}", "cannot read"), ("rlkit", "write SIDE=PATH"),
+                          (f"trl={record}", "write SIDE=PATH"), (f"verl={record}", "already in this comparison")):
+        with pytest.raises(SystemExit, match=message):
+            learning.main(base + ["--recorded", spec])
+    with pytest.raises(SystemExit, match=r"holds no verl side \(it has: rlkit\)"):
+        learning.main(base[:5] + ["rlkit", "--dry-run", "--recorded", f"verl={record}"])
+
+
+def test_the_recorded_h100_run_compares_with_verl_run_now_with_fused_log_probs():
+    """The command the verl side of the committed learning run is due to run with (data/gpu/learning_h100)."""
+    record = Path(__file__).resolve().parents[2] / "data" / "gpu" / "learning_h100" / "learning.json"
+    plan = learning.main(["--model", "/m", "--out", "/tmp/unused", "--sides", "verl", "--dry-run",
+                          "--override", "actor_rollout_ref.model.use_fused_kernels=True",
+                          "--recorded", f"rlkit={record}"])
+    assert list(plan) == ["verl"]
