@@ -131,3 +131,45 @@ def test_readme_multi_gpu_commands_validate(index):
     assert len(plan.warnings()) == notes and (not notes or "ppo_micro_batch_size_per_gpu=16" in plan.warnings()[0])
     assert plan.role("actor").micro_batch_per_rank == {4: 4, 16: 4}[plan.world_size]
 
+
+
+# ---------------------------------------------------------------------- GPU results quoted in the README
+def _table_after(heading_start: str) -> dict[str, list[str]]:
+    """``{first cell: other cells}`` of the first markdown table after the paragraph starting ``heading_start``."""
+    text = README[README.index(heading_start):]
+    rows = re.findall(r"^\|(.+)\|\s*$", text[:text.index("\n\n", text.index("\n|"))], flags=re.M)
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.split("|")] for r in rows[2:])}
+
+
+def test_readme_quotes_the_committed_grpo_comparison():
+    """The README's rlkit-vs-verl GRPO table says what data/gpu/peers_grpo_h100/peers.json holds."""
+    import json
+
+    res = json.loads((REPO / "data" / "gpu" / "peers_grpo_h100" / "peers.json").read_text())
+    s, ratios = res["summary"], res["comparison"]["ratios"]["verl"]
+    table = _table_after("GRPO, one NVIDIA H100 80GB HBM3, 2026-12-07")
+    assert res["card"].startswith("NVIDIA H100 80GB HBM3") and res["date"].startswith("2026-12-07")
+    rows = {"tokens/s/GPU (`perf/throughput`)": ("throughput_median", None, "{:,.0f}", "tokens/s/GPU"),
+            "seconds per step": ("step_s_median", None, "{:.2f}", "s/step"),
+            "generation (s)": ("phase_s_median", "gen", "{:.2f}", "gen s"),
+            "old log-probs (s)": ("phase_s_median", "old_log_prob", "{:.2f}", "old_log_prob s"),
+            "reference log-probs (s)": ("phase_s_median", "ref", "{:.2f}", "ref s"),
+            "actor update (s)": ("phase_s_median", "update_actor", "{:.2f}", "update_actor s"),
+            "peak GPU memory (GiB)": ("peak_memory_allocated_gib", None, "{:.1f}", "peak allocated GiB")}
+    for label, (key, phase, fmt, ratio) in rows.items():
+        want = [fmt.format(s[side][key][phase] if phase else s[side][key]) for side in ("rlkit", "verl")]
+        assert table[label] == want + [f"{ratios[ratio]:.2f}"], label
+    mfu = [" / ".join(f"{100 * s[side]['mfu'][p]['mfu']:.1f}" for p in ("old_log_prob", "ref", "update_actor")) + "%"
+           for side in ("rlkit", "verl")]
+    assert table[next(k for k in table if k.startswith("MFU"))][:2] == mfu
+
+
+def test_readme_quotes_the_committed_learning_run():
+    """The README's before/after validation table says what data/gpu/learning_h100/learning.json holds."""
+    import json
+
+    val = json.loads((REPO / "data" / "gpu" / "learning_h100" / "learning.json").read_text())["sides"]["rlkit"]["val"]
+    table = _table_after("Learning, rlkit's side, one NVIDIA H100 80GB HBM3, 2026-12-07")
+    for label, key in (("validation: strict `#### n` format", "format"), ("validation: strict accuracy", "strict"),
+                       ("validation: flexible accuracy", "flexible")):
+        assert table[label] == [f"{val['0'][key]:.1%}", f"{val['60'][key]:.1%}"], label
