@@ -7,7 +7,8 @@ configuration, 7 steps = 2 warm-up + 5 measured; ``gae`` trains a critic, ``grpo
 with the KL loss) and runs as a subprocess (rlkit imports neither verl nor TRL), in turn, in ``<out>/<side>/``,
 output to ``<out>/<side>.log``. TRL's side runs :mod:`rlkit.bench.peer_trl` on the same keys (it needs
 ``pip install trl==1.12.0`` in this interpreter) and writes rlkit-style jsonl rows. :func:`side_summary` and
-:func:`compare` go to ``<out>/peers.json``.
+:func:`compare` go to ``<out>/peers.json``, and the sides' step phases and tokens/s/GPU to ``<out>/peers.png``
+(:func:`rlkit.viz.plots.plot_peers`).
 ``--dry-run`` prints the exact commands with their environment and runs nothing. Sides run one per command
 (``--sides verl``, then ``--sides rlkit`` with the same ``--out``) are compared afterwards with ``--from-logs``,
 which runs nothing and summarizes the metrics they left.
@@ -365,6 +366,12 @@ def main(argv=None) -> dict:
 
     res = sanitize(json.loads(json.dumps(res, default=float)))  # shareable: no local paths or addresses
     (out / "peers.json").write_text(json.dumps(res, indent=1))
+    if summaries:
+        from rlkit.viz.plots import plot_peers
+
+        title = (f"{args.estimator}, {args.prompts} prompts x {responses_per_prompt(args)}, "
+                 f"{args.prompt_len}/{args.response_len} tokens, {res.get('card') or 'card not recorded'}")
+        plot_peers(res["summary"], PHASES, title=title).savefig(out / "peers.png", dpi=120, bbox_inches="tight")
     print(res.get("comparison", {}).get("table") or json.dumps(res["summary"], indent=1))
     if failure is not None:
         raise failure

@@ -27,6 +27,8 @@ _LAZY = {
     "plot_training": "plots",
     "plot_response_lengths": "plots",
     "plot_phase_breakdown": "plots",
+    "plot_learning": "plots",
+    "plot_peers": "plots",
     "plot_summary": "plots",
     "memory_snapshot_table": "plots",
     "rollouts_html": "tables",

@@ -782,6 +782,62 @@ def plot_learning(sides: dict):
     return fig
 
 
+def plot_peers(summaries: dict, phases: Sequence[str] | None = None, title: str = ""):
+    """Frameworks side by side on one card: where each side's step goes (one stacked bar per side, a segment
+    per phase, ``other`` for the step's time outside them) and tokens/s/GPU, labelled with each side's ratio
+    to the first.
+
+    Fed plain data, e.g. ``rlkit.bench.peers``' ``summary``: ``{side: {"step_s_median", "throughput_median",
+    "phase_s_median": {phase: seconds}}}``; ``phases`` in stacking order (default: as they first appear; timers
+    inside a phase, named with a ``/``, are left out):
+
+    >>> from rlkit.viz.plots import plot_peers
+    >>> fig = plot_peers({"rlkit": {"step_s_median": 10.0, "throughput_median": 6000.0,
+    ...                             "phase_s_median": {"gen": 3.0, "update_actor": 6.0}},
+    ...                   "verl": {"step_s_median": 40.0, "throughput_median": 1500.0,
+    ...                            "phase_s_median": {"gen": 8.0, "update_actor": 30.0, "agent_loop/x": 7.0}}})
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['gen', 'update_actor', 'other']
+    >>> [t.get_text() for t in fig.axes[1].texts]
+    [' 6,000', ' 1,500 (rlkit 4.00x)']
+    """
+    names = list(summaries)
+    if phases is None:
+        phases = list(dict.fromkeys(p for s in summaries.values() for p in s.get("phase_s_median", {})))
+    phases = [p for p in phases if "/" not in p and any(p in s.get("phase_s_median", {}) for s in summaries.values())]
+    fig = _new_figure((12, 0.7 * len(names) + 2.0))
+    ax_time, ax_tps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    y = np.arange(len(names))[::-1]
+    left = np.zeros(len(names))
+    colors = [f"C{i % 10}" for i in range(len(phases))]
+    for phase, color in zip(phases + ["other"], colors + ["#d9d9d9"]):
+        if phase == "other":
+            secs = np.array([max(0.0, (s.get("step_s_median") or 0.0) - left[i]) for i, s in enumerate(
+                summaries.values())])
+        else:
+            secs = np.array([s.get("phase_s_median", {}).get(phase) or 0.0 for s in summaries.values()])
+        ax_time.barh(y, secs, left=left, color=color, label=phase)
+        left += secs
+    for yi, s in zip(y, summaries.values()):
+        if s.get("step_s_median") is not None:
+            ax_time.text(s["step_s_median"], yi, f" {s['step_s_median']:.1f} s", va="center", fontsize=8)
+    ax_time.set_yticks(y, names)
+    ax_time.set_xlabel("seconds per step (median)")
+    ax_time.set_xlim(0, max([s.get("step_s_median") or 0.0 for s in summaries.values()] + [0.0]) * 1.2 or 1.0)
+    ax_time.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: covers no bar
+    ax_time.set_title(title or "where a step goes", fontsize=9)
+    tps = [s.get("throughput_median") or 0.0 for s in summaries.values()]
+    ax_tps.barh(y, tps, color="#1f77b4")
+    for i, (yi, v) in enumerate(zip(y, tps)):
+        note = f" {v:,.0f}" + (f" ({names[0]} {tps[0] / v:.2f}x)" if i and v else "")
+        ax_tps.text(v, yi, note, va="center", fontsize=8)
+    ax_tps.set_yticks(y, names)
+    ax_tps.set_xlabel("tokens/s/GPU (median)")
+    ax_tps.set_xlim(0, max(tps + [0.0]) * 1.45 or 1.0)
+    ax_tps.set_title("throughput", fontsize=9)
+    return fig
+
+
 # ----------------------------------------------------------------------------- summary
 def plot_summary(history_df: pd.DataFrame | None, mem_df: pd.DataFrame | None = None,
                  rollouts_df: pd.DataFrame | None = None):

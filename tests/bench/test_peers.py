@@ -331,7 +331,8 @@ def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path
     res = peers.main(argv)
     assert res["summary"]["verl"]["throughput_median"] == 1000.0 and "failed" not in res
     assert res["comparison"]["ratios"]["verl"]["tokens/s/GPU"] == pytest.approx(3.0)
-    assert not (tmp_path / "model").exists()  # nothing ran, nothing was written but peers.json
+    assert not (tmp_path / "model").exists()  # nothing ran, nothing was written but peers.json and its figure
+    assert (tmp_path / "peers.png").stat().st_size > 0
 
 
 def test_from_logs_keeps_the_machine_that_ran_the_sides(tmp_path):

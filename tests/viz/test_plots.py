@@ -432,3 +432,26 @@ def test_step_axes_have_integer_ticks():
     hist = plot_response_lengths(rollouts_frame(per_step=3)).axes[0]
     hist.figure.canvas.draw()
     assert all(float(t).is_integer() for t in hist.get_yticks())  # counts
+
+
+def test_peers_stacks_each_sides_phases_up_to_its_step_and_labels_the_ratio():
+    from rlkit.viz.plots import plot_peers
+
+    summaries = {"rlkit": {"step_s_median": 10.0, "throughput_median": 6000.0,
+                           "phase_s_median": {"update_actor": 5.0, "gen": 3.0, "wake": 0.5}},
+                 "verl": {"step_s_median": 40.0, "throughput_median": 1500.0,
+                          "phase_s_median": {"gen": 8.0, "update_actor": 30.0, "agent_loop/generate": 7.5}}}
+    fig = plot_peers(summaries, phases=["gen", "update_actor", "values", "wake"], title="t")
+    ax_time, ax_tps = fig.axes
+    # stacking order as given; a phase no side has (values) and timers inside a phase (agent_loop/...) left out
+    assert [t.get_text() for t in ax_time.get_legend().get_texts()] == ["gen", "update_actor", "wake", "other"]
+    bars = [(c.get_label(), [(r.get_x(), r.get_width()) for r in c]) for c in ax_time.containers]
+    # rlkit on top (y=1), verl below (y=0); other = step - phases: 10 - 8.5 = 1.5 and 40 - 38 = 2
+    assert bars == [("gen", [(0.0, 3.0), (0.0, 8.0)]), ("update_actor", [(3.0, 5.0), (8.0, 30.0)]),
+                    ("wake", [(8.0, 0.5), (38.0, 0.0)]), ("other", [(8.5, 1.5), (38.0, 2.0)])]
+    assert {t.get_text(): t.get_position()[1] for t in ax_time.get_yticklabels()} == {"rlkit": 1, "verl": 0}
+    assert [t.get_text() for t in ax_time.texts] == [" 10.0 s", " 40.0 s"] and ax_time.get_title() == "t"
+    assert [t.get_text() for t in ax_tps.texts] == [" 6,000", " 1,500 (rlkit 4.00x)"]
+    # a side that logged no throughput gets no ratio (no division by zero)
+    summaries["verl"]["throughput_median"] = None
+    assert [t.get_text() for t in plot_peers(summaries).axes[1].texts] == [" 6,000", " 0"]
