@@ -132,7 +132,6 @@ def test_readme_multi_gpu_commands_validate(index):
     assert plan.role("actor").micro_batch_per_rank == {4: 4, 16: 4}[plan.world_size]
 
 
-
 # ---------------------------------------------------------------------- GPU results quoted in the README
 def _table_after(heading_start: str) -> dict[str, list[str]]:
     """``{first cell: other cells}`` of the first markdown table after the paragraph starting ``heading_start``."""

@@ -269,7 +269,7 @@ def run_keys(overrides: list[str]) -> list[str]:
     """
     from rlkit.config import ACCEPTED_UNREAD_KEYS
 
-    return sorted(o for o in overrides if peers.key(o).lstrip("+") not in ACCEPTED_UNREAD_KEYS)
+    return sorted(o for o in overrides if peers.key(o) not in ACCEPTED_UNREAD_KEYS)
 
 
 def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[str, dict]:
@@ -277,7 +277,7 @@ def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[st
     only the other side. Each record is ``{"curves", "from", "date", "card", "versions", "command"}``; refused
     with the difference when the recorded run had other settings (:data:`RUN_SETTINGS`, :func:`run_keys`) than
     ``setup`` (this run's), and when SIDE also runs now or the file holds no SIDE."""
-    records = {}
+    records, now = {}, dict(setup, extra_overrides=run_keys(setup["extra_overrides"]))
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or name not in SIDES or not path:
@@ -296,7 +296,6 @@ def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[st
             raise SystemExit(f"--recorded {spec!r}: {file} holds no {name} side (it has: "
                              f"{', '.join(res.get('sides', {})) or 'none'})")
         then = dict(res.get("setup", {}), extra_overrides=run_keys(res.get("setup", {}).get("extra_overrides", [])))
-        now = dict(setup, extra_overrides=run_keys(setup["extra_overrides"]))
         differ = [f"{k}: recorded {then.get(k)!r}, now {now[k]!r}" for k in RUN_SETTINGS + ("extra_overrides",)
                   if then.get(k) != now[k]]
         if differ:
@@ -307,6 +306,11 @@ def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[st
                          **{k: res.get(k) for k in ("date", "card", "versions")},
                          "command": res.get("commands", {}).get(name)}
     return records
+
+
+def _in_side_order(by_side: dict) -> dict:
+    """``by_side`` with its sides in :data:`SIDES` order (run now or recorded, rlkit first)."""
+    return {n: by_side[n] for n in SIDES if n in by_side}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,12 +384,12 @@ def main(argv=None) -> dict:
         rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r, run=not args.from_logs)
     except peers.SidesFailed as e:  # keep the finished side's curves; exit non-zero after writing them
         rows, failure = e.done, e
-    ran = {name: curves(plan[name]["cwd"], rows[name], args.format_score) for name in rows}
-    commands = {n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()}
-    res = dict(machine, setup=setup, overrides=args.override,
-               sides={n: ran[n] if n in ran else recorded[n]["curves"] for n in SIDES if n in ran or n in recorded},
-               commands={n: commands[n] if n in commands else recorded[n]["command"] for n in SIDES
-                         if n in commands or n in recorded})
+    sides = {n: r["curves"] for n, r in recorded.items()} | {
+        n: curves(plan[n]["cwd"], rows[n], args.format_score) for n in rows}
+    commands = {n: r["command"] for n, r in recorded.items()} | {
+        n: peers.shell_line(s["argv"], s["env"]) for n, s in plan.items()}
+    res = dict(machine, setup=setup, overrides=args.override, sides=_in_side_order(sides),
+               commands=_in_side_order(commands))
     if recorded:  # where those curves come from: the machine above ran only the other sides
         res["recorded"] = {n: {k: v for k, v in r.items() if k not in ("curves", "command")}
                            for n, r in recorded.items()}

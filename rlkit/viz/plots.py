@@ -808,22 +808,19 @@ def plot_peers(summaries: dict, phases: Sequence[str] | None = None, title: str 
     fig = _new_figure((12, 0.7 * len(names) + 2.0))
     ax_time, ax_tps = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     y = np.arange(len(names))[::-1]
+    steps = np.array([s.get("step_s_median") or 0.0 for s in summaries.values()])
     left = np.zeros(len(names))
-    colors = [f"C{i % 10}" for i in range(len(phases))]
-    for phase, color in zip(phases + ["other"], colors + ["#d9d9d9"]):
-        if phase == "other":
-            secs = np.array([max(0.0, (s.get("step_s_median") or 0.0) - left[i]) for i, s in enumerate(
-                summaries.values())])
-        else:
-            secs = np.array([s.get("phase_s_median", {}).get(phase) or 0.0 for s in summaries.values()])
-        ax_time.barh(y, secs, left=left, color=color, label=phase)
+    for i, phase in enumerate(phases):
+        secs = np.array([s.get("phase_s_median", {}).get(phase) or 0.0 for s in summaries.values()])
+        ax_time.barh(y, secs, left=left, color=f"C{i % 10}", label=phase)
         left += secs
+    ax_time.barh(y, np.maximum(0.0, steps - left), left=left, color="#d9d9d9", label="other")  # outside the phases
     for yi, s in zip(y, summaries.values()):
         if s.get("step_s_median") is not None:
             ax_time.text(s["step_s_median"], yi, f" {s['step_s_median']:.1f} s", va="center", fontsize=8)
     ax_time.set_yticks(y, names)
     ax_time.set_xlabel("seconds per step (median)")
-    ax_time.set_xlim(0, max([s.get("step_s_median") or 0.0 for s in summaries.values()] + [0.0]) * 1.2 or 1.0)
+    ax_time.set_xlim(0, steps.max(initial=0.0) * 1.2 or 1.0)
     ax_time.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.22))  # below: covers no bar
     ax_time.set_title(title or "where a step goes", fontsize=9)
     tps = [s.get("throughput_median") or 0.0 for s in summaries.values()]
