@@ -34,6 +34,28 @@ def qwen_tokenizer_dir() -> Path:
     return _need(SHARED / "tokenizers" / "qwen2.5")
 
 
+@pytest.fixture(scope="session")
+def verl_091():
+    """verl 0.9.1's own code, for the parity tests: the unpacked wheel at RLKIT_VERL_SRC (as .ci/run makes it)
+    with the few packages its loss modules import (tensordict, codetiming, orjson; .ci/run installs them)."""
+    import importlib
+
+    src = os.environ.get("RLKIT_VERL_SRC")
+    if not src:
+        pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
+    if (Path(src) / "verl" / "version" / "version").read_text().strip() != "0.9.1":
+        pytest.fail(f"RLKIT_VERL_SRC={src} is not verl 0.9.1")
+    missing = [m for m in ("tensordict", "codetiming", "orjson") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"verl 0.9.1's loss modules need {missing}: pip install {' '.join(missing)}")
+    if src not in sys.path:
+        sys.path.append(src)
+    import verl  # noqa: F401
+
+    assert Path(verl.__file__).resolve().is_relative_to(Path(src).resolve()), f"another verl is installed: {verl.__file__}"
+    return src
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

@@ -612,7 +612,8 @@ def test_aborted_responses_are_counted_apart():
 
 
 def test_loss_scale_factor_divides_the_actors_summed_losses():
-    """seq-mean-token-sum-norm: every actor term is sum over tokens / loss_scale_factor (verl), or / R when null."""
+    """seq-mean-token-sum-norm: every actor term is its per-sequence sums' mean / loss_scale_factor (verl), or / R
+    when null."""
     import torch
 
     from rlkit.datasets import RolloutBatch
@@ -620,16 +621,16 @@ def test_loss_scale_factor_divides_the_actors_summed_losses():
 
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     lp = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.5, 0.9, 0.9]]))
-    # ratio 1 everywhere (old == new), so the clipped loss per token is -A; advantages 1, 2 / 4 -> sum -(1+2+4) = -7
+    # ratio 1 everywhere (old == new), so the clipped loss per token is -A; advantages 1, 2 / 4 -> sums -3, -4, mean -3.5
     mb = RolloutBatch({"response_mask": mask, "old_log_probs": lp.clone(),
                        "advantages": torch.tensor([[1.0, 2.0, 9.0], [4.0, 9.0, 9.0]])})
-    ent = torch.tensor([[1.0, 3.0, 5.0], [2.0, 5.0, 5.0]])  # masked sum 6
+    ent = torch.tensor([[1.0, 3.0, 5.0], [2.0, 5.0, 5.0]])  # masked sums 4, 2: mean 3
     for factor, divisor in ((None, 3.0), (4.0, 4.0)):
         cfg = PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
                                         f"actor_rollout_ref.actor.loss_scale_factor={'null' if factor is None else factor}",
                                         "actor_rollout_ref.actor.calculate_entropy=True"])
         loss, row = actor_micro_loss(cfg, lp, ent, mb)
-        assert row["actor/pg_loss"] == pytest.approx(-7.0 / divisor)
-        assert row["actor/entropy"] == pytest.approx(6.0 / divisor)
+        assert row["actor/pg_loss"] == pytest.approx(-3.5 / divisor)
+        assert row["actor/entropy"] == pytest.approx(3.0 / divisor)
     with pytest.raises(ValueError, match=r"loss_scale_factor=0(\.0)?: must be > 0 or null"):
         PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_scale_factor=0"])

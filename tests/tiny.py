@@ -1,4 +1,5 @@
-"""Tiny randomly initialised models for tests: real transformers checkpoints on disk, seconds to run."""
+"""Tiny randomly initialised models for tests (real transformers checkpoints on disk, seconds to run), and the
+plain-loop references the loop-vs-vectorised tests share."""
 from __future__ import annotations
 
 import string
@@ -50,3 +51,19 @@ def toy_parquet(out_dir, n_train: int = 32, n_test: int = 4):
     pd.DataFrame(rows).to_parquet(out / "train.parquet")
     pd.DataFrame(rows[:n_test]).to_parquet(out / "test.parquet")
     return out
+
+
+def agg_loss_loop(loss: list[list[float]], mask: list[list[float]], mode: str) -> float:
+    """Python-loop reference of ``rlkit.algos.agg_loss`` (lists in, a float out) for the loop-vs-vectorised tests."""
+    rows = [[v for v, k in zip(lr, mr) if k] for lr, mr in zip(loss, mask)]
+    toks = [v for r in rows for v in r]
+    nonempty = [r for r in rows if r]
+    if mode == "token-mean":
+        return sum(toks) / len(toks) if toks else 0.0
+    if mode == "seq-mean-token-sum":
+        return sum(sum(r) for r in nonempty) / len(nonempty) if nonempty else 0.0
+    if mode == "seq-mean-token-mean":
+        return sum(sum(r) / len(r) for r in nonempty) / len(nonempty) if nonempty else 0.0
+    if mode == "seq-mean-token-sum-norm":  # per-sequence sums' mean over the response length
+        return sum(sum(r) for r in nonempty) / len(nonempty) / len(loss[0]) if nonempty else 0.0
+    raise ValueError(mode)

@@ -332,14 +332,16 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
             * ``token-mean``: ``sum_{i,t} L m / sum_{i,t} m`` (every token weighs the same).
             * ``seq-mean-token-sum``: ``mean_i sum_t L m`` (per-sequence sum, mean over sequences).
             * ``seq-mean-token-mean``: ``mean_i (sum_t L m / sum_t m)`` (every sequence weighs the same).
-            * ``seq-mean-token-sum-norm``: ``sum_{i,t} L m / T`` (Dr. GRPO style, constant normaliser).
+            * ``seq-mean-token-sum-norm``: ``mean_i sum_t L m / T`` (Dr. GRPO: per-sequence sums over a
+              constant length, mean over sequences; verl 0.9.1's and TRL's ``dr_grpo``).
         loss_scale_factor: the normaliser of ``seq-mean-token-sum-norm`` in place of ``T`` (the
             response length), as verl's ``actor.loss_scale_factor``; None keeps ``T``. Other modes
             ignore it.
 
     Sequences whose mask is entirely 0 contribute nothing and are left out of the
-    "mean over sequences" denominators, so an empty sequence never produces NaN.
-    An all-empty batch yields 0.
+    "mean over sequences" denominators, so an empty sequence never produces NaN (verl's own
+    ``agg_loss`` does the same; its trainer divides by every row of the mini-batch instead, which
+    differs only when a response is empty). An all-empty batch yields 0.
 
     Returns:
         Scalar tensor.
@@ -359,5 +361,5 @@ def agg_loss(loss_mat: torch.Tensor, loss_mask: torch.Tensor, loss_agg_mode: str
         # per-sequence token mean, then mean over non-empty sequences
         seq_mean = seq_sum / tokens.clamp(min=1.0)  # empty sequence -> 0 / 1 = 0
         return masked_mean(seq_mean, seq_valid)
-    # seq-mean-token-sum-norm: total masked sum / response_length (or loss_scale_factor)
-    return seq_sum.sum() / (loss_mat.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+    # seq-mean-token-sum-norm: mean over non-empty sequences of sum_t L m, / response_length (or loss_scale_factor)
+    return masked_mean(seq_sum, seq_valid) / (loss_mat.shape[-1] if loss_scale_factor is None else loss_scale_factor)

@@ -28,9 +28,8 @@ Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
   forward/backward count equal, which FSDP's collectives need).
 * **Global normalisation.** A micro-batch loss is ``agg_loss`` over its own rows; it is scaled by
   ``units / global_units`` where units are what the ``loss_agg_mode`` averages over (tokens for
-  ``token-mean``, non-empty sequences for ``seq-mean-*``) and ``global_units`` is the all-reduced
-  count over the whole mini-batch on all ranks; ``seq-mean-token-sum-norm`` is a sum and is not
-  rescaled. The result is multiplied by the world size because FSDP averages gradients over ranks.
+  ``token-mean``, non-empty sequences for every ``seq-mean-*`` mode) and ``global_units`` is the
+  all-reduced count over the whole mini-batch on all ranks. The result is multiplied by the world size because FSDP averages gradients over ranks.
   So the accumulated gradient is exactly that of one loss over the global mini-batch, whatever the
   split into ranks and micro-batches.
 * **Clipping** uses the global norm over all shards (:func:`rlkit.training.fsdp.clip_grad_norm`);
@@ -162,21 +161,18 @@ def update_shards(batch: RolloutBatch, world: int, mini: int, epochs: int, shuff
 
 def loss_units(mask: torch.Tensor, loss_agg_mode: str) -> float:
     """What ``agg_loss(.., mask, loss_agg_mode)`` averages over in these rows: response tokens
-    (``token-mean``) or non-empty sequences (``seq-mean-token-sum``, ``seq-mean-token-mean``);
-    0.0 for ``seq-mean-token-sum-norm``, which sums instead of averaging.
+    (``token-mean``) or non-empty sequences (every ``seq-mean-*`` mode).
 
     >>> import torch
     >>> from rlkit.training.rank_worker import loss_units
     >>> m = torch.tensor([[1., 1., 0.], [0., 0., 0.], [1., 0., 0.]])
     >>> loss_units(m, "token-mean"), loss_units(m, "seq-mean-token-mean"), loss_units(m, "seq-mean-token-sum-norm")
-    (3.0, 2.0, 0.0)
+    (3.0, 2.0, 2.0)
     """
     if loss_agg_mode == "token-mean":
         return float(mask.sum())
-    if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
+    if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
         return float((mask.sum(-1) > 0).sum())
-    if loss_agg_mode == "seq-mean-token-sum-norm":
-        return 0.0
     raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}")
 
 
@@ -568,27 +564,23 @@ class RankWorker:
             micros = [mini.select(idx) for idx in self._micro_batches(mini, role)]
             start += k
             units = [loss_units(mb["response_mask"], agg) for mb in micros]
-            rows = [float(sum(not p for p in mb[PAD_COLUMN])) for mb in micros]
-            total_units, total_rows = self._all_reduce(torch.tensor([sum(units), sum(rows)], dtype=torch.float64)).tolist()
+            total_units = float(self._all_reduce(torch.tensor([sum(units)], dtype=torch.float64))[0])
             optim.zero_grad(set_to_none=True)
             keys = acc_dev = acc_host = None
-            for mb, u, n in zip(micros, units, rows):
+            for mb, u in zip(micros, units):
                 with record_function("rlkit/update/forward+loss"):
                     loss, row = micro_loss(mb)
-                if agg == "seq-mean-token-sum-norm":  # a sum over rows: the micro-batch sums add up
-                    w_loss, w_metric = 1.0, n / max(total_rows, 1.0)
-                else:
-                    w_loss = w_metric = u / max(total_units, 1.0)
+                w = u / max(total_units, 1.0)  # this micro-batch's share of the mini-batch's units
                 with record_function("rlkit/update/backward"):
-                    (loss * (w_loss * self.world_size)).backward()  # FSDP divides the gradient by the world size
+                    (loss * (w * self.world_size)).backward()  # FSDP divides the gradient by the world size
                 if keys is None:  # tensor metrics are summed on the device (read once per mini-batch), floats here
                     on_dev = sorted(k for k in row if torch.is_tensor(row[k]))
                     keys, n_dev = on_dev + sorted(k for k in row if k not in on_dev), len(on_dev)
                     acc_dev = torch.zeros(n_dev, dtype=torch.float64, device=self.device)
                     acc_host = torch.zeros(len(keys) - n_dev, dtype=torch.float64)
                 if n_dev:
-                    acc_dev += torch.stack([row[k].to(self.device, torch.float64) for k in keys[:n_dev]]) * w_metric
-                acc_host += torch.tensor([float(row[k]) for k in keys[n_dev:]], dtype=torch.float64) * w_metric
+                    acc_dev += torch.stack([row[k].to(self.device, torch.float64) for k in keys[:n_dev]]) * w
+                acc_host += torch.tensor([float(row[k]) for k in keys[n_dev:]], dtype=torch.float64) * w
             bar.update(1)
             acc = self._all_reduce(torch.cat([acc_dev.cpu(), acc_host]))  # the global mini-batch's, on every rank
             _append(stats, dict(zip(keys, acc.tolist())))

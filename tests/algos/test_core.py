@@ -5,6 +5,7 @@ import statistics
 import pytest
 import torch
 
+from tiny import agg_loss_loop
 from rlkit.algos import (
     LOSS_AGG_MODES,
     agg_loss,
@@ -230,7 +231,7 @@ LMASK = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0
         ("token-mean", 17 / 5),  # (1+2+3+5+6) / 5 tokens = 3.4
         ("seq-mean-token-sum", 17 / 2),  # (6 + 11) / 2 non-empty seqs = 8.5
         ("seq-mean-token-mean", 3.75),  # (6/3 + 11/2) / 2 = (2 + 5.5) / 2
-        ("seq-mean-token-sum-norm", 17 / 4),  # 17 / response_length 4 = 4.25
+        ("seq-mean-token-sum-norm", 17 / 2 / 4),  # (6 + 11) / 2 non-empty seqs / response_length 4 = 2.125
     ],
 )
 def test_agg_loss_by_hand(mode, expected):
@@ -240,9 +241,9 @@ def test_agg_loss_by_hand(mode, expected):
 
 
 def test_agg_loss_scale_factor_replaces_the_response_length():
-    # seq-mean-token-sum-norm with loss_scale_factor=10: 17 / 10 instead of 17 / 4 (verl's actor.loss_scale_factor)
-    assert agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", loss_scale_factor=10).item() == pytest.approx(1.7)
-    assert agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", loss_scale_factor=None).item() == pytest.approx(4.25)
+    # seq-mean-token-sum-norm with loss_scale_factor=10: 17 / 2 / 10 instead of 17 / 2 / 4 (verl's actor.loss_scale_factor)
+    assert agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", loss_scale_factor=10).item() == pytest.approx(0.85)
+    assert agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", loss_scale_factor=None).item() == pytest.approx(2.125)
     # the other modes do not use it
     assert agg_loss(LOSS, LMASK, "token-mean", loss_scale_factor=10).item() == pytest.approx(3.4)
 
@@ -267,22 +268,9 @@ def test_agg_loss_empty_batch_and_grad_finite(mode):
     mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     agg_loss(loss_mat, mask, mode).backward()
     assert (loss_mat.grad[1] == 0).all() and loss_mat.grad[0, 2] == 0
-    # weights: token-mean 1/2; seq-mean-token-sum 1/1 seq; seq-mean-token-mean 1/2/1; sum-norm 1/3
+    # weights: token-mean 1/2; seq-mean-token-sum 1/1 seq; seq-mean-token-mean 1/2/1; sum-norm 1/1 seq/3
     w = {"token-mean": 0.5, "seq-mean-token-sum": 1.0, "seq-mean-token-mean": 0.5, "seq-mean-token-sum-norm": 1 / 3}
     assert loss_mat.grad[0, 0].item() == pytest.approx(w[mode], rel=1e-6)
-
-
-def _ref_agg(loss, mask, mode):
-    rows = [[v for v, k in zip(lr, mr) if k] for lr, mr in zip(loss, mask)]
-    toks = [v for r in rows for v in r]
-    nonempty = [r for r in rows if r]
-    if mode == "token-mean":
-        return sum(toks) / len(toks) if toks else 0.0
-    if mode == "seq-mean-token-sum":
-        return sum(sum(r) for r in nonempty) / len(nonempty) if nonempty else 0.0
-    if mode == "seq-mean-token-mean":
-        return sum(sum(r) / len(r) for r in nonempty) / len(nonempty) if nonempty else 0.0
-    return sum(toks) / len(loss[0])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
@@ -292,7 +280,7 @@ def test_agg_loss_vs_loop_reference(seed, shape, mode):
     gen = torch.Generator().manual_seed(seed)
     loss = torch.randn(*shape, generator=gen, dtype=torch.float64)
     mask = ragged_mask(*shape, gen, min_len=0)
-    expected = _ref_agg(loss.tolist(), mask.tolist(), mode)
+    expected = agg_loss_loop(loss.tolist(), mask.tolist(), mode)
     assert agg_loss(loss, mask, mode).item() == pytest.approx(expected, rel=1e-7, abs=1e-9)
 
 

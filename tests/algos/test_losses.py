@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from tiny import agg_loss_loop
 from rlkit.algos import LOSS_AGG_MODES, compute_entropy_loss, compute_policy_loss, compute_value_loss
 
 
@@ -69,7 +70,7 @@ def test_policy_loss_decoupled_clip_by_hand():
         ("token-mean", 3.2 / 5),
         ("seq-mean-token-sum", ((-1.2 - 0.5 + 0.8) + (1.1 + 3.0)) / 2),  # (-0.9 + 4.1) / 2 = 1.6
         ("seq-mean-token-mean", ((-0.9 / 3) + (4.1 / 2)) / 2),  # (-0.3 + 2.05) / 2 = 0.875
-        ("seq-mean-token-sum-norm", 3.2 / 3),  # 3.2 / response_length 3
+        ("seq-mean-token-sum-norm", 3.2 / 2 / 3),  # (-0.9 + 4.1) / 2 seqs / response_length 3
     ],
 )
 def test_policy_loss_agg_modes_by_hand(mode, expected):
@@ -109,19 +110,6 @@ def _ref_token_pg(old, logp, a, low, high, c):
     return loss, float(l2 > l1), float(lc > l3 and a < 0), -(min(max(logp - old, -20.0), 20.0))
 
 
-def _ref_agg(loss, mask, mode):
-    rows = [[v for v, k in zip(lr, mr) if k] for lr, mr in zip(loss, mask)]
-    toks = [v for r in rows for v in r]
-    nonempty = [r for r in rows if r]
-    if mode == "token-mean":
-        return sum(toks) / len(toks)
-    if mode == "seq-mean-token-sum":
-        return sum(sum(r) for r in nonempty) / len(nonempty)
-    if mode == "seq-mean-token-mean":
-        return sum(sum(r) / len(r) for r in nonempty) / len(nonempty)
-    return sum(toks) / len(loss[0])
-
-
 def _tok_mean(vals, mask):
     picked = [v for vr, mr in zip(vals, mask) for v, k in zip(vr, mr) if k]
     return sum(picked) / len(picked)
@@ -144,7 +132,7 @@ def test_policy_loss_vs_loop_reference(seed, shape, mode):
     ]
     ml = mask.tolist()
     field = lambda k: [[t[k] for t in row] for row in per_tok]  # noqa: E731
-    assert loss.item() == pytest.approx(_ref_agg(field(0), ml, mode), rel=1e-7)
+    assert loss.item() == pytest.approx(agg_loss_loop(field(0), ml, mode), rel=1e-7)
     assert metrics["pg_clipfrac"] == pytest.approx(_tok_mean(field(1), ml), rel=1e-7)
     assert metrics["pg_clipfrac_lower"] == pytest.approx(_tok_mean(field(2), ml), rel=1e-7, abs=1e-9)
     assert metrics["ppo_kl"] == pytest.approx(_tok_mean(field(3), ml), rel=1e-7)
@@ -210,7 +198,7 @@ def test_value_loss_vs_loop_reference(seed, mode):
         per_tok.append(lrow)
         clipped.append(crow)
     ml = mask.tolist()
-    assert loss.item() == pytest.approx(0.5 * _ref_agg(per_tok, ml, mode), rel=1e-7)
+    assert loss.item() == pytest.approx(0.5 * agg_loss_loop(per_tok, ml, mode), rel=1e-7)
     assert metrics["vf_clipfrac"] == pytest.approx(_tok_mean(clipped, ml), rel=1e-7)
     assert metrics["vpred_mean"] == pytest.approx(_tok_mean(vpreds.tolist(), ml), rel=1e-7)
 
