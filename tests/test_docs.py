@@ -164,11 +164,30 @@ def test_readme_quotes_the_committed_grpo_comparison():
 
 
 def test_readme_quotes_the_committed_learning_run():
-    """The README's before/after validation table says what data/gpu/learning_h100/learning.json holds."""
+    """The README's rlkit-vs-verl learning table and verl's step times say what
+    data/gpu/learning_verl_h100/ holds (learning.json with both sides, verl's own metrics rows)."""
     import json
+    import statistics
 
-    val = json.loads((REPO / "data" / "gpu" / "learning_h100" / "learning.json").read_text())["sides"]["rlkit"]["val"]
-    table = _table_after("Learning, rlkit's side, one NVIDIA H100 80GB HBM3, 2026-12-07")
-    for label, key in (("validation: strict `#### n` format", "format"), ("validation: strict accuracy", "strict"),
-                       ("validation: flexible accuracy", "flexible")):
-        assert table[label] == [f"{val['0'][key]:.1%}", f"{val['60'][key]:.1%}"], label
+    gpu = REPO / "data" / "gpu" / "learning_verl_h100"
+    res = json.loads((gpu / "learning.json").read_text())
+    assert res["problems"] == [] and res["same_prompts"] == {"steps": 60, "same": 60, "first_different": None}
+    assert res["card"].startswith("NVIDIA H100 80GB HBM3") and res["date"] == "2026-12-07"
+    table = _table_after("Learning, the same GRPO run in rlkit and in verl 0.9.1")
+    cells = {side: [] for side in ("rlkit", "verl")}
+    for side in cells:
+        steps = res["sides"][side]["steps"]
+        assert [r["step"] for r in steps] == list(range(1, 61))
+        for a, b in ((0, 10), (10, 30), (30, 60)):
+            cells[side].append(f"{statistics.mean(r['score'] for r in steps[a:b]):.3f}")
+        for level in (0.5, 0.95):
+            cells[side].append(str(next(r["step"] for r in steps if r["format"] >= level)))
+        val = res["sides"][side]["val"]
+        cells[side] += [f"{val['0'][k]:.1%} -> {val['60'][k]:.1%}" for k in ("format", "strict", "flexible")]
+    assert [table[label] for label in table] == [list(pair) for pair in zip(cells["rlkit"], cells["verl"])]
+    rows = [json.loads(line) for line in (gpu / "verl_metrics.jsonl").read_text().splitlines()]
+    rows = [r.get("data", r) for r in rows if "timing_s/step" in r.get("data", r)]
+    med = {k: statistics.median(r[f"timing_s/{k}"] for r in rows) for k in ("step", "gen", "old_log_prob", "ref", "update_actor")}
+    peak = max(r["actor/perf/max_memory_allocated_gb"] for r in rows)
+    assert (f"verl's {med['step']:.1f} s (generation {med['gen']:.2f} s, old log-probs {med['old_log_prob']:.2f}, "
+            f"reference {med['ref']:.2f}, actor update {med['update_actor']:.2f}; peak {peak:.1f} GiB") in " ".join(README.split())
