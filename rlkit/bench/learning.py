@@ -12,7 +12,9 @@ once more with one scorer, so the numbers of the two sides are counted the same 
 
 * ``score``: the step's mean reward (``critic/score/mean`` of its metrics),
 * ``format``: the share of the step's responses with a strict ``#### <number>`` answer,
-* validation accuracy, strict and flexible (the last number in the response), before and after training.
+* validation accuracy, strict and flexible (the last number in the response), before and after training,
+* ``logged``: what each side logged that can explain a gap between curves (:data:`LOGGED`: response length,
+  gradient norm, entropy, KL loss, clipped fraction; the same keys in both frameworks).
 
 ``--model`` takes a Hugging Face folder or a ``.gguf`` file (de-quantised once into rlkit's cache; verl gets that
 folder). ``--dry-run`` prints the two commands and runs nothing; ``--from-logs`` runs nothing and reads what the
@@ -33,6 +35,7 @@ from pathlib import Path
 from rlkit.bench import peers
 
 SIDES = ("rlkit", "verl")
+LOGGED = ("response_length/mean", "actor/grad_norm", "actor/entropy", "actor/kl_loss", "actor/pg_clipfrac")
 EARLIER = "metrics.earlier.jsonl"  # a resumed side's rows from before (keep_earlier)
 REWARD_FILE = "gsm8k_reward.py"
 REWARD_SOURCE = '''"""Written by rlkit.bench.learning: the reward both sides load (custom_reward_function)."""
@@ -200,21 +203,23 @@ def curves(folder, metric_rows: list[dict], format_score: float = 0.1) -> dict:
     """One side's learning record from its folder's dumps and its metric rows: per step ``score`` (the logged
     ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``score_shared`` (the same responses
     scored again with the shared reward, ``format_score`` included), ``format``, ``responses`` and ``prompts``
-    (:func:`prompts_digest`); and validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation
-    pass."""
+    (:func:`prompts_digest`), ``logged`` (the step's metrics named in :data:`LOGGED` that the side wrote); and
+    validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation pass."""
     from rlkit.rewards.gsm8k import compute_score
 
     folder = Path(folder)
-    logged = {r["step"]: r.get("critic/score/mean") for r in metric_rows if "step" in r}
+    by_step = {r["step"]: r for r in metric_rows if "step" in r}
     steps = []
     for step, path in sorted(_step_files(folder / "rollouts").items()):
         rows = peers.e2e.read_jsonl(path)
         mean = statistics.fmean if rows else (lambda _: None)
-        steps.append(dict(step=step, score=logged.get(step), responses=len(rows),
+        row = by_step.get(step, {})
+        steps.append(dict(step=step, score=row.get("critic/score/mean"), responses=len(rows),
                           score_dumped=mean(float(r["score"]) for r in rows),
                           score_shared=mean(compute_score(r["output"], str(r["gts"]), format_score=format_score)
                                             for r in rows),
-                          format=format_rate([r["output"] for r in rows]), prompts=prompts_digest(rows)))
+                          format=format_rate([r["output"] for r in rows]), prompts=prompts_digest(rows),
+                          logged={k: row[k] for k in LOGGED if k in row}))
     val = {}
     for step, path in sorted(_step_files(folder / "val").items()):
         rows = peers.e2e.read_jsonl(path)

@@ -740,11 +740,12 @@ def plot_phase_breakdown(phase_seconds: dict, mfu: dict | None = None, title: st
 
 def plot_learning(sides: dict):
     """Two runs side by side: mean reward and format rate per step, one line per side, and validation
-    accuracy (strict and flexible) at each validation pass, one bar group per side.
+    accuracy (strict and flexible) at each validation pass, one bar group per side; where a side logged its
+    ``response_length/mean`` (a step's ``logged``), a fourth panel draws the mean response length per step.
 
     Fed plain data, e.g. ``rlkit.bench.learning``'s ``sides``: ``{side: {"steps": [{"step", "score",
-    "format"}, ...], "val": {step: {"strict", "flexible"}}}}`` (validation steps may be strings, as JSON
-    keys are):
+    "format", "logged"?}, ...], "val": {step: {"strict", "flexible"}}}}`` (validation steps may be strings,
+    as JSON keys are):
 
     >>> from rlkit.viz.plots import plot_learning
     >>> run = {"steps": [{"step": 1, "score": 0.0, "format": 0.1}, {"step": 2, "score": 0.1, "format": 0.5}],
@@ -754,14 +755,27 @@ def plot_learning(sides: dict):
     ['mean reward per step', 'format rate (strict "#### n" answers)', 'validation accuracy']
     >>> [t.get_text() for t in fig.axes[2].get_xticklabels()]
     ['rlkit\\nstep 0', 'rlkit\\nstep 2', 'verl\\nstep 0', 'verl\\nstep 2']
+    >>> run["steps"][0]["logged"] = {"response_length/mean": 300.0}
+    >>> fig = plot_learning({"rlkit": run, "verl": run})
+    >>> fig.axes[3].get_title(), [float(y) for y in fig.axes[3].lines[0].get_ydata()]  # step 2 logged nothing
+    ('mean response length (tokens)', [300.0, nan])
     """
-    fig = _new_figure((13, 3.6))
-    ax_score, ax_format, ax_val = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    length = "response_length/mean"
+    with_length = any(length in r.get("logged", {}) for side in sides.values() for r in side["steps"])
+    panels = 4 if with_length else 3
+    fig = _new_figure((4.4 * panels, 3.6))
+    ax_score, ax_format, ax_val = (fig.add_subplot(1, panels, i) for i in (1, 2, 3))
+    line_axes = [(ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')]
+    ax_len = fig.add_subplot(1, panels, 4) if with_length else None
+    if ax_len is not None:
+        line_axes.append((ax_len, "mean response length (tokens)"))
     for name, side in sides.items():
         steps = [r["step"] for r in side["steps"]]
         ax_score.plot(steps, [r["score"] if r["score"] is not None else math.nan for r in side["steps"]], label=name)
         ax_format.plot(steps, [r["format"] for r in side["steps"]], label=name)
-    for ax, title in ((ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')):
+        if ax_len is not None:
+            ax_len.plot(steps, [r.get("logged", {}).get(length, math.nan) for r in side["steps"]], label=name)
+    for ax, title in line_axes:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)

@@ -26,13 +26,16 @@ def test_curves_by_hand(tmp_path):
                             {"input": "q", "output": "nothing", "gts": "3", "score": 0.0},
                             {"input": "q", "output": "#### 3", "gts": "3", "score": 1.0}])
     (side / "rollouts" / "notes.txt").write_text("not a step")
-    rows = [{"step": 1, "critic/score/mean": 0.05}, {"step": 2, "critic/score/mean": 0.55}]
+    rows = [{"step": 1, "critic/score/mean": 0.05, "response_length/mean": 212.5, "actor/grad_norm": 0.3, "x": 1},
+            {"step": 2, "critic/score/mean": 0.55}]
     c = learning.curves(side, rows)
     # shared reward (format_score 0.1): "x" 0, "#### 4" 0.1 -> 0.05; "#### 3" 1, "#### 4" 0.1 -> 0.55
+    # logged: the LOGGED keys the side wrote at that step (step 2 wrote none of them)
     assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, score_shared=0.05, format=0.5,
-                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}])),
+                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]),
+                               logged={"response_length/mean": 212.5, "actor/grad_norm": 0.3}),
                           dict(step=2, score=0.55, responses=2, score_dumped=0.55, score_shared=0.55, format=1.0,
-                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]))]
+                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]), logged={})]
     # strict: only "#### 3" is right (1 of 4); flexible also takes the last number of "so 3" (2 of 4)
     assert c["val"] == {0: dict(strict=0.25, flexible=0.5, n=4, format=0.5)}
     assert learning.curves(tmp_path / "missing", []) == {"steps": [], "val": {}}
@@ -160,7 +163,7 @@ def test_from_logs_without_a_recorded_run_says_the_machine_is_unknown(tmp_path):
     res = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "rlkit", "--from-logs"])
     assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0,
                                                     score_shared=1.0, format=1.0,
-                                                    prompts=learning.prompts_digest([{"gts": "3"}]))]
+                                                    prompts=learning.prompts_digest([{"gts": "3"}]), logged={})]
     assert res["card"].startswith("not recorded") and res["date"] is None
     assert (tmp_path / "learning.png").exists() and not (tmp_path / learning.REWARD_FILE).exists()
 
