@@ -185,6 +185,7 @@ def test_readme_quotes_the_committed_learning_run():
         val = res["sides"][side]["val"]
         cells[side] += [f"{val['0'][k]:.1%} -> {val['60'][k]:.1%}" for k in ("format", "strict", "flexible")]
     assert [table[label] for label in table] == [list(pair) for pair in zip(cells["rlkit"], cells["verl"])]
+    assert f"({cells['rlkit'][2]} and {cells['verl'][2]} over steps 31-60)" in " ".join(README.split())  # the intro
     rows = [json.loads(line) for line in (gpu / "verl_metrics.jsonl").read_text().splitlines()]
     rows = [r.get("data", r) for r in rows if "timing_s/step" in r.get("data", r)]
     med = {k: statistics.median(r[f"timing_s/{k}"] for r in rows) for k in ("step", "gen", "old_log_prob", "ref", "update_actor")}
