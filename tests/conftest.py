@@ -37,7 +37,7 @@ def qwen_tokenizer_dir() -> Path:
 @pytest.fixture(scope="session")
 def verl_091():
     """verl 0.9.1's own code, for the parity tests: the unpacked wheel at RLKIT_VERL_SRC (as .ci/run makes it)
-    with the few packages its loss modules import (tensordict, codetiming, orjson; .ci/run installs them)."""
+    with the packages its loss modules import (tensordict, codetiming, orjson, datasets; .ci/run installs them)."""
     import importlib
 
     src = os.environ.get("RLKIT_VERL_SRC")
@@ -45,7 +45,11 @@ def verl_091():
         pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
     if (Path(src) / "verl" / "version" / "version").read_text().strip() != "0.9.1":
         pytest.fail(f"RLKIT_VERL_SRC={src} is not verl 0.9.1")
-    missing = [m for m in ("tensordict", "codetiming", "orjson") if importlib.util.find_spec(m) is None]
+    def installed(name):  # not a folder of the same name on the path (tests/datasets is a namespace package here)
+        spec = importlib.util.find_spec(name)
+        return spec is not None and spec.origin not in (None, "namespace")
+
+    missing = [m for m in ("tensordict", "codetiming", "orjson", "datasets") if not installed(m)]
     if missing:
         pytest.skip(f"verl 0.9.1's loss modules need {missing}: pip install {' '.join(missing)}")
     if src not in sys.path:
