@@ -763,7 +763,7 @@ def plot_learning(sides: dict):
     length = "response_length/mean"
     with_length = any(length in r.get("logged", {}) for side in sides.values() for r in side["steps"])
     panels = 4 if with_length else 3
-    fig = _new_figure((4.4 * panels, 3.6))
+    fig = _new_figure((13 * panels / 3, 3.6))
     ax_score, ax_format, ax_val = (fig.add_subplot(1, panels, i) for i in (1, 2, 3))
     line_axes = [(ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')]
     ax_len = fig.add_subplot(1, panels, 4) if with_length else None
