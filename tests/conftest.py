@@ -45,6 +45,7 @@ def verl_091():
         pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
     if (Path(src) / "verl" / "version" / "version").read_text().strip() != "0.9.1":
         pytest.fail(f"RLKIT_VERL_SRC={src} is not verl 0.9.1")
+
     def installed(name):  # not a folder of the same name on the path (tests/datasets is a namespace package here)
         spec = importlib.util.find_spec(name)
         return spec is not None and spec.origin not in (None, "namespace")

@@ -10,9 +10,6 @@ import torch
 
 from rlkit import algos
 
-AGG_MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-
-
 @pytest.fixture(scope="module")
 def core(verl_091):
     import verl.trainer.ppo.core_algos as core
@@ -74,7 +71,7 @@ def test_gae_equals_verls(core):
     assert not got[mask == 0].any() and not got_ret[mask == 0].any()
 
 
-@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("agg", algos.LOSS_AGG_MODES)
 def test_policy_loss_its_gradient_and_metrics_equal_verls(core, agg):
     from verl.workers.config import ActorConfig
 
@@ -96,7 +93,7 @@ def test_policy_loss_its_gradient_and_metrics_equal_verls(core, agg):
     assert 0 < float(got_m["pg_clipfrac"]) < 1 and float(got_m["pg_clipfrac_lower"]) > 0  # every branch is taken
 
 
-@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("agg", algos.LOSS_AGG_MODES)
 def test_value_loss_and_its_gradient_equal_verls(core, agg):
     g, mask, _, _ = _batch(4)
     values = torch.randn(mask.shape, generator=g)

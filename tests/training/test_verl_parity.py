@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlkit import PPOConfig
+from rlkit.algos import LOSS_AGG_MODES
 from rlkit.datasets import RolloutBatch
 from rlkit.training.rank_worker import loss_units
 from rlkit.training.worker import actor_micro_loss
@@ -35,13 +36,8 @@ def _mini_batch():
 def _flat(x: torch.Tensor, d, rows) -> torch.Tensor:
     """verl's no-padding layout: each sequence's prompt + response tokens back to back, the value for response token
     t at the position of the token before it (the model's output there predicts it)."""
-    parts = []
-    for i in rows:
-        p, r = int(d["plen"][i]), int(d["rlen"][i])
-        seq = torch.zeros(p + r, dtype=x.dtype)
-        seq = torch.cat([seq[:p - 1], x[i, :r], seq[p - 1 + r:]])
-        parts.append(seq)
-    return torch.cat(parts)
+    pad = torch.zeros(int(d["plen"].max()), dtype=x.dtype)  # outputs at prompt positions and the last: unread
+    return torch.cat([torch.cat([pad[:int(d["plen"][i]) - 1], x[i, :int(d["rlen"][i])], pad[:1]]) for i in rows])
 
 
 def _verl_loss(d, log_prob, entropy, agg, coeffs):
@@ -57,7 +53,8 @@ def _verl_loss(d, log_prob, entropy, agg, coeffs):
     for s in MICRO:
         rows = range(s.start, s.stop)
         n = len(rows)
-        data = TensorDict({"prompts": torch.zeros(n, 3, dtype=torch.long), "responses": torch.zeros(n, 6, dtype=torch.long),
+        data = TensorDict({"prompts": torch.zeros(n, d["pmask"].shape[1], dtype=torch.long),
+                           "responses": torch.zeros(n, d["rmask"].shape[1], dtype=torch.long),
                            "attention_mask": torch.cat([d["pmask"][s], d["rmask"][s]], 1).long(),
                            "response_mask": d["rmask"][s], "old_log_probs": d["old"][s], "advantages": d["adv"][s],
                            "ref_log_prob": d["ref"][s]}, batch_size=[n])
@@ -87,7 +84,7 @@ def _rlkit_losses(d, log_prob, entropy, agg, coeffs):
     return whole, sum(loss * (u / total) for loss, u in parts)
 
 
-@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+@pytest.mark.parametrize("agg", LOSS_AGG_MODES)
 def test_actor_loss_over_micro_batches_equals_verls(verl_091, agg):
     d = _mini_batch()
     coeffs = {"entropy": 0.01, "kl": 0.001}
