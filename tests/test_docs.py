@@ -163,6 +163,31 @@ def test_readme_quotes_the_committed_grpo_comparison():
     assert table[next(k for k in table if k.startswith("MFU"))][:2] == mfu
 
 
+def test_readme_quotes_the_committed_gae_comparison():
+    """The README's rlkit-vs-TRL PPO table says what data/gpu/peers_gae_h100/peers.json holds, and verl's side is
+    there as the error the README quotes."""
+    import json
+
+    res = json.loads((REPO / "data" / "gpu" / "peers_gae_h100" / "peers.json").read_text())
+    s, ratios = res["summary"], res["comparison"]["ratios"]["trl"]
+    table = _table_after("PPO with GAE and a critic, one NVIDIA H100 80GB HBM3, 2026-12-07")
+    assert res["card"].startswith("NVIDIA H100 80GB HBM3") and res["date"].startswith("2026-12-07")
+    assert res["versions"]["trl"] == "1.12.0" and res["setup"]["prompts"] == 64 and set(s) == {"rlkit", "trl"}
+    assert s["rlkit"]["steps_in_median"] == [3, 4, 5, 6, 7] and s["trl"]["steps_in_median"] == [3, 4, 5]
+    assert s["trl"]["partial"].startswith("timed out after 500.0 s")
+    rest = {side: s[side]["step_s_median"] - s[side]["phase_s_median"]["gen"] for side in s}
+    rows = {"tokens/s/GPU (`perf/throughput`)": ([s[x]["throughput_median"] for x in s], "{:,.0f}", "tokens/s/GPU"),
+            "seconds per step": ([s[x]["step_s_median"] for x in s], "{:.2f}", "s/step"),
+            "generation (s)": ([s[x]["phase_s_median"]["gen"] for x in s], "{:.2f}", "gen s"),
+            "the rest of the step (s)": (list(rest.values()), "{:.2f}", None),
+            "peak GPU memory (GiB)": ([s[x]["peak_memory_allocated_gib"] for x in s], "{:.1f}", "peak allocated GiB")}
+    for label, (values, fmt, ratio) in rows.items():
+        r = ratios[ratio] if ratio else rest["rlkit"] / rest["trl"]
+        assert table[label] == [fmt.format(v) for v in values] + [f"{r:.2f}"], label
+    error = "KeyError: '`kernels-community/flash-attn2` is not a valid attention implementation registered"
+    assert error in res["failed"]["verl"] and error.split(": ", 1)[1] in " ".join(README.split())
+
+
 def test_readme_quotes_the_committed_learning_run():
     """The README's rlkit-vs-verl learning table and verl's step times say what
     data/gpu/learning_verl_h100/ holds (learning.json with both sides, verl's own metrics rows)."""

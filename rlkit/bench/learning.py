@@ -379,14 +379,16 @@ def main(argv=None) -> dict:
     if not args.from_logs:
         peers.e2e.data_files(args.data)  # stops here when GSM8K is not prepared
         write_reward_file(out)
-    machine, _ = peers.run_machine(out / "learning.json", args.from_logs, peers=("verl",))
+    machine, _ = peers.run_machine(out / "learning.json", args.from_logs, peers=("verl",),
+                                   folders={n: s["cwd"] for n, s in plan.items()})
     for side in plan.values():
         if not args.from_logs:
             keep_earlier(side, resumes=bool(args.save_freq))
         side["read"] = with_earlier(side["read"])
     failure = None
     try:
-        rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r, run=not args.from_logs)
+        rows = peers.run_plan(plan, timeout=args.timeout, summarize=lambda r: r, run=not args.from_logs,
+                              record=machine)
     except peers.SidesFailed as e:  # keep the finished side's curves; exit non-zero after writing them
         rows, failure = e.done, e
     sides = {n: r["curves"] for n, r in recorded.items()} | {

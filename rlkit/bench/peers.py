@@ -50,6 +50,7 @@ VERL_CRITIC_EXTRAS = ["+critic.model.override_config.attn_implementation=sdpa", 
 VERL_ALSO = {"actor_rollout_ref.actor.use_torch_compile": ("actor_rollout_ref.actor.fsdp_config.use_torch_compile",
                                                            "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
                                                            "critic.fsdp.use_torch_compile")}
+RUN_RECORD = "run.json"  # in each side's folder: the machine that ran it and how it ended (run_plan)
 MIN_PHASE_S = 0.05  # seconds: shorter phases get no ratio in compare's table
 CONTINUED = " \\\n    "  # a shell line continued on the next
 PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights")
@@ -221,7 +222,7 @@ def _run_side(name: str, side: dict, timeout: float | None):
 
 
 def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, summarize=None, run: bool = True,
-             **summary_kw) -> dict[str, dict]:
+             record: dict | None = None, **summary_kw) -> dict[str, dict]:
     """Run the sides of ``plan`` (:func:`plan_sides`) one after another, each in its folder with its output in its
     log, and summarize each: ``summarize(rows)`` of its metric rows, by default :func:`side_summary` with
     ``warmup`` and ``summary_kw``. A side stopped by ``timeout`` after logging more than ``warmup`` steps is
@@ -229,22 +230,33 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     steps does not stop the next; then
     :class:`SidesFailed` (a SystemExit) names each failed side with its log's last lines and keeps the finished
     sides' summaries. ``$K`` in the value of ``K``: its current value. ``run=False`` runs nothing and summarizes
-    the metrics the sides left earlier (a side without them is named, with its log's last lines if it ran)."""
+    the metrics the sides left earlier (a side without them is named, with its log's last lines if it ran).
+    ``record``: the machine (:func:`run_machine`); each side that runs leaves it in ``<folder>/run.json`` with
+    how the side ended (``status``: its exit status or why it was stopped), and ``run=False`` reads that status
+    back, so a side that timed out is summarized as ``partial`` and one that failed fails again."""
     if summarize is None:
         def summarize(rows):
             return side_summary(rows, warmup, **summary_kw)
     done, failed = {}, {}
     for name, side in plan.items():
-        status = _run_side(name, side, timeout) if run else 0
+        if run:
+            status = _run_side(name, side, timeout)
+            if record is not None:
+                (side["cwd"] / RUN_RECORD).write_text(json.dumps(dict(record, status=status), indent=1))
+        else:
+            status = _side_run(side["cwd"]).get("status", 0)
         has_log = Path(side["log"]).exists()  # it ran (now, or earlier for run=False): its log says why it failed
         try:
             if isinstance(status, str) and Path(side["metrics"]).exists():  # timed out: keep its measured steps
                 try:
-                    done[name] = dict(summarize(side["read"](side["metrics"])), partial=status)
-                    print(f"peers: side {name} {status}; summarized from the steps it logged", file=sys.stderr)
-                    continue
+                    summary = summarize(side["read"](side["metrics"]))
                 except ValueError as e:  # too few steps: the timeout is the failure
                     status = f"{status}; {e}"
+                else:
+                    if isinstance(summary, dict):  # a summary says it is partial; bare rows (learning) cannot
+                        done[name] = dict(summary, partial=status)
+                        print(f"peers: side {name} {status}; summarized from the steps it logged", file=sys.stderr)
+                        continue
             if status != 0:
                 raise RuntimeError(f"exit status {status}" if isinstance(status, int) else status)
             if not Path(side["metrics"]).exists():
@@ -284,20 +296,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_machine(result_file, from_logs: bool, peers=("verl", "trl")) -> tuple[dict, float | None]:
+def _side_run(folder) -> dict:
+    """What :func:`run_plan` recorded in a side's folder when it ran it (``{}`` for none)."""
+    path = Path(folder) / RUN_RECORD
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def run_machine(result_file, from_logs: bool, peers=("verl", "trl"), folders=None) -> tuple[dict, float | None]:
     """``(record, peak bf16 FLOP/s)`` of the machine the sides ran on, as :func:`rlkit.bench.e2e.machine_record`
     gives it, with the ``peers``' versions as this interpreter sees them. ``from_logs``: the sides ran earlier,
     maybe elsewhere, so the record is the one their earlier ``result_file`` holds (this machine's would be wrong);
-    without that file, a record that says so and no peak."""
+    without that file, a record that says so and no peak. ``folders`` (side -> folder): with ``from_logs``, the
+    machines each side's own run recorded (:func:`run_plan`) go under ``side_runs``, and fill the versions the
+    earlier file lacks (sides run one per command each see only their own peer: a verl-only run records no TRL)."""
     if not from_logs:
         record, peak = e2e.machine_record()
         record["versions"].update({name: e2e._version(name) for name in peers})
         return record, peak
     path = Path(result_file)
-    if not path.exists():
+    runs = {name: r for name, r in ((n, _side_run(f)) for n, f in (folders or {}).items()) if r}
+    if path.exists():
+        res = json.loads(path.read_text())
+    elif runs:  # the first side's machine
+        res = next(iter(runs.values()))
+    else:
         return dict(date=None, card=f"not recorded (--from-logs without an earlier {path.name})", versions={}), None
-    res = json.loads(path.read_text())
     record = {k: res[k] for k in ("date", "card", "versions") if k in res}
+    if runs:
+        versions = record.setdefault("versions", {})
+        for r in runs.values():
+            versions.update({k: v for k, v in r.get("versions", {}).items() if versions.get(k) is None})
+        record["side_runs"] = {n: {k: r.get(k) for k in ("date", "card", "status")} for n, r in runs.items()}
     peak = next((v for k, v in e2e.PEAK_BF16_TFLOPS.items() if k in record.get("card", "")), 0.0) * 1e12
     return record, peak or None
 
@@ -350,10 +379,10 @@ def main(argv=None) -> dict:
     else:
         e2e.data_files(args.data)  # stops here when GSM8K is not prepared
         _, model_cfg = e2e.make_model(args.shape, args.tokenizer, out / "model")
-    machine, peak = run_machine(out / "peers.json", args.from_logs)
+    machine, peak = run_machine(out / "peers.json", args.from_logs, folders={n: s["cwd"] for n, s in plan.items()})
     failure, kw = None, dict(model_cfg=model_cfg, peak=peak, sequences=args.prompts * responses_per_prompt(args))
     try:
-        summaries = run_plan(plan, args.warmup, args.timeout, run=not args.from_logs, **kw)
+        summaries = run_plan(plan, args.warmup, args.timeout, run=not args.from_logs, record=machine, **kw)
     except SidesFailed as e:  # keep what the finished sides measured; exit non-zero after writing it
         summaries, failure = e.done, e
     res = dict(machine, setup=vars(args), summary=summaries,

@@ -235,14 +235,25 @@ def test_a_side_stopped_by_the_timeout_keeps_the_steps_it_logged(tmp_path):
     plan = {n: dict(argv=argv, env={}, cwd=tmp_path / n, log=tmp_path / f"{n}.log",
                     metrics=tmp_path / n / "metrics.jsonl", read=peers.read_rlkit_metrics)
             for n, argv in {"slow": [sys.executable, "-c", write], "early": one}.items()}
+    machine = {"date": "2026-12-07", "card": "NVIDIA H100 80GB HBM3", "versions": {"trl": "1.12.0"}}
     with pytest.raises(SystemExit) as e:
-        peers.run_plan(plan, warmup=2, timeout=4, model_cfg={}, sequences=1)
+        peers.run_plan(plan, warmup=2, timeout=4, model_cfg={}, sequences=1, record=machine)
     slow = e.value.done["slow"]
     assert slow["partial"] == "timed out after 4 s, exit status -9"
     assert slow["throughput_median"] == 35.0 and slow["steps_in_median"] == [3, 4]  # median of 30 and 40
     assert slow["step_s_median"] == 3.5
     assert set(e.value.failed) == {"early"}  # one step is not more than the two warm-up steps
     assert "timed out after 4 s" in e.value.failed["early"] and "1 step(s) logged" in e.value.failed["early"]
+    # each side's folder keeps its machine and how it ended, so reading its logs back later says the same
+    assert json.loads((tmp_path / "slow" / "run.json").read_text()) == dict(machine, status=slow["partial"])
+    with pytest.raises(SystemExit) as again:
+        peers.run_plan(plan, warmup=2, model_cfg={}, sequences=1, run=False)
+    assert again.value.done == e.value.done and set(again.value.failed) == {"early"}
+    assert "timed out after 4 s" in again.value.failed["early"]
+    # bare rows (the learning harness's summary) cannot say they are partial: the timeout is the failure
+    with pytest.raises(SystemExit) as rows:
+        peers.run_plan({"slow": plan["slow"]}, summarize=lambda r: r, run=False)
+    assert rows.value.failed["slow"].startswith("side slow failed (timed out after 4 s, exit status -9)")
 
 
 def _lookup(tree: dict, dotted: str):
@@ -333,6 +344,34 @@ def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path
     assert res["comparison"]["ratios"]["verl"]["tokens/s/GPU"] == pytest.approx(3.0)
     assert not (tmp_path / "model").exists()  # nothing ran, nothing was written but peers.json and its figure
     assert (tmp_path / "peers.png").stat().st_size > 0
+
+
+def test_from_logs_takes_each_sides_versions_from_the_run_that_ran_it(tmp_path):
+    """Sides run one per command each record only their own peer's version (a verl-only run sees no TRL): reading
+    the logs back fills the versions the last peers.json lacks from each side's run.json and lists the runs."""
+    run = {"rlkit": ("2026-12-07", {"torch": "2.11.0+cu130", "trl": None, "verl": "0.9.1"}, 0),
+           "trl": ("2026-12-07", {"torch": "2.11.0+cu130", "trl": "1.12.0", "verl": "0.9.1"},
+                   "timed out after 500.0 s, exit status -9"),
+           "verl": ("2026-12-08", {"torch": "2.11.0+cu130", "trl": None, "verl": "0.9.1"}, 1)}
+    folders = {}
+    for side, (date, versions, status) in run.items():
+        folders[side] = tmp_path / side
+        folders[side].mkdir()
+        (folders[side] / "run.json").write_text(json.dumps(
+            {"date": date, "card": "NVIDIA H100 80GB HBM3", "versions": versions, "status": status}))
+    last = {"date": "2026-12-08", "card": "NVIDIA H100 80GB HBM3", "versions": run["verl"][1], "summary": {}}
+    (tmp_path / "peers.json").write_text(json.dumps(last))
+    record, peak = peers.run_machine(tmp_path / "peers.json", True, folders=folders)
+    assert record["versions"] == {"torch": "2.11.0+cu130", "trl": "1.12.0", "verl": "0.9.1"}
+    assert (record["date"], record["card"]) == ("2026-12-08", "NVIDIA H100 80GB HBM3")
+    assert record["side_runs"]["trl"] == {"date": "2026-12-07", "card": "NVIDIA H100 80GB HBM3",
+                                          "status": "timed out after 500.0 s, exit status -9"}
+    assert [record["side_runs"][s]["status"] for s in ("rlkit", "verl")] == [0, 1]
+    assert peak == e2e.PEAK_BF16_TFLOPS["H100 80GB HBM3"] * 1e12
+    (tmp_path / "peers.json").unlink()  # without the last file: the first side's run
+    record, _ = peers.run_machine(tmp_path / "peers.json", True, folders=folders)
+    assert record["date"] == "2026-12-07" and record["versions"]["trl"] == "1.12.0"
+    assert peers.run_machine(tmp_path / "peers.json", True)[0]["card"].startswith("not recorded")
 
 
 def test_from_logs_keeps_the_machine_that_ran_the_sides(tmp_path):
