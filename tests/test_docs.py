@@ -184,6 +184,9 @@ def test_readme_quotes_the_committed_gae_comparison():
     for label, (values, fmt, ratio) in rows.items():
         r = ratios[ratio] if ratio else rest["rlkit"] / rest["trl"]
         assert table[label] == [fmt.format(v) for v in values] + [f"{r:.2f}"], label
+    intro = (f"PPO with a critic ran at {s['rlkit']['throughput_median']:,.0f} tokens/s/GPU in rlkit and "
+             f"{s['trl']['throughput_median']:,.0f} in TRL 1.12.0")
+    assert intro in " ".join(README.split())
     error = "KeyError: '`kernels-community/flash-attn2` is not a valid attention implementation registered"
     assert error in res["failed"]["verl"] and error.split(": ", 1)[1] in " ".join(README.split())
 
