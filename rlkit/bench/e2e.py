@@ -234,7 +234,8 @@ def machine_record(device: str | None = None, peak_tflops: float | None = None) 
     record = {"date": datetime.date.today().isoformat(), "card": card,
               "versions": {"torch": torch.__version__, "cuda": torch.version.cuda,
                            "transformers": transformers.__version__, "python": platform.python_version(),
-                           "rlkit": _version("rlkit") or rlkit.__version__, "sglang": _version("sglang"), "ray": _version("ray")}}
+                           "rlkit": _version("rlkit") or rlkit.__version__, "sglang": _version("sglang"),
+                           "ray": _version("ray")}}
     peak = None
     if on_gpu:
         peak = (peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), 0.0)) * 1e12 or None

@@ -117,3 +117,13 @@ def test_read_jsonl_ends_lines_at_newlines_only(tmp_path):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + "\n", encoding="utf-8")
     assert len(path.read_text(encoding="utf-8").splitlines()) > 4  # what the reader must not do
     assert read_jsonl(path) == rows
+
+
+def test_machine_record_names_rlkit_also_from_a_source_tree(monkeypatch):
+    """A run from a source tree on PYTHONPATH (no installed distribution) still records rlkit's version."""
+    import rlkit
+
+    record, peak = e2e.machine_record("cpu")
+    assert peak is None and record["versions"]["rlkit"] is not None
+    monkeypatch.setattr(e2e, "_version", lambda name: None)  # nothing installed
+    assert e2e.machine_record("cpu")[0]["versions"]["rlkit"] == rlkit.__version__
