@@ -314,7 +314,8 @@ def run_machine(result_file, from_logs: bool, peers=("verl", "trl"), folders=Non
         record["versions"].update({name: e2e._version(name) for name in peers})
         return record, peak
     path = Path(result_file)
-    runs = {name: r for name, r in ((n, _side_run(f)) for n, f in (folders or {}).items()) if r}
+    runs = {name: _side_run(folder) for name, folder in (folders or {}).items()}
+    runs = {name: r for name, r in runs.items() if r}  # the sides that left a run.json
     if path.exists():
         res = json.loads(path.read_text())
     elif runs:  # the first side's machine

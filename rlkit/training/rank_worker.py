@@ -30,8 +30,8 @@ Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
   ``units / global_units`` where units are what the ``loss_agg_mode`` averages over (tokens for
   ``token-mean``, non-empty sequences for every ``seq-mean-*`` mode) and ``global_units`` is the
   all-reduced count over the whole mini-batch on all ranks. The result is multiplied by the world
-  size because FSDP averages gradients over ranks. So the accumulated gradient is exactly that of one loss over the global mini-batch, whatever the
-  split into ranks and micro-batches.
+  size because FSDP averages gradients over ranks. So the accumulated gradient is exactly that of
+  one loss over the global mini-batch, whatever the split into ranks and micro-batches.
 * **Clipping** uses the global norm over all shards (:func:`rlkit.training.fsdp.clip_grad_norm`);
   a non-finite norm skips the step on every rank alike.
 * **Metrics** are weighted like the loss and all-reduced, so every rank returns the same numbers,
