@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rlkit.bench import e2e, peers
+from rlkit.diagnostics.memory import sanitize
 
 DATA = {"train": "/d/train.parquet", "test": "/d/test.parquet"}
 SDPA = "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"
@@ -37,8 +38,10 @@ def test_verl_command_has_the_host_extras_and_every_key_of_the_rlkit_command():
     for extra in (SDPA, "actor_rollout_ref.model.use_remove_padding=False", "critic.model.use_remove_padding=False",
                   "+actor_rollout_ref.rollout.engine_kwargs.sglang.attention_backend=triton",
                   "+actor_rollout_ref.rollout.engine_kwargs.sglang.sampling_backend=pytorch",
-                  "trainer.logger=['file']", "trainer.use_v1=False"):
+                  "trainer.logger=['file']", "trainer.use_v1=False",
+                  "actor_rollout_ref.model.use_fused_kernels=True"):  # verl's fastest log-prob path here
         assert extra in v_argv, extra
+    assert not any(a.startswith("actor_rollout_ref.model.use_fused_kernels") for a in rl_argv)  # verl's only
     assert v_env == {"VERL_FILE_LOGGER_PATH": "/o/verl/metrics.jsonl", "SGLANG_ENABLE_TP_MEMORY_INBALANCE_CHECK": "false",
                      "HYDRA_FULL_ERROR": "1", "PYTHONPATH": "/t:$PYTHONPATH"}
     rl, v = as_dict(rl_argv[3:]), as_dict(v_argv[3:])
@@ -245,7 +248,8 @@ def test_a_side_stopped_by_the_timeout_keeps_the_steps_it_logged(tmp_path):
     assert set(e.value.failed) == {"early"}  # one step is not more than the two warm-up steps
     assert "timed out after 4 s" in e.value.failed["early"] and "1 step(s) logged" in e.value.failed["early"]
     # each side's folder keeps its machine and how it ended, so reading its logs back later says the same
-    assert json.loads((tmp_path / "slow" / "run.json").read_text()) == dict(machine, status=slow["partial"])
+    assert json.loads((tmp_path / "slow" / "run.json").read_text()) == dict(
+        machine, status=slow["partial"], command=peers.shell_line(plan["slow"]["argv"], {}))
     with pytest.raises(SystemExit) as again:
         peers.run_plan(plan, warmup=2, model_cfg={}, sequences=1, run=False)
     assert again.value.done == e.value.done and set(again.value.failed) == {"early"}
@@ -344,6 +348,14 @@ def test_from_logs_summarizes_sides_run_earlier_and_names_a_missing_one(tmp_path
     assert res["comparison"]["ratios"]["verl"]["tokens/s/GPU"] == pytest.approx(3.0)
     assert not (tmp_path / "model").exists()  # nothing ran, nothing was written but peers.json and its figure
     assert (tmp_path / "peers.png").stat().st_size > 0
+    planned = peers.shell_line(*peers.rlkit_command(peers.common_overrides(
+        peers.build_parser().parse_args(argv), tmp_path / "model", e2e.data_files("~/data/gsm8k", check=False),
+        tmp_path / "rlkit")))
+    assert res["commands"]["rlkit"] == sanitize(planned)  # no run.json: the command as planned (shareable)
+    # a side's run.json keeps the command it ran (here with a key given for that run only): read back, it wins
+    ran = "python -m verl.trainer.main_ppo actor_rollout_ref.model.use_fused_kernels=False"  # no paths to hide
+    (tmp_path / "verl" / "run.json").write_text(json.dumps({"status": 0, "command": ran}))
+    assert peers.main(argv)["commands"]["verl"] == ran
 
 
 def test_from_logs_takes_each_sides_versions_from_the_run_that_ran_it(tmp_path):
