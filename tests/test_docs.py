@@ -141,12 +141,12 @@ def _table_after(heading_start: str) -> dict[str, list[str]]:
 
 
 def test_readme_quotes_the_committed_grpo_comparison():
-    """The README's rlkit-vs-verl GRPO table says what data/gpu/peers_grpo_h100/peers.json holds."""
+    """The README's earlier rlkit-vs-verl GRPO table says what data/gpu/peers_grpo_h100/peers.json holds."""
     import json
 
     res = json.loads((REPO / "data" / "gpu" / "peers_grpo_h100" / "peers.json").read_text())
     s, ratios = res["summary"], res["comparison"]["ratios"]["verl"]
-    table = _table_after("GRPO, one NVIDIA H100 80GB HBM3, 2026-12-07")
+    table = _table_after("The same GRPO command earlier that day, rlkit and verl without its fused log-prob path")
     assert res["card"].startswith("NVIDIA H100 80GB HBM3") and res["date"].startswith("2026-12-07")
     rows = {"tokens/s/GPU (`perf/throughput`)": ("throughput_median", None, "{:,.0f}", "tokens/s/GPU"),
             "seconds per step": ("step_s_median", None, "{:.2f}", "s/step"),
@@ -161,6 +161,96 @@ def test_readme_quotes_the_committed_grpo_comparison():
     mfu = [" / ".join(f"{100 * s[side]['mfu'][p]['mfu']:.1f}" for p in ("old_log_prob", "ref", "update_actor")) + "%"
            for side in ("rlkit", "verl")]
     assert table[next(k for k in table if k.startswith("MFU"))][:2] == mfu
+
+
+def _metric_rows(path) -> list[dict]:
+    """A side's committed metrics rows, verl's ``{"step", "data"}`` rows flattened."""
+    import json
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [dict(r["data"], step=r["step"]) if "data" in r else r for r in rows]
+
+
+def test_readme_quotes_the_committed_three_sided_grpo_comparison():
+    """The README's rlkit/verl/TRL GRPO table, its intro sentence and its notes say what
+    data/gpu/peers_grpo_three_h100/ holds: one session, one card, verl with its fused log-prob path."""
+    import json
+
+    gpu = REPO / "data" / "gpu" / "peers_grpo_three_h100"
+    res = json.loads((gpu / "peers.json").read_text())
+    s, ratios, sides = res["summary"], res["comparison"]["ratios"], ("rlkit", "verl", "trl")
+    assert set(s) == set(sides) and all(s[x]["steps_in_median"] == [3, 4, 5, 6, 7] for x in sides)
+    assert {r["card"] for r in res["side_runs"].values()} == {"NVIDIA H100 80GB HBM3"}
+    assert {r["date"] for r in res["side_runs"].values()} == {"2026-12-07"}
+    assert all(r["status"] == 0 for r in res["side_runs"].values())
+    assert "actor_rollout_ref.model.use_fused_kernels=True" in res["commands"]["verl"]
+    assert res["setup"]["prompts"] == 64 and res["setup"]["estimator"] == "grpo"
+    table = _table_after("GRPO, all three sides in one session, one NVIDIA H100 80GB HBM3, 2026-12-07")
+    rest = {x: s[x]["step_s_median"] - s[x]["phase_s_median"]["gen"] for x in sides}
+
+    def row(values, fmt, ratio_key=None, ratio=None):
+        r = [ratios[p][ratio_key] for p in ("verl", "trl")] if ratio_key else ratio
+        return [fmt.format(v) for v in values] + [f"{x:.2f}" for x in r]
+
+    assert table["tokens/s/GPU (`perf/throughput`)"] == row([s[x]["throughput_median"] for x in sides], "{:,.0f}",
+                                                           "tokens/s/GPU")
+    assert table["seconds per step"] == row([s[x]["step_s_median"] for x in sides], "{:.2f}", "s/step")
+    assert table["generation (s)"] == row([s[x]["phase_s_median"]["gen"] for x in sides], "{:.2f}", "gen s")
+    for label, phase in (("old log-probs (s)", "old_log_prob"), ("reference log-probs (s)", "ref"),
+                         ("actor update (s)", "update_actor")):
+        assert "old_log_prob" not in s["trl"]["phase_s_median"] and phase not in s["trl"]["phase_s_median"]
+        want = [f"{s[x]['phase_s_median'][phase]:.2f}" for x in ("rlkit", "verl")]
+        assert table[label][:2] == want and table[label][3] == f"{ratios['verl'][phase + ' s']:.2f}", label
+    assert table["the rest of the step (s)"] == row(list(rest.values()), "{:.2f}",
+                                                    ratio=[rest["rlkit"] / rest["verl"], rest["rlkit"] / rest["trl"]])
+    assert table["peak GPU memory (GiB)"] == row([s[x]["peak_memory_allocated_gib"] for x in sides], "{:.1f}",
+                                                 "peak allocated GiB")
+    mfu = [" / ".join(f"{100 * s[x]['mfu'][p]['mfu']:.1f}" for p in ("old_log_prob", "ref", "update_actor")) + "%"
+           for x in ("rlkit", "verl")]
+    assert table[next(k for k in table if k.startswith("MFU"))][:2] == mfu
+    text = " ".join(README.split())
+    intro = (f"the same GRPO command line ran at {s['rlkit']['throughput_median']:,.0f} tokens/s/GPU in rlkit, "
+             f"{s['verl']['throughput_median']:,.0f} in verl 0.9.1 (with its fused log-prob path) and "
+             f"{s['trl']['throughput_median']:,.0f} in TRL 1.12.0, all three in one session")
+    assert intro in text
+    # the notes: full-length responses on every side, rlkit's reference + update, the host-to-host ranges
+    rows = {x: [r for r in _metric_rows(gpu / f"{x}_metrics.jsonl") if r["step"] >= 3] for x in sides}
+    lengths = [r["response_length/mean"] for x in sides for r in rows[x]]
+    assert f"a mean of {min(lengths):.1f} to {max(lengths):.0f} tokens" in text
+    ph = s["rlkit"]["phase_s_median"]
+    assert f"rlkit's took {ph['ref'] + ph['update_actor']:.2f} s ({ph['ref']:.2f} + {ph['update_actor']:.2f})" in text
+    assert f"runs a separate old-log-prob pass: {ph['old_log_prob']:.2f} s here" in text
+    assert f"({ph['sleep'] + ph['wake']:.2f} s)" in text
+    earlier = _metric_rows(REPO / "data" / "gpu" / "peers_grpo_h100" / "rlkit_metrics.jsonl")
+    span = [f"{min(v):.2f}-{max(v):.2f}" for v in ([r["timing_s/update_actor"] for r in rows["rlkit"]],
+                                                   [r["timing_s/update_actor"] for r in earlier if r["step"] >= 3])]
+    assert f"Its actor update took {span[0]} s per measured step here and {span[1]} s there" in text
+    gen = [r["timing_s/gen"] for r in rows["verl"]]
+    assert f"verl's generation took {min(gen):.2f}-{max(gen):.2f} s here" in text
+
+
+def test_readme_quotes_the_committed_gae_run_at_trls_default_chunk():
+    """What the README says of TRL's PPO with its default generation chunk (64) is what
+    data/gpu/peers_gae_chunk64_h100/ holds: one step, then out of memory; rlkit's side at the same key."""
+    import json
+
+    gpu = REPO / "data" / "gpu" / "peers_gae_chunk64_h100"
+    res = json.loads((gpu / "peers.json").read_text())
+    key = "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=64"
+    assert res["setup"]["override"] == [key] and all(key in c for c in res["commands"].values())
+    assert res["card"] == "NVIDIA H100 80GB HBM3" and res["versions"]["trl"] == "1.12.0"
+    assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 18.55 GiB" in res["failed"]["trl"]
+    assert "18.31 GiB is free" in res["failed"]["trl"] and "52.69 GiB is allocated by PyTorch" in res["failed"]["trl"]
+    (first,) = _metric_rows(gpu / "trl_metrics.jsonl")  # the one step it finished
+    at16 = _metric_rows(REPO / "data" / "gpu" / "peers_gae_h100" / "trl_metrics.jsonl")[0]
+    text = " ".join(README.split())
+    assert (f"TRL's first step took {first['timing_s/step']:.1f} s, {first['timing_s/gen']:.1f} s of it generating "
+            f"in one call. Its first step with chunks of 16 took {at16['timing_s/step']:.1f} s, "
+            f"{at16['timing_s/gen']:.1f} s of it generating.") in text
+    r = res["summary"]["rlkit"]
+    assert r["steps_in_median"] == [3, 4, 5, 6, 7]
+    assert (f"rlkit with the same key at 64 ran at {r['throughput_median']:,.0f} tokens/s/GPU (steps 3-7, peak "
+            f"{r['peak_memory_allocated_gib']:.1f} GiB)") in text
 
 
 def test_readme_quotes_the_committed_gae_comparison():
