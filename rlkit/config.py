@@ -218,6 +218,7 @@ class ActorConfig:
     kl_loss_type: str = "low_var_kl"  # KL estimator for the loss
     ppo_epochs: int = 1  # passes over each batch
     shuffle: bool = False  # shuffle between PPO epochs
+    recompute_old_log_prob: bool = True  # rlkit: False = the update's detached log-probs as the old ones
     ulysses_sequence_parallel_size: int = 1  # sequence parallel size (verl)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # checkpoint contents
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and schedule
@@ -1255,6 +1256,22 @@ def validate(cfg: Any) -> None:
     rule(f"{A}.loss_scale_factor", lambda v: v > 0, "must be > 0 or null (null divides by the response length)",
          f"e.g. {A}.loss_scale_factor=512")
     rule(f"{A}.ulysses_sequence_parallel_size", lambda v: v >= 1, "must be >= 1", "use 1")
+    if get(f"{A}.recompute_old_log_prob") is False:  # the update's own log-probs stand in for the old ones:
+        # exact only while the actor has not moved since the rollout, i.e. one optimizer step per batch
+        keep = f"or keep {A}.recompute_old_log_prob=True (a separate old-log-prob pass, as verl)"
+        if ok(f"{A}.ppo_epochs") and get(f"{A}.ppo_epochs") != 1:
+            bad(f"{A}.ppo_epochs", f"with {A}.recompute_old_log_prob=False each batch may make one optimizer "
+                "step only (a second one would compare against an actor that has moved)",
+                f"set {A}.ppo_epochs=1, {keep}")
+        mini, batch = get(f"{A}.ppo_mini_batch_size"), get("data.train_batch_size")
+        if ok(f"{A}.ppo_mini_batch_size", "data.train_batch_size") and mini != batch:
+            bad(f"{A}.ppo_mini_batch_size", f"with {A}.recompute_old_log_prob=False each batch may make one "
+                f"optimizer step only, so the mini-batch must be the whole batch (data.train_batch_size={batch})",
+                f"set {A}.ppo_mini_batch_size={batch}, {keep}")
+        if get("algorithm.use_kl_in_reward") is True:
+            bad("algorithm.use_kl_in_reward", f"the KL penalty in the reward needs the old log-probs before the "
+                f"update, which {A}.recompute_old_log_prob=False leaves out",
+                f"set {A}.recompute_old_log_prob=True, or use the KL loss ({A}.use_kl_loss=True)")
     for k in (f"{A}.ppo_max_token_len_per_gpu", f"{R}.log_prob_max_token_len_per_gpu",
               f"{RO}.log_prob_max_token_len_per_gpu"):
         rule(k, lambda v: v >= 1, "must be >= 1", f"e.g. {k}=16384")

@@ -275,17 +275,19 @@ class Experiment:
                                            responses_text, batch["ground_truth"],
                                            batch["token_level_scores"].sum(-1).tolist(), extras)
 
-            # 4. old log-probs: recomputed by the actor, as verl does (not trusted from the engine)
-            with timer.phase("old_log_prob"):
-                out = worker.compute_log_prob(batch)
-                batch["old_log_probs"] = out["log_probs"]
-                # verl: this pass's entropy aggregated like the loss; an update that computes the entropy
-                # (actor.calculate_entropy or entropy_coeff != 0) reports its own value instead
-                a = cfg.actor_rollout_ref.actor
-                with one_intra_op_thread():
-                    metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask, a.loss_agg_mode,
-                                                              a.get("loss_scale_factor")).item()
-                    metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], batch["old_log_probs"], mask))
+            # 4. old log-probs: recomputed by the actor, as verl does (not trusted from the engine); with
+            #    recompute_old_log_prob=False the update's own log-probs stand in (one optimizer step per batch)
+            a = cfg.actor_rollout_ref.actor
+            if a.recompute_old_log_prob:
+                with timer.phase("old_log_prob"):
+                    out = worker.compute_log_prob(batch)
+                    batch["old_log_probs"] = out["log_probs"]
+                    # verl: this pass's entropy aggregated like the loss; an update that computes the entropy
+                    # (actor.calculate_entropy or entropy_coeff != 0) reports its own value instead
+                    with one_intra_op_thread():
+                        metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask, a.loss_agg_mode,
+                                                                  a.get("loss_scale_factor")).item()
+                        metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], out["log_probs"], mask))
 
             # 5. reference log-probs (for the KL loss or the KL reward penalty)
             if worker.has_ref:

@@ -269,6 +269,7 @@ def test_rlkit_specific_defaults():
     assert a.model.path == "HuggingFaceTB/SmolLM2-135M-Instruct" and a.model.gguf_file is None
     assert a.rollout.name == "hf" and a.rollout.name in ROLLOUT_NAMES and a.rollout.mode == "sync"
     assert a.rollout.tp_memory_check == "error"
+    assert a.actor.recompute_old_log_prob is True  # verl's separate old-log-prob pass
     assert list(cfg.trainer.logger) == ["console"] and cfg.trainer.project_name == "rlkit"
     assert cfg.trainer.default_local_dir == "checkpoints/rlkit/gsm8k"
     assert cfg.trainer.n_gpus_per_node == 1  # verl: 8; rlkit's notebook default is one device
@@ -1015,3 +1016,25 @@ def test_data_tokenizer_is_refused_with_the_key_that_does_it():
             "does not read data.tokenizer either). Fix: remove it, or set actor_rollout_ref.model.tokenizer_path to "
             "that tokenizer to use it for the model and its prompts alike.") in msg
     assert PPOConfig.from_overrides(["data.tokenizer=null"]).data.tokenizer is None
+
+
+def test_leaving_out_the_old_log_prob_pass_needs_one_optimizer_step_per_batch():
+    """recompute_old_log_prob=False is exact only while the actor has not moved since the rollout: one mini-batch
+    (the whole batch), one epoch, and no KL penalty in the reward (which reads the old log-probs first)."""
+    off = "actor_rollout_ref.actor.recompute_old_log_prob=False"
+    cfg = PPOConfig.from_overrides([off, "data.train_batch_size=64", "actor_rollout_ref.actor.ppo_mini_batch_size=64"])
+    assert cfg.actor_rollout_ref.actor.recompute_old_log_prob is False
+    problems, text = problems_of([off, "data.train_batch_size=64", "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+                                  "actor_rollout_ref.actor.ppo_epochs=2", "algorithm.use_kl_in_reward=True"])
+    assert len(problems) == 3
+    assert problems[0].startswith("actor_rollout_ref.actor.ppo_epochs=2: with actor_rollout_ref.actor."
+                                  "recompute_old_log_prob=False each batch may make one optimizer step only")
+    assert "Fix: set actor_rollout_ref.actor.ppo_epochs=1, or keep actor_rollout_ref.actor.recompute_old_log_prob=True" \
+        in problems[0]
+    assert problems[1].startswith("actor_rollout_ref.actor.ppo_mini_batch_size=16:")
+    assert "Fix: set actor_rollout_ref.actor.ppo_mini_batch_size=64" in problems[1]
+    assert problems[2].startswith("algorithm.use_kl_in_reward=True: the KL penalty in the reward needs the old "
+                                  "log-probs")
+    # the same settings are fine with the pass (verl's way)
+    PPOConfig.from_overrides(["data.train_batch_size=64", "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+                              "actor_rollout_ref.actor.ppo_epochs=2", "algorithm.use_kl_in_reward=True"])

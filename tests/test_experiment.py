@@ -634,3 +634,71 @@ def test_loss_scale_factor_divides_the_actors_summed_losses():
         assert row["actor/entropy"] == pytest.approx(3.0 / divisor)
     with pytest.raises(ValueError, match=r"loss_scale_factor=0(\.0)?: must be > 0 or null"):
         PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_scale_factor=0"])
+
+
+def test_without_recomputing_the_old_log_probs_the_update_uses_its_own_detached():
+    """recompute_old_log_prob=False: the old log-probs are the update's own, detached. The ratio is 1, so
+    the loss is -mean(A) (token-mean) and the gradient is -A/T per token's log-prob, as the recomputed old
+    log-probs of the same actor would give; old log-probs in the batch are not read."""
+    import torch
+
+    from rlkit.datasets import RolloutBatch
+    from rlkit.training.worker import actor_micro_loss
+
+    adv = torch.tensor([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    base = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.2, -4.0]])
+    grads, losses, rows = {}, {}, {}
+    for recompute, old in ((True, base.clone()), (False, base - 3.0)):  # False: this column is ignored
+        lp = base.clone().requires_grad_(True)
+        mb = RolloutBatch({"response_mask": mask, "advantages": adv, "old_log_probs": old})
+        cfg = PPOConfig.from_overrides([f"actor_rollout_ref.actor.recompute_old_log_prob={recompute}",
+                                        "actor_rollout_ref.actor.ppo_mini_batch_size=1024"])
+        loss, row = actor_micro_loss(cfg, lp, None, mb)
+        loss.backward()
+        grads[recompute], losses[recompute], rows[recompute] = lp.grad, loss.item(), row
+    # token-mean over the 5 valid tokens of -A * ratio, ratio 1: -(1 - 2 + 0.5 + 0.25 + 1) / 5 = -0.15
+    assert losses[False] == pytest.approx(-0.15) and losses[True] == pytest.approx(-0.15)
+    want = -adv * mask / 5  # d(loss)/d(log-prob) = -A / T on valid tokens, 0 on padding
+    assert torch.allclose(grads[False], want) and torch.allclose(grads[True], want)
+    assert float(rows[False]["actor/ppo_kl"]) == 0.0 and float(rows[False]["actor/pg_clipfrac"]) == 0.0
+    # with the column read (the default), old log-probs 3 lower clip every token: the source really differs
+    cfg = PPOConfig.from_overrides(["actor_rollout_ref.actor.ppo_mini_batch_size=1024"])
+    clipped, _ = actor_micro_loss(cfg, base, None, RolloutBatch({"response_mask": mask, "advantages": adv,
+                                                                  "old_log_probs": base - 3.0}))
+    assert clipped.item() != pytest.approx(-0.15)
+
+
+def test_recompute_old_log_prob_false_gives_the_recomputed_update_without_its_pass(char_model, toy_data):
+    """One GRPO step from the same seed with and without the old-log-prob pass: the same responses, the same
+    loss and the same actor afterwards (the ratio is 1 either way on an actor that has not moved); the step
+    without it has no old_log_prob phase and reports the entropy only when the update computes it."""
+    import torch
+
+    results = {}
+    for recompute in (True, False):
+        ov = toy_overrides(char_model, toy_data, **{"algorithm.adv_estimator": "grpo",
+                                                   "actor_rollout_ref.actor.ppo_mini_batch_size": 8,
+                                                   "actor_rollout_ref.actor.recompute_old_log_prob": recompute})
+        exp = Experiment(PPOConfig.from_overrides(ov), reward_fn=digit_fraction)
+        try:
+            before = exp.worker.call_rank0("full_state_dict")["actor"]
+            res = exp.step()
+            params = exp.worker.call_rank0("full_state_dict")["actor"]
+        finally:
+            exp.shutdown()
+        assert any(not torch.equal(before[k], params[k]) for k in params)  # the update moved the actor
+        results[recompute] = res, params
+    (on, p_on), (off, p_off) = results[True], results[False]
+    assert on.rollouts["response"].tolist() == off.rollouts["response"].tolist()
+    assert "old_log_prob" in on.timing and "old_log_prob" not in off.timing
+    assert "actor/entropy" in on.metrics and "actor/entropy" not in off.metrics
+    assert off.metrics["actor/ppo_kl"] == 0.0 and off.metrics["actor/pg_clipfrac"] == 0.0
+    assert off.metrics["actor/pg_loss"] == pytest.approx(on.metrics["actor/pg_loss"], abs=1e-6)
+    # the same gradient: its norm to float32 rounding (the recomputed old log-probs come from another forward
+    # pass, so the ratio there is 1 only to rounding; Adam's first step, lr * g / |g|, then magnifies rounding
+    # in near-zero gradient entries, so the weights are compared where the gradient is clearly not zero)
+    assert off.metrics["actor/grad_norm"] == pytest.approx(on.metrics["actor/grad_norm"], rel=1e-5)
+    assert p_on.keys() == p_off.keys()
+    moved = [torch.isclose(p_on[k], p_off[k], atol=1e-6).float().mean().item() for k in p_on]
+    assert min(moved) > 0.99, moved  # 0.998 in the least-equal tensor when written

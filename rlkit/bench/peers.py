@@ -234,8 +234,8 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     sides' summaries. ``$K`` in the value of ``K``: its current value. ``run=False`` runs nothing and summarizes
     the metrics the sides left earlier (a side without them is named, with its log's last lines if it ran).
     ``record``: the machine (:func:`run_machine`); each side that runs leaves it in ``<folder>/run.json`` with
-    its ``command`` and how it ended (``status``: its exit status or why it was stopped), and ``run=False`` reads that status
-    back, so a side that timed out is summarized as ``partial`` and one that failed fails again."""
+    its ``command`` and how it ended (``status``: its exit status or why it was stopped), and ``run=False`` reads
+    that status back, so a side that timed out is summarized as ``partial`` and one that failed fails again."""
     if summarize is None:
         def summarize(rows):
             return side_summary(rows, warmup, **summary_kw)
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=7, help="steps per side: --warmup ones, then the measured ones")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--override", action="append", default=[], help="extra key=value for every side (repeatable)")
+    p.add_argument("--side-override", action="append", default=[], metavar="SIDE:KEY=VALUE",
+                   help="extra key=value for one side, after --override (repeatable; e.g. an rlkit-only key)")
     p.add_argument("--trl-site", default="/tmp/site-trl", help="TRL 1.12.0 unpacked here: on verl's path with a critic")
     p.add_argument("--timeout", type=float, default=None, help="seconds per side (default: none)")
     p.add_argument("--from-logs", action="store_true",
@@ -335,6 +337,24 @@ def run_machine(result_file, from_logs: bool, peers=("verl", "trl"), folders=Non
     return record, peak or None
 
 
+def side_overrides(entries: list[str], sides: list[str]) -> dict[str, list[str]]:
+    """``--side-override`` entries (``SIDE:key=value``) as ``{side: [key=value, ...]}``; a SystemExit naming the
+    entry when its side is not one of ``sides`` or it is no ``key=value``.
+
+    >>> from rlkit.bench.peers import side_overrides
+    >>> side_overrides(["rlkit:actor_rollout_ref.actor.recompute_old_log_prob=False"], ["rlkit", "trl"])
+    {'rlkit': ['actor_rollout_ref.actor.recompute_old_log_prob=False']}
+    """
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        side, _, kv = entry.partition(":")
+        if side not in sides or "=" not in kv:
+            raise SystemExit(f"--side-override {entry!r}: write SIDE:key=value with SIDE one of the sides run here "
+                             f"({', '.join(sides)}), e.g. rlkit:actor_rollout_ref.model.use_remove_padding=True")
+        out.setdefault(side, []).append(kv)
+    return out
+
+
 def plan_sides(args, sides: list[str], model=None, side_keys=None) -> dict[str, dict]:
     """Per side: argv, environment, folder, log, metrics file and its reader. ``model``: the checkpoint folder
     (default ``<out>/model``); ``side_keys(folder)``: more keys for the side run in ``folder``."""
@@ -343,6 +363,7 @@ def plan_sides(args, sides: list[str], model=None, side_keys=None) -> dict[str, 
     for name in sides:
         o, metrics = common_overrides(args, model or out / "model", data, out / name), out / name / "metrics.jsonl"
         o = merge(o, side_keys(out / name)) if side_keys else o
+        o = merge(o, side_overrides(getattr(args, "side_override", []), sides).get(name, []))
         if name == "verl":
             (argv, env), read = verl_command(o, metrics, args.estimator == "gae", args.trl_site), read_verl_metrics
         elif name == "trl":  # the driver takes the same keys and writes rlkit-style rows

@@ -114,13 +114,18 @@ def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
     says it is used, else None); every term aggregated with ``actor.loss_agg_mode`` over the same
     units. ``mb`` may stay on the host: the columns read here go to ``log_prob``'s device. Returns the
     loss and its ``actor/*`` metrics (0-d tensors on the loss's device, or floats); with an entropy it is
-    reported as ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics."""
+    reported as ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics.
+
+    With ``actor.recompute_old_log_prob=False`` (one optimizer step per batch, :func:`rlkit.config.validate`)
+    the old log-probs are ``log_prob`` itself, detached: the actor has not moved since the rollout, so the
+    ratio is 1 and the gradient the one the recomputed old log-probs would give, without their forward pass."""
     a = cfg.actor_rollout_ref.actor
     agg = a.loss_agg_mode
     scale = None if a.get("loss_scale_factor") is None else float(a.loss_scale_factor)  # seq-mean-token-sum-norm only
     mask = _column(mb, "response_mask", log_prob)
+    old = _column(mb, "old_log_probs", log_prob) if a.get("recompute_old_log_prob", True) else log_prob.detach()
     pg_loss, m = algos.compute_policy_loss(
-        _column(mb, "old_log_probs", log_prob), log_prob, _column(mb, "advantages", log_prob), mask,
+        old, log_prob, _column(mb, "advantages", log_prob), mask,
         clip_ratio_low=float(a.clip_ratio_low if a.get("clip_ratio_low") is not None else a.clip_ratio),
         clip_ratio_high=float(a.clip_ratio_high if a.get("clip_ratio_high") is not None else a.clip_ratio),
         clip_ratio_c=float(a.clip_ratio_c), loss_agg_mode=agg, loss_scale_factor=scale)

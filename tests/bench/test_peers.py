@@ -194,6 +194,24 @@ def test_dry_run_prints_the_exact_commands_and_runs_nothing(tmp_path, capsys, no
         assert f"python -m rlkit.bench.peer_trl \\\n#     --metrics={out}/trl/metrics.jsonl" in blocks["trl"]
 
 
+def test_a_side_override_reaches_that_side_only(tmp_path, nothing_runs):
+    """--side-override SIDE:key=value: after --override, for one side (an rlkit-only key verl would refuse)."""
+    key = "actor_rollout_ref.actor.recompute_old_log_prob"
+    argv = ["--dry-run", "--sides", "rlkit,verl", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "d"),
+            "--override", "actor_rollout_ref.model.use_remove_padding=False",
+            "--side-override", f"rlkit:{key}=False",
+            "--side-override", "rlkit:actor_rollout_ref.model.use_remove_padding=True"]
+    plan = peers.main(argv)
+    rl, v = as_dict(plan["rlkit"]["argv"][3:]), as_dict(plan["verl"]["argv"][3:])
+    assert rl[key] == "False" and key not in v
+    assert rl["actor_rollout_ref.model.use_remove_padding"] == "True"  # the side's value wins over --override
+    assert v["actor_rollout_ref.model.use_remove_padding"] == "False"
+    for bad in ("trl:a.b=1", "rlkit:no_value", "a.b=1"):
+        with pytest.raises(SystemExit, match=r"--side-override .*: write SIDE:key=value with SIDE one of the sides "
+                                             r"run here \(rlkit, verl\)"):
+            peers.main(argv[:7] + ["--side-override", bad])
+
+
 def test_trl_side_is_refused_before_anything_runs_without_trl(tmp_path, nothing_runs, monkeypatch):
     monkeypatch.setattr(peers, "TRL_PACKAGE", "rlkit_no_such_package")
     with pytest.raises(SystemExit, match=r"rlkit\.bench\.peer_trl needs TRL 1\.12\.0 .*pip install trl==1\.12\.0"):
