@@ -163,12 +163,11 @@ def test_readme_quotes_the_committed_grpo_comparison():
     assert table[next(k for k in table if k.startswith("MFU"))][:2] == mfu
 
 
-def _metric_rows(path) -> list[dict]:
-    """A side's committed metrics rows, verl's ``{"step", "data"}`` rows flattened."""
-    import json
+def _metric_rows(side: str, path) -> list[dict]:
+    """A side's committed metrics rows as the peers harness reads them (verl's ``{"step", "data"}`` made flat)."""
+    from rlkit.bench import peers
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [dict(r["data"], step=r["step"]) if "data" in r else r for r in rows]
+    return (peers.read_verl_metrics if side == "verl" else peers.read_rlkit_metrics)(path)
 
 
 def test_readme_quotes_the_committed_three_sided_grpo_comparison():
@@ -214,14 +213,14 @@ def test_readme_quotes_the_committed_three_sided_grpo_comparison():
              f"{s['trl']['throughput_median']:,.0f} in TRL 1.12.0, all three in one session")
     assert intro in text
     # the notes: full-length responses on every side, rlkit's reference + update, the host-to-host ranges
-    rows = {x: [r for r in _metric_rows(gpu / f"{x}_metrics.jsonl") if r["step"] >= 3] for x in sides}
+    rows = {x: [r for r in _metric_rows(x, gpu / f"{x}_metrics.jsonl") if r["step"] >= 3] for x in sides}
     lengths = [r["response_length/mean"] for x in sides for r in rows[x]]
     assert f"a mean of {min(lengths):.1f} to {max(lengths):.0f} tokens" in text
     ph = s["rlkit"]["phase_s_median"]
     assert f"rlkit's took {ph['ref'] + ph['update_actor']:.2f} s ({ph['ref']:.2f} + {ph['update_actor']:.2f})" in text
     assert f"runs a separate old-log-prob pass: {ph['old_log_prob']:.2f} s here" in text
     assert f"({ph['sleep'] + ph['wake']:.2f} s)" in text
-    earlier = _metric_rows(REPO / "data" / "gpu" / "peers_grpo_h100" / "rlkit_metrics.jsonl")
+    earlier = _metric_rows("rlkit", REPO / "data" / "gpu" / "peers_grpo_h100" / "rlkit_metrics.jsonl")
     span = [f"{min(v):.2f}-{max(v):.2f}" for v in ([r["timing_s/update_actor"] for r in rows["rlkit"]],
                                                    [r["timing_s/update_actor"] for r in earlier if r["step"] >= 3])]
     assert f"Its actor update took {span[0]} s per measured step here and {span[1]} s there" in text
@@ -241,8 +240,8 @@ def test_readme_quotes_the_committed_gae_run_at_trls_default_chunk():
     assert res["card"] == "NVIDIA H100 80GB HBM3" and res["versions"]["trl"] == "1.12.0"
     assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 18.55 GiB" in res["failed"]["trl"]
     assert "18.31 GiB is free" in res["failed"]["trl"] and "52.69 GiB is allocated by PyTorch" in res["failed"]["trl"]
-    (first,) = _metric_rows(gpu / "trl_metrics.jsonl")  # the one step it finished
-    at16 = _metric_rows(REPO / "data" / "gpu" / "peers_gae_h100" / "trl_metrics.jsonl")[0]
+    (first,) = _metric_rows("trl", gpu / "trl_metrics.jsonl")  # the one step it finished
+    at16 = _metric_rows("trl", REPO / "data" / "gpu" / "peers_gae_h100" / "trl_metrics.jsonl")[0]
     text = " ".join(README.split())
     assert (f"TRL's first step took {first['timing_s/step']:.1f} s, {first['timing_s/gen']:.1f} s of it generating "
             f"in one call. Its first step with chunks of 16 took {at16['timing_s/step']:.1f} s, "

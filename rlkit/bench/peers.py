@@ -359,11 +359,12 @@ def plan_sides(args, sides: list[str], model=None, side_keys=None) -> dict[str, 
     """Per side: argv, environment, folder, log, metrics file and its reader. ``model``: the checkpoint folder
     (default ``<out>/model``); ``side_keys(folder)``: more keys for the side run in ``folder``."""
     out, data = Path(args.out).expanduser().resolve(), e2e.data_files(args.data, check=False)
+    own = side_overrides(getattr(args, "side_override", []), sides)  # learning's arguments have none
     plan = {}
     for name in sides:
         o, metrics = common_overrides(args, model or out / "model", data, out / name), out / name / "metrics.jsonl"
         o = merge(o, side_keys(out / name)) if side_keys else o
-        o = merge(o, side_overrides(getattr(args, "side_override", []), sides).get(name, []))
+        o = merge(o, own.get(name, []))
         if name == "verl":
             (argv, env), read = verl_command(o, metrics, args.estimator == "gae", args.trl_site), read_verl_metrics
         elif name == "trl":  # the driver takes the same keys and writes rlkit-style rows
