@@ -282,7 +282,7 @@ class RolloutConfig:
     enable_chunked_prefill: bool = True  # engine chunked prefill
     multi_stage_wake_up: bool = False  # resume engine weights before KV cache
     update_weights_bucket_megabytes: int = 512  # weight-sync bucket size
-    calculate_log_probs: bool = False  # return rollout log-probs (debugging)
+    calculate_log_probs: bool = True  # verl: return rollout log-probs (rlkit always does)
     tp_memory_check: str = "error"  # rlkit: SGLang TP free-memory imbalance check: error | warn | off
     engine_kwargs: EngineKwargsConfig = field(default_factory=EngineKwargsConfig)  # per-engine extras
     val_kwargs: ValKwargsConfig = field(default_factory=ValKwargsConfig)  # validation sampling
@@ -686,6 +686,36 @@ ACCEPTED_UNREAD_KEYS: Dict[str, str] = {
     "trainer.ray_wait_register_center_timeout": "a start-up timeout (rlkit's ranks report failures at once)",
 }
 
+
+# rlkit's defaults that differ from verl 0.9.1's (its generated ``ppo_trainer.yaml``), each with why. Every other
+# key both have defaults to verl 0.9.1's value, or follows the same key (tests/test_config.py checks both ways).
+# Several are verl's defaults before 0.9, which rlkit's key tree started from.
+VERL_091_DIFFERENCES: Dict[str, str] = {
+    "actor_rollout_ref.model.path": f"{DEFAULT_MODEL}, a model a CPU can train (verl: a 7B placeholder path)",
+    "critic.model.path": "follows actor_rollout_ref.model.path, as in verl",
+    "actor_rollout_ref.model.enable_gradient_checkpointing": "off, as verl before 0.9: the small models rlkit "
+                                                             "starts with fit without recomputing activations",
+    "critic.model.enable_gradient_checkpointing": "off, as the actor's",
+    "actor_rollout_ref.model.use_remove_padding": "off, as verl before 0.9: the padded layout unless asked "
+                                                  "(packing changes speed and memory, not results)",
+    "critic.model.use_remove_padding": "off, as the actor's",
+    "actor_rollout_ref.rollout.name": "hf, which runs without a GPU (verl: none; every verl command sets it)",
+    "actor_rollout_ref.rollout.mode": "sync: rlkit generates each batch in one call (verl 0.9.1: async agent loop)",
+    "actor_rollout_ref.rollout.max_num_seqs": "1024 (verl: 256): decode CUDA graphs for 64 prompts x 5 and more",
+    "data.seed": "1 (verl: null, unseeded): a notebook run repeats",
+    "data.return_raw_chat": "False: rlkit has no agent loop or reward model to read raw chats (verl 0.9.1: True)",
+    "data.train_files": "~/data/gsm8k, where python -m rlkit.datasets.gsm8k writes (verl: ~/data/rlhf/gsm8k)",
+    "data.val_files": "~/data/gsm8k, where python -m rlkit.datasets.gsm8k writes (verl: ~/data/rlhf/gsm8k)",
+    "custom_reward_function.name": "compute_score, the name verl uses when it is null",
+    "reward_model.enable": "verl 0.9.1 moved reward_model.* under reward.* (MOVED_KEYS) and leaves these null",
+    "reward_model.model.path": "verl 0.9.1 moved reward_model.* under reward.* and leaves these null",
+    "reward_model.model.trust_remote_code": "verl 0.9.1 moved reward_model.* under reward.* and leaves these null",
+    "reward_model.reward_manager": "verl 0.9.1 moved reward_model.* under reward.* and leaves these null",
+    "trainer.logger": "console only (verl: console and wandb, which rlkit does not log to)",
+    "trainer.n_gpus_per_node": "1, one device for a notebook (verl: 8; its multi-GPU commands set it)",
+    "trainer.project_name": "rlkit (verl: verl_examples); it names trainer.default_local_dir",
+    "trainer.default_local_dir": "checkpoints/<project_name>/<experiment_name>, as verl's with rlkit's project name",
+}
 
 def _lookup(key: str) -> Tuple[Optional[_Key], Optional[str]]:
     """(schema entry, None) for a schema key; (None, open_dict_path) for a key inside an open dict."""

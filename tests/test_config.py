@@ -231,7 +231,7 @@ def test_defaults_match_verl_sample():
         "actor_rollout_ref.rollout.max_num_batched_tokens": 8192, "actor_rollout_ref.rollout.max_num_seqs": 1024,
         "actor_rollout_ref.rollout.multi_stage_wake_up": False,
         "actor_rollout_ref.rollout.update_weights_bucket_megabytes": 512,
-        "actor_rollout_ref.rollout.calculate_log_probs": False,
+        "actor_rollout_ref.rollout.calculate_log_probs": True,
         "actor_rollout_ref.rollout.val_kwargs.temperature": 0.0,
         "actor_rollout_ref.rollout.val_kwargs.do_sample": False,
         "actor_rollout_ref.rollout.val_kwargs.n": 1,
@@ -261,6 +261,79 @@ def test_defaults_match_verl_sample():
         if OmegaConf.is_config(got):
             got = OmegaConf.to_container(got)
         assert got == want and type(got) is type(want), (key, got, want)
+
+
+def _verl_091_yaml() -> DictConfig:
+    import os
+
+    src = os.environ.get("RLKIT_VERL_SRC")
+    if not src:
+        pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
+    import yaml
+
+    root = Path(src) / "verl"
+    assert (root / "version" / "version").read_text().strip() == "0.9.1"
+    return OmegaConf.create(yaml.safe_load((root / "trainer" / "config" / "_generated_ppo_trainer.yaml").read_text()))
+
+
+def _tree_leaves(tree: dict, prefix: str = "") -> dict:
+    """``{dotted.key: value}`` of a nested dict's non-dict values."""
+    out = {}
+    for k, v in tree.items():
+        out.update(_tree_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _followed_key(key: str, raw) -> str | None:
+    """The key ``raw`` (an unresolved value at ``key``) stands for, when it is a single interpolation:
+    ``${a.b}``, verl's ``${oc.select:a.b,default}``, or relative ``${.b}`` (a sibling of ``key``)."""
+    import re
+
+    m = re.fullmatch(r"\$\{(?:oc\.select:)?([\w.]+)(?:,[^}]*)?\}", raw) if isinstance(raw, str) else None
+    if m is None:
+        return None
+    target = m.group(1)
+    if target.startswith("."):  # relative: one dot is key's own section, each further dot one section up
+        up = len(target) - len(target.lstrip("."))
+        target = ".".join(key.split(".")[:-up] + [target.lstrip(".")])
+    return target
+
+
+def test_defaults_equal_verl_091s_for_every_shared_key_but_the_listed_ones():
+    """Every key rlkit and verl 0.9.1 both have: the same default, or both follow the same key - except
+    VERL_091_DIFFERENCES, which must list only keys that do differ (the list stays true both ways)."""
+    from rlkit.config import VERL_091_DIFFERENCES
+
+    verl, ours = _verl_091_yaml(), PPOConfig.default()
+    raw_verl = _tree_leaves(OmegaConf.to_container(verl, resolve=False))
+    raw_ours = _tree_leaves(OmegaConf.to_container(ours, resolve=False))
+    shared = sorted(set(raw_verl) & set(raw_ours))
+    assert len(shared) > 200, len(shared)  # the whole tree was read, not one section
+    differ = {}
+    for key in shared:
+        follows = _followed_key(key, raw_verl[key]), _followed_key(key, raw_ours[key])
+        if all(follows):
+            same = follows[0] == follows[1]
+        else:
+            theirs, mine = OmegaConf.select(verl, key), OmegaConf.select(ours, key)
+            theirs, mine = (OmegaConf.to_container(x) if OmegaConf.is_config(x) else x for x in (theirs, mine))
+            same = theirs == mine
+        if not same:
+            differ[key] = (raw_verl[key], raw_ours[key])
+    unlisted = {k: v for k, v in differ.items() if k not in VERL_091_DIFFERENCES}
+    assert not unlisted, f"defaults that differ from verl 0.9.1's (verl, rlkit) without a reason: {unlisted}"
+    stale = sorted(set(VERL_091_DIFFERENCES) - set(differ))
+    assert not stale, f"VERL_091_DIFFERENCES lists keys whose defaults equal verl 0.9.1's: {stale}"
+    assert all(VERL_091_DIFFERENCES.values())
+
+
+def test_followed_key_reads_verls_interpolation_forms():
+    assert _followed_key("a.b.c", "${x.y}") == "x.y"
+    assert _followed_key("a.b.c", "${oc.select:x.y,false}") == "x.y"
+    assert _followed_key("critic.forward_micro_batch_size", "${.ppo_micro_batch_size}") == \
+        "critic.ppo_micro_batch_size"
+    assert _followed_key("a.b.c", "${..d}") == "a.d"
+    assert _followed_key("a.b", "checkpoints/${x}/${y}") is None and _followed_key("a.b", 3) is None
 
 
 def test_rlkit_specific_defaults():

@@ -140,6 +140,26 @@ def _table_after(heading_start: str) -> dict[str, list[str]]:
     return {cells[0]: cells[1:] for cells in ([c.strip() for c in r.split("|")] for r in rows[2:])}
 
 
+def test_readme_names_only_listed_differences_from_verls_defaults():
+    """The "Notes for verl users" bullet on defaults names keys rlkit.config.VERL_091_DIFFERENCES lists, with the
+    values rlkit has (tests/test_config.py checks the list against verl 0.9.1's own yaml)."""
+    from rlkit.config import VERL_091_DIFFERENCES, PPOConfig
+
+    bullet = README[README.index("* Defaults are verl 0.9.1's"):]
+    bullet = bullet[:bullet.index("\n* ")]
+    named = {"actor_rollout_ref.rollout.name": "`rollout.name=hf`", "trainer.n_gpus_per_node": "`n_gpus_per_node=1`",
+             "data.seed": "`data.seed=1`", "actor_rollout_ref.rollout.max_num_seqs": "`max_num_seqs=1024`",
+             "actor_rollout_ref.model.enable_gradient_checkpointing": "gradient checkpointing",
+             "actor_rollout_ref.model.use_remove_padding": "`use_remove_padding` off"}
+    cfg = PPOConfig.default()
+    for key, words in named.items():
+        assert words in bullet and key in VERL_091_DIFFERENCES, key
+    assert (cfg.actor_rollout_ref.rollout.name, cfg.trainer.n_gpus_per_node, cfg.data.seed,
+            cfg.actor_rollout_ref.rollout.max_num_seqs) == ("hf", 1, 1, 1024)
+    assert not cfg.actor_rollout_ref.model.enable_gradient_checkpointing
+    assert not cfg.actor_rollout_ref.model.use_remove_padding
+
+
 def test_readme_quotes_the_committed_grpo_comparison():
     """The README's earlier rlkit-vs-verl GRPO table says what data/gpu/peers_grpo_h100/peers.json holds."""
     import json
