@@ -185,6 +185,40 @@ def prompts_digest(rows: list[dict]) -> str:
     return hashlib.sha1("\n".join(sorted(str(r["gts"]) for r in rows)).encode()).hexdigest()[:12]
 
 
+def inputs_digest(rows: list[dict]) -> str:
+    """A short digest of the multiset of prompt texts (``input``) in a step's dumped ``rows``. verl and rlkit both
+    dump a prompt as its tokens decoded without padding or special tokens, so equal digests mean both sides
+    rendered the same prompts into the same tokens (chat template, system prompt, truncation).
+
+    >>> from rlkit.bench.learning import inputs_digest
+    >>> inputs_digest([{"input": "a"}, {"input": "b"}]) == inputs_digest([{"input": "b"}, {"input": "a"}])
+    True
+    >>> inputs_digest([{"input": "user\\nq"}]) == inputs_digest([{"input": "system\\nbe brief\\nuser\\nq"}])
+    False
+    """
+    import hashlib
+
+    return hashlib.sha1("\x00".join(sorted(str(r.get("input")) for r in rows)).encode()).hexdigest()[:12]
+
+
+def same_inputs(sides: dict[str, dict]) -> dict:
+    """Over the steps every side dumped with the same prompts (:func:`same_prompts`) and an ``inputs`` digest (a
+    record from before that digest has none): how many show the same prompt texts on all sides.
+
+    >>> from rlkit.bench.learning import same_inputs
+    >>> a = {"steps": [{"step": 1, "prompts": "x", "inputs": "i"}, {"step": 2, "prompts": "y", "inputs": "j"}]}
+    >>> same_inputs({"rlkit": a, "verl": {"steps": [{"step": 1, "prompts": "x", "inputs": "k"},
+    ...                                               {"step": 2, "prompts": "z", "inputs": "j"}]}})
+    {'steps': 1, 'same': 0, 'first_different': 1}
+    """
+    by_side = [{s["step"]: (s["prompts"], s["inputs"]) for s in side["steps"] if s.get("inputs")}
+               for side in sides.values()]
+    common = sorted(set.intersection(*(set(d) for d in by_side))) if by_side else []
+    common = [step for step in common if len({d[step][0] for d in by_side}) == 1]  # the same prompts drawn
+    differ = [step for step in common if len({d[step][1] for d in by_side}) > 1]
+    return dict(steps=len(common), same=len(common) - len(differ), first_different=differ[0] if differ else None)
+
+
 def same_prompts(sides: dict[str, dict]) -> dict:
     """Over the steps every side dumped: how many drew the same prompts on all sides (``prompts`` digests).
 
@@ -202,8 +236,8 @@ def same_prompts(sides: dict[str, dict]) -> dict:
 def curves(folder, metric_rows: list[dict], format_score: float = 0.1) -> dict:
     """One side's learning record from its folder's dumps and its metric rows: per step ``score`` (the logged
     ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``score_shared`` (the same responses
-    scored again with the shared reward, ``format_score`` included), ``format``, ``responses`` and ``prompts``
-    (:func:`prompts_digest`), ``logged`` (the step's metrics named in :data:`LOGGED` that the side wrote); and
+    scored again with the shared reward, ``format_score`` included), ``format``, ``responses``, ``prompts``
+    (:func:`prompts_digest`) and ``inputs`` (:func:`inputs_digest`), ``logged`` (the step's metrics named in :data:`LOGGED` that the side wrote); and
     validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation pass."""
     from rlkit.rewards.gsm8k import compute_score
 
@@ -219,7 +253,7 @@ def curves(folder, metric_rows: list[dict], format_score: float = 0.1) -> dict:
                           score_shared=mean(compute_score(r["output"], str(r["gts"]), format_score=format_score)
                                             for r in rows),
                           format=format_rate([r["output"] for r in rows]), prompts=prompts_digest(rows),
-                          logged={k: row[k] for k in LOGGED if k in row}))
+                          inputs=inputs_digest(rows), logged={k: row[k] for k in LOGGED if k in row}))
     val = {}
     for step, path in sorted(_step_files(folder / "val").items()):
         rows = peers.e2e.read_jsonl(path)
@@ -230,8 +264,9 @@ def curves(folder, metric_rows: list[dict], format_score: float = 0.1) -> dict:
 
 def comparison_problems(sides: dict[str, dict]) -> list[str]:
     """Why ``sides`` (:func:`curves` records) are not the same run in two frameworks, each with the step it shows
-    first: a side whose dumped rewards differ from the shared reward (it scored with another function) or steps
-    whose prompts differ between the sides. Empty when the comparison holds.
+    first: a side whose dumped rewards differ from the shared reward (it scored with another function), steps
+    whose prompts differ between the sides, or steps with the same prompts whose texts differ
+    (:func:`same_inputs`). Empty when the comparison holds.
 
     >>> from rlkit.bench.learning import comparison_problems
     >>> ok = {"steps": [{"step": 1, "score_dumped": 0.1, "score_shared": 0.1, "prompts": "x"}]}
@@ -256,6 +291,11 @@ def comparison_problems(sides: dict[str, dict]) -> list[str]:
             problems.append(f"the sides drew different prompts at {same['steps'] - same['same']} of {same['steps']} "
                             f"steps (first: step {same['first_different']}): the same data.seed and "
                             "data.dataloader_num_workers give the same prompts")
+        texts = same_inputs(sides)
+        if texts["first_different"] is not None:
+            problems.append(f"the sides turned the same prompts into different texts at {texts['steps'] - texts['same']}"
+                            f" of {texts['steps']} steps (first: step {texts['first_different']}): compare the "
+                            "dumped inputs (chat template, system prompt, truncation)")
     return problems
 
 
@@ -402,6 +442,7 @@ def main(argv=None) -> dict:
                            for n, r in recorded.items()}
     if len(res["sides"]) > 1:  # a per-step comparison needs the same prompts at each step (verl and rlkit: the same
         res["same_prompts"] = same_prompts(res["sides"])  # seeded randperm in the first epoch)
+        res["same_inputs"] = same_inputs(res["sides"])
     if failure is not None:
         res["failed"] = failure.failed
     res["problems"] = comparison_problems(res["sides"])

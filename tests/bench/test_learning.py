@@ -33,9 +33,11 @@ def test_curves_by_hand(tmp_path):
     # logged: the LOGGED keys the side wrote at that step (step 2 wrote none of them)
     assert c["steps"] == [dict(step=1, score=0.05, responses=2, score_dumped=0.05, score_shared=0.05, format=0.5,
                                prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]),
+                               inputs=learning.inputs_digest([{"input": "q"}, {"input": "q"}]),
                                logged={"response_length/mean": 212.5, "actor/grad_norm": 0.3}),
                           dict(step=2, score=0.55, responses=2, score_dumped=0.55, score_shared=0.55, format=1.0,
-                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]), logged={})]
+                               prompts=learning.prompts_digest([{"gts": "3"}, {"gts": "3"}]),
+                               inputs=learning.inputs_digest([{"input": "q"}, {"input": "q"}]), logged={})]
     # strict: only "#### 3" is right (1 of 4); flexible also takes the last number of "so 3" (2 of 4)
     assert c["val"] == {0: dict(strict=0.25, flexible=0.5, n=4, format=0.5)}
     assert learning.curves(tmp_path / "missing", []) == {"steps": [], "val": {}}
@@ -163,7 +165,8 @@ def test_from_logs_without_a_recorded_run_says_the_machine_is_unknown(tmp_path):
     res = learning.main(["--model", "/m", "--out", str(tmp_path), "--sides", "rlkit", "--from-logs"])
     assert res["sides"]["rlkit"]["steps"] == [dict(step=1, score=1.0, responses=1, score_dumped=1.0,
                                                     score_shared=1.0, format=1.0,
-                                                    prompts=learning.prompts_digest([{"gts": "3"}]), logged={})]
+                                                    prompts=learning.prompts_digest([{"gts": "3"}]),
+                                                    inputs=learning.inputs_digest([{"input": "q"}]), logged={})]
     assert res["card"].startswith("not recorded") and res["date"] is None
     assert (tmp_path / "learning.png").exists() and not (tmp_path / learning.REWARD_FILE).exists()
 
@@ -172,7 +175,7 @@ def test_two_sides_from_logs_say_whether_they_drew_the_same_prompts(tmp_path):
     """Step 1: both sides drew prompts with answers 3 and 5 (in another order); step 2: verl's differ."""
     for name, step2 in (("rlkit", ["7", "8"]), ("verl", ["7", "9"])):
         side = tmp_path / name
-        _dump(side / "rollouts", 1, [{"input": f"{name} q", "output": f"#### {g}", "gts": g, "score": 1.0}
+        _dump(side / "rollouts", 1, [{"input": f"q{g}", "output": f"#### {g}", "gts": g, "score": 1.0}
                                      for g in (["3", "5"] if name == "rlkit" else ["5", "3"])])
         _dump(side / "rollouts", 2, [{"input": "q", "output": "x", "gts": g, "score": 0.0} for g in step2])
         rows = [{"step": s, "critic/score/mean": m} for s, m in ((1, 1.0), (2, 0.0))]
@@ -184,6 +187,27 @@ def test_two_sides_from_logs_say_whether_they_drew_the_same_prompts(tmp_path):
     assert res["same_prompts"] == {"steps": 2, "same": 1, "first_different": 2}
     assert len(res["problems"]) == 1  # the rewards agree with the shared one on both sides
     assert [s["score"] for s in res["sides"]["verl"]["steps"]] == [1.0, 0.0]
+    # step 1 holds the same texts in another order; step 2 drew other prompts, so its texts are not compared
+    assert res["same_inputs"] == {"steps": 1, "same": 1, "first_different": None}
+
+
+def test_two_sides_that_render_the_same_prompts_into_other_texts_are_not_a_like_for_like_comparison(tmp_path):
+    """The same ground truths at every step, but verl's prompts carry a system prompt rlkit's lack at step 2 (as a
+    side rendering the chat template another way would show): written down, and the run exits non-zero."""
+    for name in ("rlkit", "verl"):
+        side = tmp_path / name
+        for step in (1, 2):
+            text = "system\nYou are a helpful AI assistant\nuser\nq" if name == "verl" and step == 2 else "user\nq"
+            _dump(side / "rollouts", step, [{"input": text, "output": "#### 3", "gts": "3", "score": 1.0}])
+        rows = [{"step": s, "critic/score/mean": 1.0} for s in (1, 2)]
+        lines = [json.dumps({"step": r["step"], "data": r} if name == "verl" else r) for r in rows]
+        (side / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit) as e:
+        learning.main(["--model", "/m", "--out", str(tmp_path), "--from-logs"])
+    assert "the sides turned the same prompts into different texts at 1 of 2 steps (first: step 2)" in str(e.value)
+    res = json.loads((tmp_path / "learning.json").read_text())
+    assert res["same_prompts"] == {"steps": 2, "same": 2, "first_different": None}
+    assert res["same_inputs"] == {"steps": 2, "same": 1, "first_different": 2} and len(res["problems"]) == 1
 
 
 def _side_from_logs(out: Path, name: str, gts: list[str]) -> dict:
