@@ -211,12 +211,7 @@ def same_inputs(sides: dict[str, dict]) -> dict:
     ...                                               {"step": 2, "prompts": "z", "inputs": "j"}]}})
     {'steps': 1, 'same': 0, 'first_different': 1}
     """
-    by_side = [{s["step"]: (s["prompts"], s["inputs"]) for s in side["steps"] if s.get("inputs")}
-               for side in sides.values()]
-    common = sorted(set.intersection(*(set(d) for d in by_side))) if by_side else []
-    common = [step for step in common if len({d[step][0] for d in by_side}) == 1]  # the same prompts drawn
-    differ = [step for step in common if len({d[step][1] for d in by_side}) > 1]
-    return dict(steps=len(common), same=len(common) - len(differ), first_different=differ[0] if differ else None)
+    return _agreement(sides, "inputs", among="prompts")
 
 
 def same_prompts(sides: dict[str, dict]) -> dict:
@@ -227,9 +222,16 @@ def same_prompts(sides: dict[str, dict]) -> dict:
     >>> same_prompts({"rlkit": a, "verl": {"steps": [{"step": 1, "prompts": "x"}, {"step": 2, "prompts": "z"}]}})
     {'steps': 2, 'same': 1, 'first_different': 2}
     """
-    by_side = [{s["step"]: s["prompts"] for s in side["steps"]} for side in sides.values()]
+    return _agreement(sides, "prompts")
+
+
+def _agreement(sides: dict[str, dict], field: str, among: str | None = None) -> dict:
+    """``{"steps", "same", "first_different"}`` of ``field`` over the steps every side recorded it for (and, with
+    ``among``, where the sides agree on ``among``)."""
+    by_side = [{s["step"]: (s.get(among), s[field]) for s in side["steps"] if s.get(field)} for side in sides.values()]
     common = sorted(set.intersection(*(set(d) for d in by_side))) if by_side else []
-    differ = [step for step in common if len({d[step] for d in by_side}) > 1]
+    common = [step for step in common if len({d[step][0] for d in by_side}) == 1]  # (always one without among)
+    differ = [step for step in common if len({d[step][1] for d in by_side}) > 1]
     return dict(steps=len(common), same=len(common) - len(differ), first_different=differ[0] if differ else None)
 
 
