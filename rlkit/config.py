@@ -717,6 +717,7 @@ VERL_091_DIFFERENCES: Dict[str, str] = {
     "trainer.default_local_dir": "checkpoints/<project_name>/<experiment_name>, as verl's with rlkit's project name",
 }
 
+
 def _lookup(key: str) -> Tuple[Optional[_Key], Optional[str]]:
     """(schema entry, None) for a schema key; (None, open_dict_path) for a key inside an open dict."""
     if key in _INDEX:

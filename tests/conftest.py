@@ -35,16 +35,32 @@ def qwen_tokenizer_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def verl_091():
-    """verl 0.9.1's own code, for the parity tests: the unpacked wheel at RLKIT_VERL_SRC (as .ci/run makes it)
-    with the packages its loss modules import (tensordict, codetiming, orjson, datasets; .ci/run installs them)."""
-    import importlib
-
+def verl_091_src() -> str:
+    """The unpacked verl 0.9.1 wheel at RLKIT_VERL_SRC (as .ci/run makes it): the folder holding ``verl/``."""
     src = os.environ.get("RLKIT_VERL_SRC")
     if not src:
         pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
     if (Path(src) / "verl" / "version" / "version").read_text().strip() != "0.9.1":
         pytest.fail(f"RLKIT_VERL_SRC={src} is not verl 0.9.1")
+    return src
+
+
+@pytest.fixture(scope="session")
+def verl_091_config(verl_091_src) -> dict:
+    """verl 0.9.1's whole config tree with its defaults: its generated ``ppo_trainer.yaml``, as a plain dict."""
+    import yaml
+
+    path = Path(verl_091_src) / "verl" / "trainer" / "config" / "_generated_ppo_trainer.yaml"
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def verl_091(verl_091_src):
+    """verl 0.9.1's own code, for the parity tests: :func:`verl_091_src` with the packages its loss modules
+    import (tensordict, codetiming, orjson, datasets; .ci/run installs them)."""
+    import importlib
+
+    src = verl_091_src
 
     def installed(name):  # not a folder of the same name on the path (tests/datasets is a namespace package here)
         spec = importlib.util.find_spec(name)

@@ -263,19 +263,6 @@ def test_defaults_match_verl_sample():
         assert got == want and type(got) is type(want), (key, got, want)
 
 
-def _verl_091_yaml() -> DictConfig:
-    import os
-
-    src = os.environ.get("RLKIT_VERL_SRC")
-    if not src:
-        pytest.skip("set RLKIT_VERL_SRC to an unpacked verl 0.9.1 (the folder holding verl/)")
-    import yaml
-
-    root = Path(src) / "verl"
-    assert (root / "version" / "version").read_text().strip() == "0.9.1"
-    return OmegaConf.create(yaml.safe_load((root / "trainer" / "config" / "_generated_ppo_trainer.yaml").read_text()))
-
-
 def _tree_leaves(tree: dict, prefix: str = "") -> dict:
     """``{dotted.key: value}`` of a nested dict's non-dict values."""
     out = {}
@@ -299,12 +286,12 @@ def _followed_key(key: str, raw) -> str | None:
     return target
 
 
-def test_defaults_equal_verl_091s_for_every_shared_key_but_the_listed_ones():
+def test_defaults_equal_verl_091s_for_every_shared_key_but_the_listed_ones(verl_091_config):
     """Every key rlkit and verl 0.9.1 both have: the same default, or both follow the same key - except
     VERL_091_DIFFERENCES, which must list only keys that do differ (the list stays true both ways)."""
     from rlkit.config import VERL_091_DIFFERENCES
 
-    verl, ours = _verl_091_yaml(), PPOConfig.default()
+    verl, ours = OmegaConf.create(verl_091_config), PPOConfig.default()
     raw_verl = _tree_leaves(OmegaConf.to_container(verl, resolve=False))
     raw_ours = _tree_leaves(OmegaConf.to_container(ours, resolve=False))
     shared = sorted(set(raw_verl) & set(raw_ours))

@@ -239,8 +239,8 @@ def curves(folder, metric_rows: list[dict], format_score: float = 0.1) -> dict:
     """One side's learning record from its folder's dumps and its metric rows: per step ``score`` (the logged
     ``critic/score/mean``), ``score_dumped`` (the mean of the dumped scores), ``score_shared`` (the same responses
     scored again with the shared reward, ``format_score`` included), ``format``, ``responses``, ``prompts``
-    (:func:`prompts_digest`) and ``inputs`` (:func:`inputs_digest`), ``logged`` (the step's metrics named in :data:`LOGGED` that the side wrote); and
-    validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation pass."""
+    (:func:`prompts_digest`), ``inputs`` (:func:`inputs_digest`), ``logged`` (the step's metrics named in
+    :data:`LOGGED` that the side wrote); and validation accuracy ``{step: {"strict", "flexible", "n"}}`` for each validation pass."""
     from rlkit.rewards.gsm8k import compute_score
 
     folder = Path(folder)
