@@ -248,6 +248,76 @@ def test_readme_quotes_the_committed_three_sided_grpo_comparison():
     assert f"verl's generation took {min(gen):.2f}-{max(gen):.2f} s here" in text
 
 
+def test_readme_quotes_rlkits_fastest_grpo_run():
+    """The "What would close the gap to 5x" bullets say what data/gpu/peers_grpo_best_h100/ holds: rlkit alone,
+    packed, token-budget, compiled, without the old-log-prob pass; no machine record (no run.json came back)."""
+    import json
+
+    gpu = REPO / "data" / "gpu" / "peers_grpo_best_h100"
+    res = json.loads((gpu / "peers.json").read_text())
+    s, three = res["summary"], json.loads((REPO / "data/gpu/peers_grpo_three_h100/peers.json").read_text())["summary"]
+    assert set(s) == {"rlkit"} and s["rlkit"]["steps_in_median"] == [3, 4, 5, 6, 7] and res["date"] is None
+    assert "comparison" not in res  # nothing ran beside it, so no ratio is recorded
+    command = res["commands"]["rlkit"]
+    for key in ("actor.recompute_old_log_prob=False", "model.use_remove_padding=True", "actor.use_dynamic_bsz=True",
+                "actor.ppo_max_token_len_per_gpu=16384", "ref.log_prob_max_token_len_per_gpu=32768",
+                "rollout.log_prob_max_token_len_per_gpu=32768", "actor.use_torch_compile=True"):
+        named = f"rlkit:actor_rollout_ref.{key}" if "recompute" in key else key  # as the README names each
+        assert f"actor_rollout_ref.{key}" in command and named in README, key
+    r, ph = s["rlkit"], s["rlkit"]["phase_s_median"]
+    assert "old_log_prob" not in ph
+    rest = r["step_s_median"] - ph["gen"] - ph["ref"] - ph["update_actor"]
+    rows = [x for x in _metric_rows("rlkit", gpu / "rlkit_metrics.jsonl") if x["step"] >= 3]
+    lengths = [x["response_length/mean"] for x in rows]
+    text = " ".join(README.split())
+    assert (f"Medians of steps 3-7: {r['throughput_median']:,.0f} tokens/s/GPU, {r['step_s_median']:.2f} s per step "
+            f"(generation {ph['gen']:.2f} s, reference {ph['ref']:.2f}, actor update {ph['update_actor']:.2f}, the "
+            f"rest {rest:.2f}), peak {r['peak_memory_allocated_gib']:.1f} GiB allocated, responses at full length "
+            f"({min(lengths):.1f}-{max(lengths):.0f} tokens)") in text
+    padded = three["rlkit"]["throughput_median"]
+    assert f"That is {r['throughput_median'] / padded:.2f}x the padded command's {padded:,.0f} in the table" in text
+    assert f"the actor update at {ph['update_actor']:.2f} s against {three['rlkit']['phase_s_median']['update_actor']:.2f}" in text
+    trl = three["trl"]["throughput_median"]
+    assert f"Against TRL's {trl:,.0f} in the table it would be {r['throughput_median'] / trl:.1f}x" in text
+
+
+def test_readme_quotes_the_second_learning_pairs_notes():
+    """The notes under the second learning pair's table say what data/gpu/learning_seed2_h100/ holds: the step-1
+    format counts, the KL after one update, the engine-vs-actor gap, response lengths and rlkit's step times."""
+    import json
+    import statistics
+
+    gpu = REPO / "data" / "gpu" / "learning_seed2_h100"
+    res = json.loads((gpu / "learning.json").read_text())
+    assert res["same_inputs"] == {"steps": 60, "same": 60, "first_different": None}
+    steps = {side: res["sides"][side]["steps"] for side in ("rlkit", "verl")}
+    count = {side: [round(r["format"] * r["responses"]) for r in steps[side][:3]] for side in steps}
+    first = json.loads((REPO / "data/gpu/learning_verl_h100/learning.json").read_text())["sides"]
+    text = " ".join(README.split())
+    assert (f"{count['verl'][0]} of verl's {steps['verl'][0]['responses']} responses had the format against "
+            f"{count['rlkit'][0]} of rlkit's (first pair: {round(first['verl']['steps'][0]['format'] * 256)} against "
+            f"{round(first['rlkit']['steps'][0]['format'] * 256)})") in text
+    assert (f"{count['verl'][1]} against {count['rlkit'][1]} at step 2, {count['verl'][2]} against "
+            f"{count['rlkit'][2]} at step 3") in text
+    rows = {side: [r for r in _metric_rows(side, gpu / f"{side}_metrics.jsonl") if "timing_s/step" in r]
+            for side in steps}
+    assert [len(rows[side]) for side in steps] == [60, 60]
+    kl = {side: rows[side][1]["actor/kl_loss"] for side in steps}  # logged at step 2: after exactly one update
+    assert f"the KL loss to the reference was {kl['rlkit']:.5f} in rlkit and {kl['verl']:.5f} in verl" in text
+    gap = {side: statistics.median(r["training/rollout_probs_diff_mean"] for r in rows[side]) for side in steps}
+    assert f"had a median of {gap['rlkit']:.4f} against {gap['verl']:.4f} over the 60 steps" in text
+    length = {side: [r["logged"]["response_length/mean"] for r in steps[side]] for side in steps}
+    mean = {side: [statistics.mean(length[side][a:b]) for a, b in ((5, 20), (50, 60))] for side in steps}
+    assert (f"a mean of {mean['verl'][0]:.0f} tokens against {mean['rlkit'][0]:.0f} over steps 6-20. By the end "
+            f"rlkit's were shorter: {mean['rlkit'][1]:.0f} against {mean['verl'][1]:.0f} tokens") in text
+    med = {k: statistics.median(r[f"timing_s/{k}"] for r in rows["rlkit"])
+           for k in ("step", "gen", "old_log_prob", "ref", "update_actor")}
+    peak = max(r["perf/max_memory_allocated_gb"] for r in rows["rlkit"])
+    assert (f"rlkit's step took {med['step']:.1f} s (generation {med['gen']:.2f} s, old log-probs "
+            f"{med['old_log_prob']:.2f}, reference {med['ref']:.2f}, actor update {med['update_actor']:.2f}; peak "
+            f"{peak:.1f} GiB allocated)") in text
+
+
 def test_readme_quotes_the_committed_gae_run_at_trls_default_chunk():
     """What the README says of TRL's PPO with its default generation chunk (64) is what
     data/gpu/peers_gae_chunk64_h100/ holds: one step, then out of memory; rlkit's side at the same key."""
@@ -300,17 +370,21 @@ def test_readme_quotes_the_committed_gae_comparison():
     assert error in res["failed"]["verl"] and error.split(": ", 1)[1] in " ".join(README.split())
 
 
-def test_readme_quotes_the_committed_learning_run():
-    """The README's rlkit-vs-verl learning table and verl's step times say what
-    data/gpu/learning_verl_h100/ holds (learning.json with both sides, verl's own metrics rows)."""
+@pytest.mark.parametrize("folder, heading", [
+    ("learning_verl_h100", "Learning, the same GRPO run in rlkit and in verl 0.9.1"),
+    ("learning_seed2_h100", "The second pair, both sides in one run"),
+])
+def test_readme_quotes_the_committed_learning_run(folder, heading):
+    """The README's rlkit-vs-verl learning tables and verl's step times say what data/gpu/<folder>/ holds
+    (learning.json with both sides, verl's own metrics rows), for each of the two pairs of runs."""
     import json
     import statistics
 
-    gpu = REPO / "data" / "gpu" / "learning_verl_h100"
+    gpu = REPO / "data" / "gpu" / folder
     res = json.loads((gpu / "learning.json").read_text())
     assert res["problems"] == [] and res["same_prompts"] == {"steps": 60, "same": 60, "first_different": None}
     assert res["card"].startswith("NVIDIA H100 80GB HBM3") and res["date"] == "2026-12-07"
-    table = _table_after("Learning, the same GRPO run in rlkit and in verl 0.9.1")
+    table = _table_after(heading)
     cells = {side: [] for side in ("rlkit", "verl")}
     for side in cells:
         steps = res["sides"][side]["steps"]
