@@ -403,3 +403,22 @@ def test_readme_quotes_the_committed_learning_run(folder, heading):
     peak = max(r["actor/perf/max_memory_allocated_gb"] for r in rows)
     assert (f"verl's {med['step']:.1f} s (generation {med['gen']:.2f} s, old log-probs {med['old_log_prob']:.2f}, "
             f"reference {med['ref']:.2f}, actor update {med['update_actor']:.2f}; peak {peak:.1f} GiB") in " ".join(README.split())
+
+
+def test_readme_quotes_the_committed_learning_spread():
+    """The README's table over the two learning pairs says what data/gpu/learning_spread_h100/ holds
+    (tests/bench/test_learning_spread.py checks that file against the two pairs)."""
+    import json
+
+    res = json.loads((REPO / "data" / "gpu" / "learning_spread_h100" / "learning_spread.json").read_text())
+    runs = list(res["runs"].values())
+    assert [r["seed"] for r in runs] == [1, 2]
+    table = _table_after("`python -m rlkit.bench.learning_spread <learning.json> ...` puts")
+    for level, label in (("0.5", "50%"), ("0.95", "95%")):
+        row = table[f"first step with a format rate of {label} or more"]
+        paired = res["paired"][level]
+        assert row == [" / ".join(str(r["sides"][side]["milestones"][level]) for r in runs) for side in ("rlkit", "verl")
+                       ] + [" / ".join(map(str, paired["rlkit_minus_verl"])), f"{paired['sign_test_p']:g}"]
+        assert paired["verl_first"] == 2  # "verl was first in both pairs"
+    row = table["formatted answers of 256 at step 1 (before any update)"]
+    assert row[:2] == [" / ".join(str(r["sides"][side]["first_step_format"]) for r in runs) for side in ("rlkit", "verl")]

@@ -319,12 +319,26 @@ def run_keys(overrides: list[str]) -> list[str]:
     return sorted(o for o in overrides if peers.key(o) not in ACCEPTED_UNREAD_KEYS)
 
 
+def setting_differences(then: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, object, object]]:
+    """``(key, then's value, now's value)`` for each setting two runs' ``setup`` records differently: the
+    :data:`RUN_SETTINGS` not in ``ignore``, and the ``--override`` keys that change the run (:func:`run_keys`).
+
+    >>> from rlkit.bench.learning import setting_differences
+    >>> setting_differences({"lr": 1e-5, "seed": 1, "extra_overrides": ["actor_rollout_ref.model.use_fused_kernels=True"]},
+    ...                     {"lr": 2e-5, "seed": 2, "extra_overrides": []}, ignore=("seed",))
+    [('lr', 1e-05, 2e-05)]
+    """
+    a, b = ({**x, "extra_overrides": run_keys(x.get("extra_overrides", []))} for x in (then, now))
+    return [(k, a.get(k), b.get(k)) for k in RUN_SETTINGS + ("extra_overrides",)
+            if k not in ignore and a.get(k) != b.get(k)]
+
+
 def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[str, dict]:
     """``--recorded SIDE=learning.json``: SIDE's curves as an earlier run recorded them, for a comparison that runs
     only the other side. Each record is ``{"curves", "from", "date", "card", "versions", "command"}``; refused
     with the difference when the recorded run had other settings (:data:`RUN_SETTINGS`, :func:`run_keys`) than
     ``setup`` (this run's), and when SIDE also runs now or the file holds no SIDE."""
-    records, now = {}, dict(setup, extra_overrides=run_keys(setup["extra_overrides"]))
+    records = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or name not in SIDES or not path:
@@ -342,9 +356,7 @@ def recorded_sides(specs: list[str], setup: dict, running: list[str]) -> dict[st
         if name not in res.get("sides", {}):
             raise SystemExit(f"--recorded {spec!r}: {file} holds no {name} side (it has: "
                              f"{', '.join(res.get('sides', {})) or 'none'})")
-        then = dict(res.get("setup", {}), extra_overrides=run_keys(res.get("setup", {}).get("extra_overrides", [])))
-        differ = [f"{k}: recorded {then.get(k)!r}, now {now[k]!r}" for k in RUN_SETTINGS + ("extra_overrides",)
-                  if then.get(k) != now[k]]
+        differ = [f"{k}: recorded {a!r}, now {b!r}" for k, a, b in setting_differences(res.get("setup", {}), setup)]
         if differ:
             raise SystemExit(f"--recorded {spec!r}: that {name} run had other settings, so its curves would not "
                              "compare:\n  " + "\n  ".join(differ) + f"\nRun {name} again with --sides, or give "

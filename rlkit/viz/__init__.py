@@ -28,6 +28,7 @@ _LAZY = {
     "plot_response_lengths": "plots",
     "plot_phase_breakdown": "plots",
     "plot_learning": "plots",
+    "plot_learning_spread": "plots",
     "plot_peers": "plots",
     "plot_summary": "plots",
     "memory_snapshot_table": "plots",

@@ -796,6 +796,38 @@ def plot_learning(sides: dict):
     return fig
 
 
+def plot_learning_spread(runs: dict):
+    """Several learning runs (one per seed) on one figure: mean reward and format rate per step, one colour per
+    side and one line style per run, so the spread between seeds shows next to the gap between sides.
+
+    Fed plain data: ``{run label: sides}``, each ``sides`` as :func:`plot_learning` takes it (``{side: {"steps":
+    [{"step", "score", "format"}, ...]}}``), e.g. each run's ``learning.json`` ``sides``:
+
+    >>> from rlkit.viz.plots import plot_learning_spread
+    >>> run = {"steps": [{"step": 1, "score": 0.0, "format": 0.1}, {"step": 2, "score": 0.1, "format": 0.5}]}
+    >>> fig = plot_learning_spread({"seed 1": {"rlkit": run, "verl": run}, "seed 2": {"rlkit": run, "verl": run}})
+    >>> [ax.get_title() for ax in fig.axes]
+    ['mean reward per step', 'format rate (strict "#### n" answers)']
+    >>> [line.get_label() for line in fig.axes[1].lines]
+    ['rlkit, seed 1', 'verl, seed 1', 'rlkit, seed 2', 'verl, seed 2']
+    """
+    fig = _new_figure((10, 3.6))
+    ax_score, ax_format = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    colours, styles = {}, ("-", "--", ":", "-.")
+    for i, (label, sides) in enumerate(runs.items()):
+        for name, side in sides.items():
+            colour = colours.setdefault(name, f"C{len(colours) % 10}")
+            steps = [r["step"] for r in side["steps"]]
+            kw = dict(color=colour, linestyle=styles[i % len(styles)], label=f"{name}, {label}", linewidth=1.2)
+            ax_score.plot(steps, [r["score"] if r["score"] is not None else math.nan for r in side["steps"]], **kw)
+            ax_format.plot(steps, [r["format"] for r in side["steps"]], **kw)
+    for ax, title in ((ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        _integer_ticks(ax.xaxis)
+    return fig
+
 def plot_peers(summaries: dict, phases: Sequence[str] | None = None, title: str = ""):
     """Frameworks side by side on one card: where each side's step goes (one stacked bar per side, a segment
     per phase, ``other`` for the step's time outside them) and tokens/s/GPU, labelled with each side's ratio
