@@ -302,6 +302,9 @@ def test_readme_quotes_the_second_learning_pairs_notes():
     rows = {side: [r for r in _metric_rows(side, gpu / f"{side}_metrics.jsonl") if "timing_s/step" in r]
             for side in steps}
     assert [len(rows[side]) for side in steps] == [60, 60]
+    assert all(a[f"prompt_length/{k}"] == b[f"prompt_length/{k}"] for a, b in zip(rows["rlkit"], rows["verl"])
+               for k in ("mean", "min", "max"))  # "the same lengths in tokens on both sides at every step"
+    assert [r["step"] for r in rows["rlkit"]] == [r["step"] for r in rows["verl"]] == list(range(1, 61))
     kl = {side: rows[side][1]["actor/kl_loss"] for side in steps}  # logged at step 2: after exactly one update
     assert f"the KL loss to the reference was {kl['rlkit']:.5f} in rlkit and {kl['verl']:.5f} in verl" in text
     gap = {side: statistics.median(r["training/rollout_probs_diff_mean"] for r in rows[side]) for side in steps}

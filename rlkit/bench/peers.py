@@ -53,6 +53,7 @@ VERL_ALSO = {"actor_rollout_ref.actor.use_torch_compile": ("actor_rollout_ref.ac
                                                            "actor_rollout_ref.ref.fsdp_config.use_torch_compile",
                                                            "critic.fsdp.use_torch_compile")}
 RUN_RECORD = "run.json"  # in each side's folder: the machine that ran it and how it ended (run_plan)
+RUNNING = "still running when its files were read (run.json is rewritten when the side ends)"
 MIN_PHASE_S = 0.05  # seconds: shorter phases get no ratio in compare's table
 CONTINUED = " \\\n    "  # a shell line continued on the next
 PHASES = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_critic", "update_actor", "update_weights")
@@ -223,6 +224,13 @@ def _run_side(name: str, side: dict, timeout: float | None):
             return f"timed out after {timeout} s, exit status {proc.wait()}"
 
 
+def _write_run_record(side: dict, record: dict, status) -> None:
+    """``<side folder>/run.json``: the machine ``record``, the side's command and ``status``."""
+    side["cwd"].mkdir(parents=True, exist_ok=True)
+    run_record = dict(record, status=status, command=shell_line(side["argv"], side["env"]))
+    (side["cwd"] / RUN_RECORD).write_text(json.dumps(run_record, indent=1))
+
+
 def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = None, summarize=None, run: bool = True,
              record: dict | None = None, **summary_kw) -> dict[str, dict]:
     """Run the sides of ``plan`` (:func:`plan_sides`) one after another, each in its folder with its output in its
@@ -235,17 +243,20 @@ def run_plan(plan: dict[str, dict], warmup: int = 2, timeout: float | None = Non
     the metrics the sides left earlier (a side without them is named, with its log's last lines if it ran).
     ``record``: the machine (:func:`run_machine`); each side that runs leaves it in ``<folder>/run.json`` with
     its ``command`` and how it ended (``status``: its exit status or why it was stopped), and ``run=False`` reads
-    that status back, so a side that timed out is summarized as ``partial`` and one that failed fails again."""
+    that status back, so a side that timed out is summarized as ``partial`` and one that failed fails again.
+    The record is written when the side starts, with :data:`RUNNING` as its status: files copied off a machine
+    before the side ended still name the machine, and read back they are summarized as ``partial``."""
     if summarize is None:
         def summarize(rows):
             return side_summary(rows, warmup, **summary_kw)
     done, failed = {}, {}
     for name, side in plan.items():
         if run:
+            if record is not None:
+                _write_run_record(side, record, RUNNING)
             status = _run_side(name, side, timeout)
             if record is not None:
-                run_record = dict(record, status=status, command=shell_line(side["argv"], side["env"]))
-                (side["cwd"] / RUN_RECORD).write_text(json.dumps(run_record, indent=1))
+                _write_run_record(side, record, status)
         else:
             status = _side_run(side["cwd"]).get("status", 0)
         has_log = Path(side["log"]).exists()  # it ran (now, or earlier for run=False): its log says why it failed

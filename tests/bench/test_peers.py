@@ -277,6 +277,27 @@ def test_a_side_stopped_by_the_timeout_keeps_the_steps_it_logged(tmp_path):
     assert rows.value.failed["slow"].startswith("side slow failed (timed out after 4 s, exit status -9)")
 
 
+def test_a_sides_run_record_is_written_when_it_starts(tmp_path):
+    """Files copied off the machine while a side still runs name its machine, and read back they are partial."""
+    write = ("import json\n"
+             "print(json.load(open('run.json'))['status'])\n"
+             "for s in (1, 2, 3):\n"
+             "    open('metrics.jsonl', 'a').write(json.dumps({'step': s, 'perf/throughput': 10.0 * s, "
+             "'timing_s/step': 1.0, 'perf/total_num_tokens': 8}) + '\\n')\n")
+    side = dict(argv=[sys.executable, "-c", write], env={}, cwd=tmp_path / "s", log=tmp_path / "s.log",
+                metrics=tmp_path / "s" / "metrics.jsonl", read=peers.read_rlkit_metrics)
+    machine = {"date": "2026-12-07", "card": "NVIDIA H100 80GB HBM3", "versions": {}}
+    done = peers.run_plan({"s": side}, warmup=2, model_cfg={}, sequences=1, record=machine)
+    assert (tmp_path / "s.log").read_text() == peers.RUNNING + "\n"  # what the side saw while it ran
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["status"] == 0 and "partial" not in done["s"]
+    # as an early copy would hold it: the record of the start, and the steps logged so far
+    (tmp_path / "s" / "run.json").write_text(json.dumps(dict(machine, status=peers.RUNNING)))
+    early = peers.run_plan({"s": side}, warmup=2, model_cfg={}, sequences=1, run=False)["s"]
+    assert early["partial"] == peers.RUNNING and early["throughput_median"] == 30.0
+    record, _ = peers.run_machine(tmp_path / "peers.json", True, folders={"s": tmp_path / "s"})
+    assert record["card"] == "NVIDIA H100 80GB HBM3" and record["side_runs"]["s"]["status"] == peers.RUNNING
+
+
 def _lookup(tree: dict, dotted: str):
     for part in dotted.split(".") if dotted else []:
         if not isinstance(tree, dict) or part not in tree:
