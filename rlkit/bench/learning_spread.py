@@ -13,8 +13,9 @@ runs (one ``learning.json`` each, with the same settings and any seeds) and give
   step 1, before any update, so this count differs by sampling alone.
 
 Across runs, per side: the values of each milestone and their mean, min and max; and paired per run, the
-milestone's step in rlkit minus verl's (positive: verl got there first), how often each side was first, and the
-exact two-sided sign-test p-value of those counts (ties left out). Runs with a recorded problem, without both
+milestone's step in rlkit minus verl's (positive: verl got there first), how often each side was first (a side
+that got there when the other never did counts as first), and the exact two-sided sign-test p-value of those
+counts (ties left out). Runs with a recorded problem, without both
 sides, or with other settings are refused, naming the run and the setting. Results go to
 ``<out>/learning_spread.json`` and the figure to ``<out>/learning_spread.png``
 (:func:`rlkit.viz.plots.plot_learning_spread`).
@@ -121,11 +122,12 @@ def spread(runs: dict[str, dict]) -> dict:
             sides.setdefault(side, {})[level] = {
                 "values": values, "mean": statistics.mean(reached) if reached else None,
                 "min": min(reached, default=None), "max": max(reached, default=None)}
-        diffs = [None if None in (r["sides"]["rlkit"]["milestones"][level], r["sides"]["verl"]["milestones"][level])
-                 else r["sides"]["rlkit"]["milestones"][level] - r["sides"]["verl"]["milestones"][level]
+        pairs = [(r["sides"]["rlkit"]["milestones"][level], r["sides"]["verl"]["milestones"][level])
                  for r in per_run.values()]
-        verl_first = sum(1 for d in diffs if d is not None and d > 0)
-        rlkit_first = sum(1 for d in diffs if d is not None and d < 0)
+        diffs = [None if None in pair else pair[0] - pair[1] for pair in pairs]
+        # who got there first: the earlier step, or the only side that got there at all in that run
+        verl_first = sum(1 for a, b in pairs if b is not None and (a is None or a > b))
+        rlkit_first = sum(1 for a, b in pairs if a is not None and (b is None or a < b))
         paired[level] = {"rlkit_minus_verl": diffs, "verl_first": verl_first, "rlkit_first": rlkit_first,
                          "ties": sum(1 for d in diffs if d == 0), "sign_test_p": sign_test(verl_first, rlkit_first)}
     return {"runs": per_run, "sides": sides, "paired": paired}

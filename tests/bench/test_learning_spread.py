@@ -59,8 +59,11 @@ def test_spread_by_hand():
     assert res["sides"]["verl"]["0.95"] == {"values": [2, None], "mean": 2, "min": 2, "max": 2}
     assert res["paired"]["0.5"] == {"rlkit_minus_verl": [1, -2], "verl_first": 1, "rlkit_first": 1, "ties": 0,
                                     "sign_test_p": 1.0}
-    assert res["paired"]["0.95"] == {"rlkit_minus_verl": [1, None], "verl_first": 1, "rlkit_first": 0, "ties": 0,
+    # run b: rlkit reached 95% and verl never did, so rlkit was first there, by an unknown number of steps
+    assert res["paired"]["0.95"] == {"rlkit_minus_verl": [1, None], "verl_first": 1, "rlkit_first": 1, "ties": 0,
                                      "sign_test_p": 1.0}
+    neither = ls.spread({"c": _run(_side([0.1, 0.2]), _side([0.1, 0.3]))})["paired"]["0.5"]
+    assert neither == {"rlkit_minus_verl": [None], "verl_first": 0, "rlkit_first": 0, "ties": 0, "sign_test_p": 1.0}
 
 
 def test_spread_refuses_runs_that_do_not_compare():
