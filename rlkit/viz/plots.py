@@ -765,21 +765,16 @@ def plot_learning(sides: dict):
     panels = 4 if with_length else 3
     fig = _new_figure((13 * panels / 3, 3.6))
     ax_score, ax_format, ax_val = (fig.add_subplot(1, panels, i) for i in (1, 2, 3))
-    line_axes = [(ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')]
     ax_len = fig.add_subplot(1, panels, 4) if with_length else None
-    if ax_len is not None:
-        line_axes.append((ax_len, "mean response length (tokens)"))
     for name, side in sides.items():
-        steps = [r["step"] for r in side["steps"]]
-        ax_score.plot(steps, [r["score"] if r["score"] is not None else math.nan for r in side["steps"]], label=name)
-        ax_format.plot(steps, [r["format"] for r in side["steps"]], label=name)
+        _learning_lines(ax_score, ax_format, side["steps"], label=name)
         if ax_len is not None:
-            ax_len.plot(steps, [r.get("logged", {}).get(length, math.nan) for r in side["steps"]], label=name)
-    for ax, title in line_axes:
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-        _integer_ticks(ax.xaxis)
+            ax_len.plot([r["step"] for r in side["steps"]],
+                        [r.get("logged", {}).get(length, math.nan) for r in side["steps"]], label=name)
+    _step_axes(ax_score, ax_format, legend_size=8)
+    if ax_len is not None:
+        ax_len.set_title("mean response length (tokens)", fontsize=9)
+        _step_axes(ax_len, legend_size=8)
     labels, strict, flexible = [], [], []
     for name, side in sides.items():
         for step, v in sorted(side["val"].items(), key=lambda kv: int(kv[0])):
@@ -816,17 +811,28 @@ def plot_learning_spread(runs: dict):
     colours, styles = {}, ("-", "--", ":", "-.")
     for i, (label, sides) in enumerate(runs.items()):
         for name, side in sides.items():
-            colour = colours.setdefault(name, f"C{len(colours) % 10}")
-            steps = [r["step"] for r in side["steps"]]
-            kw = dict(color=colour, linestyle=styles[i % len(styles)], label=f"{name}, {label}", linewidth=1.2)
-            ax_score.plot(steps, [r["score"] if r["score"] is not None else math.nan for r in side["steps"]], **kw)
-            ax_format.plot(steps, [r["format"] for r in side["steps"]], **kw)
-    for ax, title in ((ax_score, "mean reward per step"), (ax_format, 'format rate (strict "#### n" answers)')):
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-        _integer_ticks(ax.xaxis)
+            _learning_lines(ax_score, ax_format, side["steps"], label=f"{name}, {label}", linewidth=1.2,
+                            color=colours.setdefault(name, f"C{len(colours) % 10}"), linestyle=styles[i % len(styles)])
+    _step_axes(ax_score, ax_format, legend_size=7)
     return fig
+
+
+def _learning_lines(ax_score, ax_format, steps: list[dict], **line) -> None:
+    """One run's mean reward (a gap where it is ``None``) and format rate per step, drawn with ``line``'s style."""
+    x = [r["step"] for r in steps]
+    ax_score.plot(x, [r["score"] if r["score"] is not None else math.nan for r in steps], **line)
+    ax_format.plot(x, [r["format"] for r in steps], **line)
+    ax_score.set_title("mean reward per step", fontsize=9)
+    ax_format.set_title('format rate (strict "#### n" answers)', fontsize=9)
+
+
+def _step_axes(*axes, legend_size: int) -> None:
+    """Axes over training steps: labelled, integer ticks, a legend."""
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=legend_size)
+        _integer_ticks(ax.xaxis)
+
 
 def plot_peers(summaries: dict, phases: Sequence[str] | None = None, title: str = ""):
     """Frameworks side by side on one card: where each side's step goes (one stacked bar per side, a segment
