@@ -210,3 +210,56 @@ def test_too_few_resources_fail_at_once(model_dir):
                                            r"cluster has CPU=2"):
         WorkerGroup(config(model_dir, 4))
     assert time.monotonic() - t0 < 10
+
+
+def test_three_updates_equal_a_plain_adamw_loop(model_dir):
+    """AdamW's moments carry over from one training step to the next: three ``update_actor`` calls on one rank
+    (one optimizer step each) end where a plain loop ends - the same model, rlkit's actor loss, ``torch.optim.AdamW``
+    with the config's lr, betas and weight decay, and the gradient clip - and not where the same loop ends when
+    AdamW starts afresh every step (which a lost or rebuilt optimizer state would give: every step then moves each
+    weight by about lr)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.training import worker as worker_lib
+
+    cfg = PPOConfig.from_overrides([
+        "data.train_files=unused", "data.val_files=unused", "data.train_batch_size=4", "data.max_response_length=6",
+        f"actor_rollout_ref.model.path={model_dir}", "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=4",  # all 8 rows: one step
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8", "actor_rollout_ref.actor.optim.lr=1e-3",
+        "actor_rollout_ref.actor.use_kl_loss=False", "trainer.n_gpus_per_node=1", "trainer.device=cpu"])
+    batch = make_batch()
+    group = WorkerGroup(cfg, timeout_s=60, grace_s=10)
+    try:
+        for step in (1, 2, 3):
+            group.update_actor(batch, step=step)
+        ranked = group.call_rank0("full_state_dict")["actor"]
+    finally:
+        group.shutdown()
+
+    def plain(fresh_every_step: bool) -> dict:
+        a = cfg.actor_rollout_ref.actor
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model.train()
+        optim = None
+        for _ in range(3):
+            if optim is None or fresh_every_step:
+                optim = torch.optim.AdamW(model.parameters(), lr=float(a.optim.lr), betas=tuple(a.optim.betas),
+                                          weight_decay=float(a.optim.weight_decay))
+            optim.zero_grad(set_to_none=True)
+            lp, _ = worker_lib.response_log_probs(model, batch, float(cfg.actor_rollout_ref.rollout.temperature))
+            loss, _ = worker_lib.actor_micro_loss(cfg, lp, None, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(a.grad_clip))
+            optim.step()
+        return {k: v.detach() for k, v in model.state_dict().items()}
+
+    carried, fresh = plain(False), plain(True)
+    keys = [k for k in carried if k in ranked]
+    assert len(keys) >= len(ranked) - 1  # a tied lm_head may appear under one name only
+    diff = max((ranked[k] - carried[k]).abs().max().item() for k in keys)
+    apart = max((fresh[k] - carried[k]).abs().max().item() for k in keys)
+    print(f"3 updates vs a plain AdamW loop: max |param diff| = {diff:.2e}; a fresh AdamW each step differs by {apart:.2e}")
+    assert diff < TOL
+    assert apart > 100 * TOL  # the check can tell the two apart
