@@ -283,7 +283,8 @@ def test_readme_quotes_rlkits_fastest_grpo_run():
 
 def test_readme_quotes_the_second_learning_pairs_notes():
     """The notes under the second learning pair's table say what data/gpu/learning_seed2_h100/ holds: the step-1
-    format counts, the KL after one update, the engine-vs-actor gap, response lengths and rlkit's step times."""
+    format counts, the KL after one update and its growth later, the engine-vs-actor gap, response lengths and rlkit's
+    step times."""
     import json
     import statistics
 
@@ -309,6 +310,14 @@ def test_readme_quotes_the_second_learning_pairs_notes():
     assert f"the KL loss to the reference was {kl['rlkit']:.5f} in rlkit and {kl['verl']:.5f} in verl" in text
     gap = {side: statistics.median(r["training/rollout_probs_diff_mean"] for r in rows[side]) for side in steps}
     assert f"had a median of {gap['rlkit']:.4f} against {gap['verl']:.4f} over the 60 steps" in text
+    kls = {side: [r["actor/kl_loss"] for r in rows[side]] for side in steps}
+    norm = {side: statistics.median(r["actor/grad_norm"] for r in rows[side][:20]) for side in steps}
+    assert all(r["actor/pg_clipfrac"] == 0 and r["actor/lr"] == 1e-5 for side in steps for r in rows[side])
+    assert (f"its KL loss was {kls['verl'][9]:.4f} against {kls['rlkit'][9]:.4f} at step 10 and {kls['verl'][19]:.4f} "
+            f"against {kls['rlkit'][19]:.4f} at step 20 ({kls['verl'][1]:.4f} and {kls['verl'][2]:.4f} against "
+            f"{kls['rlkit'][1]:.4f} and {kls['rlkit'][2]:.4f} at steps 2 and 3), with gradient norms alike (a median "
+            f"of {norm['verl']:.3f} against {norm['rlkit']:.3f} over steps 1-20)") in text
+    assert f"ended higher: {kls['rlkit'][59]:.4f} against {kls['verl'][59]:.4f} at step 60" in text
     length = {side: [r["logged"]["response_length/mean"] for r in steps[side]] for side in steps}
     mean = {side: [statistics.mean(length[side][a:b]) for a, b in ((5, 20), (50, 60))] for side in steps}
     assert (f"a mean of {mean['verl'][0]:.0f} tokens against {mean['rlkit'][0]:.0f} over steps 6-20. By the end "
