@@ -306,11 +306,10 @@ def test_readme_quotes_the_second_learning_pairs_notes():
     assert all(a[f"prompt_length/{k}"] == b[f"prompt_length/{k}"] for a, b in zip(rows["rlkit"], rows["verl"])
                for k in ("mean", "min", "max"))  # "the same lengths in tokens on both sides at every step"
     assert [r["step"] for r in rows["rlkit"]] == [r["step"] for r in rows["verl"]] == list(range(1, 61))
-    kl = {side: rows[side][1]["actor/kl_loss"] for side in steps}  # logged at step 2: after exactly one update
-    assert f"the KL loss to the reference was {kl['rlkit']:.5f} in rlkit and {kl['verl']:.5f} in verl" in text
+    kls = {side: [r["actor/kl_loss"] for r in rows[side]] for side in steps}  # kls[side][1]: after exactly one update
+    assert f"the KL loss to the reference was {kls['rlkit'][1]:.5f} in rlkit and {kls['verl'][1]:.5f} in verl" in text
     gap = {side: statistics.median(r["training/rollout_probs_diff_mean"] for r in rows[side]) for side in steps}
     assert f"had a median of {gap['rlkit']:.4f} against {gap['verl']:.4f} over the 60 steps" in text
-    kls = {side: [r["actor/kl_loss"] for r in rows[side]] for side in steps}
     norm = {side: statistics.median(r["actor/grad_norm"] for r in rows[side][:20]) for side in steps}
     assert all(r["actor/pg_clipfrac"] == 0 and r["actor/lr"] == 1e-5 for side in steps for r in rows[side])
     assert (f"its KL loss was {kls['verl'][9]:.4f} against {kls['rlkit'][9]:.4f} at step 10 and {kls['verl'][19]:.4f} "

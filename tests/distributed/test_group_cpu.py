@@ -38,7 +38,8 @@ def model_dir(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("m"), char_tokenizer())
 
 
-def config(model_dir, world, offload=False, micro=1, packed=False, budget=None):
+def config(model_dir, world, offload=False, micro=1, packed=False, budget=None, extra=None):
+    """The tests' config; ``extra``: more ``{key: value}`` overrides, applied last."""
     o = {"data.train_files": "unused", "data.val_files": "unused", "data.train_batch_size": 4,
          "data.max_response_length": 6, "actor_rollout_ref.model.path": model_dir,
          "actor_rollout_ref.rollout.name": "hf", "actor_rollout_ref.rollout.n": 2,
@@ -54,6 +55,7 @@ def config(model_dir, world, offload=False, micro=1, packed=False, budget=None):
         o.update({"data.max_prompt_length": 8, "actor_rollout_ref.actor.use_dynamic_bsz": True,
                   "actor_rollout_ref.actor.ppo_max_token_len_per_gpu": budget,
                   "critic.ppo_max_token_len_per_gpu": budget, "critic.forward_max_token_len_per_gpu": budget})
+    o.update(extra or {})
     return PPOConfig.from_overrides([f"{k}={v}" for k, v in o.items()])
 
 
@@ -222,12 +224,10 @@ def test_three_updates_equal_a_plain_adamw_loop(model_dir):
 
     from rlkit.training import worker as worker_lib
 
-    cfg = PPOConfig.from_overrides([
-        "data.train_files=unused", "data.val_files=unused", "data.train_batch_size=4", "data.max_response_length=6",
-        f"actor_rollout_ref.model.path={model_dir}", "actor_rollout_ref.rollout.name=hf",
-        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=4",  # all 8 rows: one step
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8", "actor_rollout_ref.actor.optim.lr=1e-3",
-        "actor_rollout_ref.actor.use_kl_loss=False", "trainer.n_gpus_per_node=1", "trainer.device=cpu"])
+    cfg = config(model_dir, 1, micro=8, extra={"actor_rollout_ref.actor.ppo_mini_batch_size": 4,  # all 8 rows: one step
+                                               "actor_rollout_ref.actor.shuffle": False,
+                                               "actor_rollout_ref.actor.optim.lr": 1e-3,
+                                               "actor_rollout_ref.actor.use_kl_loss": False})
     batch = make_batch()
     group = WorkerGroup(cfg, timeout_s=60, grace_s=10)
     try:
