@@ -14,7 +14,8 @@ once more with one scorer, so the numbers of the two sides are counted the same 
 * ``format``: the share of the step's responses with a strict ``#### <number>`` answer,
 * validation accuracy, strict and flexible (the last number in the response), before and after training,
 * ``logged``: what each side logged that can explain a gap between curves (:data:`LOGGED`: response length,
-  gradient norm, entropy, KL loss, clipped fraction; the same keys in both frameworks).
+  gradient norm, entropy, KL loss, clipped fraction, the same keys in both frameworks; and rlkit's alone, how far
+  each optimizer step moved the weights, ``actor/update_norm``, and AdamW's step count, ``actor/optimizer_steps``).
 
 ``--model`` takes a Hugging Face folder or a ``.gguf`` file (de-quantised once into rlkit's cache; verl gets that
 folder). ``--dry-run`` prints the two commands and runs nothing; ``--from-logs`` runs nothing and reads what the
@@ -35,7 +36,8 @@ from pathlib import Path
 from rlkit.bench import peers
 
 SIDES = ("rlkit", "verl")
-LOGGED = ("response_length/mean", "actor/grad_norm", "actor/entropy", "actor/kl_loss", "actor/pg_clipfrac")
+LOGGED = ("response_length/mean", "actor/grad_norm", "actor/entropy", "actor/kl_loss", "actor/pg_clipfrac",
+          "actor/update_norm", "actor/optimizer_steps")
 EARLIER = "metrics.earlier.jsonl"  # a resumed side's rows from before (keep_earlier)
 REWARD_FILE = "gsm8k_reward.py"
 REWARD_SOURCE = '''"""Written by rlkit.bench.learning: the reward both sides load (custom_reward_function)."""

@@ -35,7 +35,11 @@ Updates (``update_actor``, ``update_critic``) - what makes N ranks equal one:
 * **Clipping** uses the global norm over all shards (:func:`rlkit.training.fsdp.clip_grad_norm`);
   a non-finite norm skips the step on every rank alike.
 * **Metrics** are weighted like the loss and all-reduced, so every rank returns the same numbers,
-  those of the global mini-batch (averaged over mini-batches).
+  those of the global mini-batch (averaged over mini-batches). Besides verl's, each role reports how far
+  an optimizer step moved its weights, ``<role>/update_norm`` (``||theta_new - theta_old||``, read back
+  from AdamW's moments: :func:`rlkit.training.optim.adamw_step_norms`), the weights' ``<role>/param_norm``
+  after it, and AdamW's step count so far, ``<role>/optimizer_steps`` (one per mini-batch and epoch of
+  every update: a smaller count means the moments were lost on the way).
 
 Generation with SGLang (``rollout.name=sglang``, verl's hybrid engine): one engine per TP group of
 ``rollout.tensor_model_parallel_size`` ranks, its TP ranks on those ranks' GPUs
@@ -97,14 +101,13 @@ from typing import Any, Callable
 import torch
 from torch.profiler import record_function
 
-from rlkit import algos
 from rlkit.datasets.batch import PAD_COLUMN, RolloutBatch
 from rlkit.datasets.packing import token_budget_groups
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.parallel import ParallelPlan
 from rlkit.rollout.base import get_rollout_class
 from rlkit.training import fsdp, models, worker as worker_lib
-from rlkit.training.optim import build_optimizer, build_scheduler
+from rlkit.training.optim import adamw_step_norms, build_optimizer, build_scheduler
 
 __all__ = ["RankWorker", "update_shards", "loss_units", "DEFAULT_TIMEOUT_S"]
 
@@ -588,19 +591,24 @@ class RankWorker:
                 if offload_optim:
                     fsdp.load_optimizer(optim, self.device)
                 grad_norm = fsdp.clip_grad_norm(model.parameters(), grad_clip)
-                if torch.isfinite(torch.tensor(grad_norm)):
+                stepped = bool(torch.isfinite(torch.tensor(grad_norm)))
+                if stepped:
                     optim.step()
                 else:  # as verl: a non-finite gradient skips the update (on every rank: the norm is global)
                     optim.zero_grad(set_to_none=True)
                     grad_norm = float("nan")
+                sums, optim_steps = adamw_step_norms(optim, stepped)  # before the offload: the moments are here
                 if offload_optim:
                     fsdp.offload_optimizer(optim)
-            _append(stats, {f"{role}/grad_norm": grad_norm})
+            update_sq, param_sq = self._all_reduce(sums.cpu()).tolist()
+            _append(stats, {f"{role}/grad_norm": grad_norm, f"{role}/update_norm": update_sq ** 0.5,
+                            f"{role}/param_norm": param_sq ** 0.5})
         bar.close()
         lr = optim.param_groups[0]["lr"]  # the rate this update used (verl's actor/lr), before the schedule moves
         sched.step()
         out = {k: sum(v) / len(v) for k, v in stats.items()}
         out[f"{role}/lr"] = lr
+        out[f"{role}/optimizer_steps"] = optim_steps  # AdamW's count so far: the moments carried over
         return out
 
     def update_critic(self, batch: RolloutBatch, step: int) -> dict[str, float]:

@@ -219,7 +219,8 @@ def test_three_updates_equal_a_plain_adamw_loop(model_dir):
     (one optimizer step each) end where a plain loop ends - the same model, rlkit's actor loss, ``torch.optim.AdamW``
     with the config's lr, betas and weight decay, and the gradient clip - and not where the same loop ends when
     AdamW starts afresh every step (which a lost or rebuilt optimizer state would give: every step then moves each
-    weight by about lr)."""
+    weight by about lr). Each update reports AdamW's step count and how far its step moved the weights
+    (``actor/update_norm``, read back from AdamW's state), which equal the loop's, measured on copies of its weights."""
     from transformers import AutoModelForCausalLM
 
     from rlkit.training import worker as worker_lib
@@ -231,11 +232,12 @@ def test_three_updates_equal_a_plain_adamw_loop(model_dir):
     batch = make_batch()
     group = WorkerGroup(cfg, timeout_s=60, grace_s=10)
     try:
-        for step in (1, 2, 3):
-            group.update_actor(batch, step=step)
+        metrics = [group.update_actor(batch, step=step) for step in (1, 2, 3)]
         ranked = group.call_rank0("full_state_dict")["actor"]
     finally:
         group.shutdown()
+
+    moved, norms = [], []  # per step of the carried loop: ||theta_new - theta_old||, ||theta_new||
 
     def plain(fresh_every_step: bool) -> dict:
         a = cfg.actor_rollout_ref.actor
@@ -244,6 +246,7 @@ def test_three_updates_equal_a_plain_adamw_loop(model_dir):
         model.train()
         optim = None
         for _ in range(3):
+            before = [p.detach().clone() for p in model.parameters()]
             if optim is None or fresh_every_step:
                 optim = torch.optim.AdamW(model.parameters(), lr=float(a.optim.lr), betas=tuple(a.optim.betas),
                                           weight_decay=float(a.optim.weight_decay))
@@ -253,6 +256,9 @@ def test_three_updates_equal_a_plain_adamw_loop(model_dir):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(a.grad_clip))
             optim.step()
+            if not fresh_every_step:
+                moved.append(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)) ** 0.5)
+                norms.append(sum((p.detach() ** 2).sum() for p in model.parameters()) ** 0.5)
         return {k: v.detach() for k, v in model.state_dict().items()}
 
     carried, fresh = plain(False), plain(True)
@@ -263,3 +269,6 @@ def test_three_updates_equal_a_plain_adamw_loop(model_dir):
     print(f"3 updates vs a plain AdamW loop: max |param diff| = {diff:.2e}; a fresh AdamW each step differs by {apart:.2e}")
     assert diff < TOL
     assert apart > 100 * TOL  # the check can tell the two apart
+    assert [m["actor/optimizer_steps"] for m in metrics] == [1, 2, 3]
+    assert [m["actor/update_norm"] for m in metrics] == pytest.approx([float(x) for x in moved], rel=1e-4)
+    assert [m["actor/param_norm"] for m in metrics] == pytest.approx([float(x) for x in norms], rel=1e-6)

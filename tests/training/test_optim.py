@@ -1,7 +1,8 @@
-
+"""verl's learning-rate schedules, and the size of AdamW's last step read back from its state."""
 import pytest
+import torch
 
-from rlkit.training.optim import lr_multiplier, warmup_steps
+from rlkit.training.optim import adamw_step_norms, lr_multiplier, warmup_steps
 
 
 def test_warmup_rule():
@@ -89,3 +90,54 @@ def test_deprecated_warmup_style_wins_over_lr_scheduler_type():
     assert scheduler_type({"lr_scheduler_type": "cosine", "warmup_style": None}) == "cosine"
     got = _lrs({"lr_scheduler_type": "constant", "warmup_style": "cosine", "min_lr_ratio": 0.0}, total=4, steps=5)
     assert got == pytest.approx([1.0, 0.5 * (1 + 2 ** -0.5), 0.5, 0.5 * (1 - 2 ** -0.5), 0.0])
+
+
+def _params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(*shape, generator=g)) for shape in ((7, 5), (5,), (3, 4, 2))]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_adamw_step_norms_equal_the_change_of_the_weights(fused):
+    """Read back from AdamW's state after each of 4 steps (weight decay on, gradients of varying size and sign),
+    the change equals ``||theta_new - theta_old||`` measured on copies of the weights, the weight norm is theirs,
+    and the step count is the number of steps; small chunks (3 elements) give the same sums as whole tensors
+    (up to fp32 rounding: each chunk is summed in fp32, the chunks in fp64)."""
+
+    params = _params()
+    opt = torch.optim.AdamW(params, lr=0.05, betas=(0.8, 0.95), weight_decay=0.3, fused=fused)
+    g = torch.Generator().manual_seed(1)
+    for step in range(1, 5):
+        before = [p.detach().clone() for p in params]
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g) * 10 ** step  # the moments see a changing scale
+        opt.step()
+        moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(params, before)))
+        weights = torch.sqrt(sum((p.detach() ** 2).sum() for p in params))
+        sums, steps = adamw_step_norms(opt)
+        assert steps == step
+        assert sums[0].sqrt().item() == pytest.approx(moved.item(), rel=1e-5)
+        assert sums[1].sqrt().item() == pytest.approx(weights.item(), rel=1e-6)
+        assert torch.allclose(adamw_step_norms(opt, chunk=3)[0], sums, rtol=1e-6)  # fp32 sums, other order
+
+
+def test_adamw_step_norms_before_a_step_and_after_a_skipped_one():
+
+    params = _params()
+    opt = torch.optim.AdamW(params, lr=0.1)
+    sums, steps = adamw_step_norms(opt)
+    weights = sum((p.detach().double() ** 2).sum() for p in params)
+    assert steps == 0 and sums[0].item() == 0 and sums[1].item() == pytest.approx(weights.item())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert adamw_step_norms(opt)[0][0] > 0
+    assert adamw_step_norms(opt, stepped=False)[0][0].item() == 0  # a skipped step moved nothing
+
+
+def test_adamw_step_norms_refuses_what_it_cannot_read():
+
+    with pytest.raises(TypeError, match="torch.optim.AdamW's state, got SGD"):
+        adamw_step_norms(torch.optim.SGD(_params(), lr=0.1))
+    with pytest.raises(ValueError, match="amsgrad=True"):
+        adamw_step_norms(torch.optim.AdamW(_params(), lr=0.1, amsgrad=True))
