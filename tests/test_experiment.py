@@ -57,6 +57,28 @@ def test_reward_rises_on_easy_behaviour(char_model, toy_data):
     assert after > before + 0.3, (before, after)
 
 
+def test_an_experiment_made_again_releases_the_first(char_model, toy_data):
+    """A notebook cell run twice (``exp = Experiment(cfg)``): the first Experiment, dropped without ``shutdown()``,
+    releases its rank once it is collected (models freed, the process group left), and the second one steps."""
+    import gc
+    import weakref
+
+    from rlkit.training.rank_worker import _PROCESS_GROUP_USERS
+
+    users = _PROCESS_GROUP_USERS[0]  # ranks of this process on its process group (0 unless a test left one)
+    cfg = PPOConfig.from_overrides(toy_overrides(char_model, toy_data))
+    exp = Experiment(cfg, reward_fn=digit_fraction)
+    rank = weakref.ref(exp.worker.local)
+    exp = Experiment(cfg, reward_fn=digit_fraction)
+    gc.collect()
+    assert rank() is None and _PROCESS_GROUP_USERS[0] == users + 1  # only the second one is left
+    try:
+        assert exp.step().step == 1
+    finally:
+        exp.shutdown()
+    assert _PROCESS_GROUP_USERS[0] == users
+
+
 def test_one_intra_op_thread_sets_one_and_restores_the_count():
     import torch
 

@@ -36,12 +36,18 @@ placement groups, so a new group can start in the same process.
 
 A group of one rank can also run in this process (``WorkerGroup(cfg, local=True)``: no Ray, the
 same RankWorker and dispatch, a world-size-1 process group here); an exception in the rank breaks
-the group as above. SGLang never starts in this process (it kills its launcher when it fails), so a
+the group as above.
+
+A group dropped without ``shutdown`` (a notebook cell run again: ``exp = Experiment(...)``) releases
+what it holds when it is garbage-collected: its actors end, its placement groups are removed (Ray
+keeps those until then, so the next group would find no free bundles), a local rank leaves the
+process group and stops its engine. SGLang never starts in this process (it kills its launcher when it fails), so a
 local group takes ``rollout.name=hf`` only.
 """
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Sequence
 
 from rlkit.datasets.batch import RolloutBatch
@@ -119,11 +125,16 @@ class WorkerGroup:
         self.broken: str | None = None
         self.local = None  # the in-process rank of a local group
         self._ray = None
+        # what the group holds, ended once: by shutdown(), or when a group dropped without it is collected (a
+        # notebook cell run again, `exp = Experiment(...)`): Ray ends actors with their handles, but a placement
+        # group keeps its bundles until it is removed, and a local rank keeps the process group and its engine
+        self._held = {"ray": None, "local": None, "actors": self.actors, "placement_groups": self.placement_groups}
+        self._release = weakref.finalize(self, _release, self._held)
         if local:
             self._start_local(RankWorker, total_training_steps, timeout_s, progress)
             return
         ray = _import_ray()
-        self._ray = ray
+        self._ray = self._held["ray"] = ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -133,8 +144,8 @@ class WorkerGroup:
         check_nodes(self.nnodes, self.gpus_per_node, self.use_gpu)  # before Ray waits forever for bundles
         bundle = {"GPU": 1, "CPU": 1} if self.use_gpu else {"CPU": 1}
         try:
-            self.placement_groups = [placement_group([dict(bundle)] * self.gpus_per_node, strategy="STRICT_PACK")
-                                     for _ in range(self.nnodes)]
+            self.placement_groups.extend(placement_group([dict(bundle)] * self.gpus_per_node, strategy="STRICT_PACK")
+                                         for _ in range(self.nnodes))
             try:
                 ray.get([pg.ready() for pg in self.placement_groups], timeout=ready_timeout_s)
             except ray.exceptions.GetTimeoutError:
@@ -184,6 +195,7 @@ class WorkerGroup:
         self.local = rank_cls(self.cfg, total_training_steps, rank=0, world_size=1, local_rank=0,
                               master_addr=self.master_addr, master_port=self.master_port, timeout_s=timeout_s,
                               progress=progress)
+        self._held["local"] = self.local
         self.ranks = [{"rank": 0, "node": "local", "device": "?"}]
         self.last_snapshot = [None]
         self._describe_ranks()
@@ -423,40 +435,47 @@ class WorkerGroup:
         """End every rank's process and remove the placement groups (idempotent). A local rank leaves
         its process group and frees its models."""
         local, self.local = self.local, None
+        if self.actors and not self.broken:
+            try:  # leave the process group cleanly where possible
+                self._ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
+            except Exception:
+                pass
+        self._release()  # once; afterwards the group holds nothing
         if local is not None:
-            local.shutdown()
             import gc
 
             del local
             gc.collect()
-        ray = self._ray
-        if ray is None:
-            return
-        actors, self.actors = self.actors, []
-        if actors and not self.broken:
-            try:  # leave the process group cleanly where possible
-                ray.get([a.shutdown.remote() for a in actors], timeout=30)
-            except Exception:
-                pass
-        for a in actors:
-            try:
-                ray.kill(a, no_restart=True)
-            except Exception:
-                pass
-        from ray.util.placement_group import remove_placement_group
-
-        pgs, self.placement_groups = self.placement_groups, []
-        for pg in pgs:
-            try:
-                remove_placement_group(pg)
-            except Exception:
-                pass
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else ("shut down" if not (self.actors or self.local) else "running")
         where = "in this process, " if self._ray is None else ""
         return (f"WorkerGroup({self.nnodes} node(s) x {self.gpus_per_node} = {self.world_size} ranks, {where}"
                 f"{'GPU' if self.use_gpu else 'CPU'}, {state})")
+
+
+def _release(held: dict) -> None:
+    """End what a group holds (``WorkerGroup._held``): its local rank leaves the process group (and stops its
+    engine), its actors are killed and its placement groups removed. A group's finalizer: it runs once."""
+    local, held["local"] = held["local"], None
+    if local is not None:
+        local.shutdown()
+    ray = held["ray"]
+    for a in held["actors"]:
+        try:
+            ray.kill(a, no_restart=True)
+        except Exception:
+            pass
+    held["actors"].clear()
+    if held["placement_groups"]:
+        from ray.util.placement_group import remove_placement_group
+
+        for pg in held["placement_groups"]:
+            try:
+                remove_placement_group(pg)
+            except Exception:
+                pass
+        held["placement_groups"].clear()
 
 
 def _shown(resources: dict) -> str:

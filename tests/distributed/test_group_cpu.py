@@ -204,6 +204,22 @@ def test_killed_rank_is_named_then_a_new_group_starts(model_dir):
         again.shutdown()
 
 
+def test_a_group_dropped_without_shutdown_frees_its_bundles(model_dir):
+    """A notebook cell run again (``exp = Experiment(...)``) drops the old group without ``shutdown()``: once it
+    is collected its placement group is gone (Ray ends the actors with their handles, but keeps a placement
+    group until it is removed), so a new group of the same size finds its bundles free."""
+    import gc
+
+    group = WorkerGroup(config(model_dir, 2), timeout_s=30, grace_s=10)
+    del group
+    gc.collect()
+    again = WorkerGroup(config(model_dir, 2), timeout_s=30, ready_timeout_s=20, grace_s=10)
+    try:
+        assert again.compute_log_prob(make_batch())["log_probs"].shape == make_batch()["responses"].shape
+    finally:
+        again.shutdown()
+
+
 def test_too_few_resources_fail_at_once(model_dir):
     import time
 

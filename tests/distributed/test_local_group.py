@@ -86,6 +86,28 @@ def test_two_local_groups_share_the_process_group_until_the_last_shuts_down(mode
     assert not dist.is_initialized()
 
 
+def test_a_local_group_dropped_without_shutdown_leaves_the_process_group(model_dir):
+    """A notebook cell run again (``exp = Experiment(...)``) drops the old group without ``shutdown()``: once it is
+    collected its rank has left the process group (the last user takes it down), and a new group starts."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+
+    group = WorkerGroup(config(model_dir, 1), local=True)
+    rank = weakref.ref(group.local)
+    assert dist.is_initialized()
+    del group
+    gc.collect()
+    assert not dist.is_initialized() and rank() is None  # left, and its models are freed
+    again = WorkerGroup(config(model_dir, 1), local=True)
+    try:
+        assert again.compute_log_prob(make_batch())["log_probs"].shape == make_batch()["responses"].shape
+    finally:
+        again.shutdown()
+    assert not dist.is_initialized()
+
+
 def test_use_torch_compile_picks_roles_and_cpu_ranks_stay_eager(model_dir):
     """use_torch_compile (verl's key, on by default) compiles decoder layers on GPU only: actor and critic by
     the actor's switch, the reference by ref.use_torch_compile; a CPU rank runs its layers eagerly."""
