@@ -501,8 +501,8 @@ class Experiment:
 
     def validate(self) -> dict[str, float]:
         """Score the validation set with ``rollout.val_kwargs`` (greedy by default), named as verl names
-        it (:mod:`rlkit.rewards.validation`): ``val-core/<data_source>/reward/mean@N`` for a float score
-        (``.../acc/...`` when the reward returns a dict with ``acc``), with ``std@N``, ``best@k``,
+        it (:mod:`rlkit.rewards.validation`): ``val-core/<data_source>/acc/mean@N`` for a float score (verl 0.9 records
+        it as ``acc`` too; a dict without ``acc`` gives ``.../reward/...``), with ``std@N``, ``best@k``,
         ``worst@k`` and ``maj@k`` for ``val_kwargs.n > 1``, and ``val-aux/<data_source>/response_length/mean``.
         The per-response table is kept in ``self.last_validation``; with ``trainer.validation_data_dir`` it
         is also written, in verl's format, to ``<dir>/<global_step>.jsonl`` (:func:`rlkit.loggers.dump_generations`).

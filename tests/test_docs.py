@@ -93,7 +93,7 @@ def test_readme_main_job_runs_as_written_and_learns_something(fresh_home):
     proc = run_shell(command, fresh_home)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("step:")]
     assert [line.split(" - ")[0] for line in lines] == ["step:0", "step:1", "step:2", "step:3"]
-    assert "val-core/openai/gsm8k/reward/mean@1:" in lines[-1]
+    assert "val-core/openai/gsm8k/acc/mean@1:" in lines[-1]
     metrics = [dict(kv.split(":", 1) for kv in line.split(" - ")[1:]) for line in lines[1:]]
     # the format score gives the reward something to say: the critic learns from the first step and
     # the actor's gradients are not zero (with GSM8K's plain 0/1 score both stay exactly 0)

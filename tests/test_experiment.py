@@ -227,9 +227,11 @@ def test_reward_error_names_sample(char_model, toy_data):
 def test_validate(char_model, toy_data):
     exp = Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction)
     m = exp.validate()
-    assert "val-core/toy/digits/reward/mean@1" in m
     assert len(exp.last_validation) == 4
-    assert m["val-core/toy/digits/reward/mean@1"] == pytest.approx(exp.last_validation["score"].mean())
+    # a reward returning a number: its core metric is acc, the score under val-aux (as verl 0.9 names them)
+    assert m["val-core/toy/digits/acc/mean@1"] == pytest.approx(exp.last_validation["score"].mean())
+    assert m["val-aux/toy/digits/reward/mean@1"] == m["val-core/toy/digits/acc/mean@1"]
+    assert not any(k.startswith("val-core/") and "/reward/" in k for k in m)
 
 
 def _read_jsonl(path):
@@ -377,7 +379,7 @@ def test_gsm8k_two_steps_experiment(qwen_tiny, gsm8k_files, tmp_path):
         assert res.rollouts["prompt"].str.contains("####").all()  # verl's instruction is in every prompt
         assert set(res.rollouts["score"]) <= {0.0, 1.0}
         assert res.rollouts["ground_truth"].str.fullmatch(r"-?[0-9.]+").all()
-    assert "val-core/openai/gsm8k/reward/mean@1" in exp.validate()
+    assert "val-core/openai/gsm8k/acc/mean@1" in exp.validate()
 
 
 @pytest.mark.slow
@@ -388,7 +390,7 @@ def test_gsm8k_two_steps_main_ppo(qwen_tiny, gsm8k_files, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [l for l in proc.stdout.splitlines() if l.startswith("step:")]
     assert [l.split(" - ")[0] for l in lines] == ["step:0", "step:1", "step:2"]  # val before train, 2 steps
-    assert "critic/score/mean:" in lines[1] and "val-core/openai/gsm8k/reward/mean@1:" in lines[2]
+    assert "critic/score/mean:" in lines[1] and "val-core/openai/gsm8k/acc/mean@1:" in lines[2]
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert "actor/pg_loss" in rows[2]

@@ -133,7 +133,7 @@ def test_val_only_validates_and_stops(toy, tmp_path):
     proc = main_ppo(args(toy, tmp_path / "run", **{"trainer.val_only": True}), tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (line,) = step_lines(proc.stdout)
-    assert line.startswith("step:0 - val-core/toy/digits/reward/mean@1:")
+    assert line.startswith("step:0 - val-core/toy/digits/acc/mean@1:")
     assert not list((tmp_path / "run").glob("global_step_*"))
 
 
@@ -152,11 +152,13 @@ def test_generation_dumps_at_verls_steps(toy, tmp_path):
         lines = [json.loads(line) for line in (rollouts / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()]
         assert len(lines) == 4 * 2 and {line["step"] for line in lines} == {step}  # train_batch_size x rollout.n
         assert sum(line["score"] for line in lines) / 8 == pytest.approx(logged[step]["critic/score/mean"])
+        # verl 0.9: a number is also acc (the reward's float; score went through the fp32 reward tensor)
+        assert [line["acc"] for line in lines] == pytest.approx([line["score"] for line in lines], rel=1e-6)
     for step in (0, 2):
         lines = [json.loads(line) for line in (val / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()]
         assert len(lines) == 4 and {line["step"] for line in lines} == {step}  # the 4 validation prompts
         assert sum(line["score"] for line in lines) / 4 == pytest.approx(
-            logged[step]["val-core/toy/digits/reward/mean@1"])
+            logged[step]["val-core/toy/digits/acc/mean@1"])
 
 
 def test_log_val_generations_logs_verls_picks(toy, tmp_path):
@@ -181,4 +183,4 @@ def test_log_val_generations_logs_verls_picks(toy, tmp_path):
     headers = [line for line in proc.stdout.splitlines() if line.startswith("val/generations")]
     assert [h.split(" score:")[0] for h in headers] == ["val/generations step:0 sample:1/2",
                                                         "val/generations step:0 sample:2/2"]
-    assert step_lines(proc.stdout)[0].startswith("step:0 - val-core/toy/digits/reward/mean@1:")
+    assert step_lines(proc.stdout)[0].startswith("step:0 - val-core/toy/digits/acc/mean@1:")

@@ -214,7 +214,14 @@ def score_responses(
     ``fn`` returns a number, or a dict with a ``"score"`` key plus other keys.
     Returns ``(scores, extras)``: ``extras[key]`` is a list aligned with the
     samples (numbers as float, other values unchanged, ``None`` where a sample
-    did not return that key).
+    did not return that key). A number is also its sample's ``acc``, as verl
+    0.9's reward loop records it: validation then names ``acc`` its core metric
+    (``val-core/<data_source>/acc/mean@N``) and the dumps carry an ``acc`` field.
+
+    >>> from rlkit.rewards import score_responses
+    >>> score_responses(lambda data_source, solution_str, ground_truth, extra_info: float(solution_str == ground_truth),
+    ...                 ["a", "a"], ["4", "5"], ["4", "4"])
+    ([1.0, 0.0], {'acc': [1.0, 0.0]})
 
     Any exception inside ``fn``, a missing ``"score"`` key, or a score that is
     not a finite number raises :class:`RewardError` naming the sample.
@@ -271,6 +278,9 @@ def score_responses(
         value = _as_float(raw)
         if value is None:
             raise fail(f"returned a score that is not a finite number: {raw!r}")
+        if not isinstance(result, dict):
+            extras["acc"] = value
+            keys.setdefault("acc", None)
         scores.append(value)
         extra_rows.append(extras)
 

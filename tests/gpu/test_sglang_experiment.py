@@ -85,7 +85,7 @@ def test_ppo_steps_with_sglang(tmp_path):
     print("score/mean per step:", [round(x, 3) for x in history["critic/score/mean"]])
 
     assert len(history) == STEPS
-    acc = "val-core/openai/gsm8k/reward/mean@1"
+    acc = "val-core/openai/gsm8k/acc/mean@1"
     assert acc in val_before and acc in val_after
     # the engine and the actor hold the same weights: the actor's recomputed probabilities match the engine's
     assert history["training/rollout_probs_diff_mean"].max() < 0.02

@@ -191,6 +191,7 @@ def test_load_custom_reward_function_expands_user(tmp_path, monkeypatch):
 
 
 def test_score_responses_with_default_fn():
+    """A number is also the sample's ``acc`` (verl 0.9's reward loop: ``reward_extra_info["acc"] = score``)."""
     scores, extras = score_responses(
         default_compute_score,
         ["openai/gsm8k"] * 4,
@@ -199,7 +200,17 @@ def test_score_responses_with_default_fn():
         [{"index": i} for i in range(4)],
     )
     assert scores == [1.0, 1.0, 0.0, 0.0]
-    assert extras == {}
+    assert extras == {"acc": [1.0, 1.0, 0.0, 0.0]}
+
+
+def test_score_responses_numbers_and_dicts_in_one_batch():
+    """Per sample, as verl: a number gets ``acc``; a dict keeps its own keys (here none: ``acc`` is None there)."""
+    def fn(data_source, solution_str, ground_truth, extra_info):
+        return {"score": 0.5, "pred": solution_str} if solution_str == "d" else 2.0
+
+    scores, extras = score_responses(fn, ["x", "x"], ["n", "d"], ["", ""])
+    assert scores == [2.0, 0.5]
+    assert extras == {"acc": [2.0, None], "pred": [None, "d"]}
 
 
 def test_score_responses_dict_extras():
