@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from rlkit.diagnostics import balance as memory_balance_lib
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.diagnostics.timing import PhaseTimer
 from rlkit.loggers import dump_generations, pick_val_generations
+
+if TYPE_CHECKING:  # the batch type, for annotations only
+    from rlkit.datasets import RolloutBatch
 
 KEEP_ROLLOUT_STEPS = 100  # rollout tables kept in memory for show_rollouts() / the dashboard
 
@@ -101,7 +104,7 @@ class StepResult:
     metrics: dict[str, float]
     timing: dict[str, float]
     memory: pd.DataFrame = field(default=None, repr=False)
-    batch: "RolloutBatch" = field(default=None, repr=False)  # rlkit.datasets.RolloutBatch
+    batch: RolloutBatch = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         keys = ["critic/score/mean", "critic/rewards/mean", "response_length/mean", "actor/pg_loss", "timing_s/step"]
@@ -287,7 +290,7 @@ class Experiment:
                     with one_intra_op_thread():
                         metrics["actor/entropy"] = algos.agg_loss(out["entropys"], mask, a.loss_agg_mode,
                                                                   a.get("loss_scale_factor")).item()
-                        metrics.update(_rollout_probs_diff(batch["rollout_log_probs"], out["log_probs"], mask))
+                        metrics.update(_rollout_mismatch(batch["rollout_log_probs"], out["log_probs"], mask))
 
             # 5. reference log-probs (for the KL loss or the KL reward penalty)
             if worker.has_ref:
@@ -782,14 +785,17 @@ def _last_token_tensor(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return out
 
 
-def _rollout_probs_diff(rollout_lp, actor_lp, mask) -> dict[str, float]:
-    """|p_rollout - p_actor| per token: the first thing to check when PPO misbehaves."""
-    diff = (rollout_lp.exp() - actor_lp.exp()).abs()
-    valid = diff[mask.bool()]
-    if valid.numel() == 0:
-        return {}
-    return {"training/rollout_probs_diff_mean": valid.mean().item(),
-            "training/rollout_probs_diff_max": valid.max().item()}
+def _rollout_mismatch(rollout_lp, actor_lp, mask) -> dict[str, float]:
+    """The engine's policy against the trainer's on the sampled tokens, as verl 0.9 logs it
+    (:mod:`rlkit.algos.mismatch`): ``training/rollout_probs_diff_{valid,max,mean,std}`` and
+    ``training/rollout_actor_probs_pearson_corr`` (token probabilities), ``rollout_corr/*`` (KL, perplexities,
+    chi-squared of the importance ratio). The first thing to check when PPO misbehaves."""
+    d = algos.probs_diff_metrics(rollout_lp, actor_lp, mask)
+    out = {f"training/rollout_probs_diff_{k}": d[k] for k in ("valid", "max", "mean", "std")}
+    out["training/rollout_actor_probs_pearson_corr"] = d["pearson_corr"]
+    if d["valid"]:
+        out.update({f"rollout_corr/{k}": v for k, v in algos.offpolicy_metrics(actor_lp, rollout_lp, mask).items()})
+    return out
 
 
 def _stats(prefix: str, x: torch.Tensor) -> dict[str, float]:

@@ -114,12 +114,12 @@ def test_the_drivers_own_math_runs_on_one_thread(char_model, toy_data, monkeypat
 
     monkeypatch.setattr(experiment.algos, "compute_advantage", recording(experiment.algos.compute_advantage))
     monkeypatch.setattr(experiment, "_data_metrics", recording(experiment._data_metrics))
-    monkeypatch.setattr(experiment, "_rollout_probs_diff", recording(experiment._rollout_probs_diff))
+    monkeypatch.setattr(experiment, "_rollout_mismatch", recording(experiment._rollout_mismatch))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         Experiment(PPOConfig.from_overrides(toy_overrides(char_model, toy_data)), reward_fn=digit_fraction).step()
-        assert seen == [("_rollout_probs_diff", 1), ("compute_advantage", 1), ("_data_metrics", 1)]
+        assert seen == [("_rollout_mismatch", 1), ("compute_advantage", 1), ("_data_metrics", 1)]
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -143,6 +143,10 @@ def test_step_result_contents(char_model, toy_data):
         assert key in res.metrics, key
     # the hf engine shares the actor's weights: its log-probs equal the actor's recomputation
     assert res.metrics["training/rollout_probs_diff_max"] < 1e-4
+    assert res.metrics["training/rollout_probs_diff_valid"] == 1
+    assert res.metrics["training/rollout_actor_probs_pearson_corr"] > 0.9999
+    assert abs(res.metrics["rollout_corr/kl"]) < 1e-4 and abs(res.metrics["rollout_corr/chi2_token"]) < 1e-4
+    assert res.metrics["rollout_corr/training_ppl"] == pytest.approx(res.metrics["rollout_corr/rollout_ppl"], rel=1e-4)
     # scores are the reward function's values, one per sample
     expected = [digit_fraction(None, r, None) for r in res.rollouts["response"]]
     assert res.rollouts["score"].tolist() == pytest.approx(expected)

@@ -1,4 +1,4 @@
-"""RL algorithm math: masked ops, advantage estimators, PPO losses and KL utilities.
+"""RL algorithm math: masked ops, advantage estimators, PPO losses, KL utilities and rollout-vs-trainer diagnostics.
 
 Pure tensor functions (torch only), verl-compatible semantics. Shapes are
 ``(bs, response_length)`` unless stated otherwise.
@@ -36,6 +36,7 @@ from .kl import (
     kl_penalty,
 )
 from .losses import compute_entropy_loss, compute_policy_loss, compute_value_loss
+from .mismatch import offpolicy_metrics, probs_diff_metrics
 
 __all__ = [
     # core
@@ -71,4 +72,7 @@ __all__ = [
     "AdaptiveKLController",
     "get_kl_controller",
     "apply_kl_penalty",
+    # rollout vs trainer
+    "probs_diff_metrics",
+    "offpolicy_metrics",
 ]
