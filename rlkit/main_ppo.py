@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -85,7 +86,9 @@ def run(overrides: list[str], progress: bool = False) -> int:
             metrics = dict(result.metrics)
             last = exp.global_step >= exp.total_training_steps
             if t.test_freq > 0 and (exp.global_step % t.test_freq == 0 or last):
+                start = time.perf_counter()
                 metrics.update(validation())
+                metrics["timing_s/testing"] = time.perf_counter() - start  # verl's: apart from timing_s/step
             if t.save_freq > 0 and (exp.global_step % t.save_freq == 0 or last):
                 saved = exp.save(out_dir / f"{ckpt_lib.STEP_PREFIX}{exp.global_step}")
                 for gone in ckpt_lib.prune(out_dir, t.max_actor_ckpt_to_keep, t.max_critic_ckpt_to_keep):

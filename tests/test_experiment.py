@@ -664,6 +664,26 @@ def test_loss_scale_factor_divides_the_actors_summed_losses():
         PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_scale_factor=0"])
 
 
+def test_actor_loss_metric_is_the_whole_loss():
+    """actor/loss (verl 0.9's) is what the update backpropagates: pg_loss - entropy_coeff * entropy + kl_loss_coef *
+    kl_loss. By hand: ratio 1, A = (1, 3) -> pg -2; entropy (1, 3) -> 2; kl = log p - log p_ref = (0.2, 0.4) -> 0.3;
+    -2 - 0.1 * 2 + 0.5 * 0.3 = -2.05."""
+    import torch
+
+    from rlkit.datasets import RolloutBatch
+    from rlkit.training.worker import actor_micro_loss
+
+    lp = torch.log(torch.tensor([[0.5, 0.25]]))
+    mb = RolloutBatch({"response_mask": torch.ones(1, 2), "old_log_probs": lp.clone(),
+                       "advantages": torch.tensor([[1.0, 3.0]]), "ref_log_prob": lp - torch.tensor([[0.2, 0.4]])})
+    cfg = PPOConfig.from_overrides(["actor_rollout_ref.actor.entropy_coeff=0.1", "actor_rollout_ref.actor.use_kl_loss=True",
+                                    "actor_rollout_ref.actor.kl_loss_coef=0.5", "actor_rollout_ref.actor.kl_loss_type=kl"])
+    loss, row = actor_micro_loss(cfg, lp, torch.tensor([[1.0, 3.0]]), mb)
+    assert (row["actor/pg_loss"].item(), row["actor/entropy"].item(), row["actor/kl_loss"].item()) == pytest.approx(
+        (-2.0, 2.0, 0.3))
+    assert row["actor/loss"].item() == pytest.approx(-2.05) and loss.item() == pytest.approx(-2.05)
+
+
 def test_without_recomputing_the_old_log_probs_the_update_uses_its_own_detached():
     """recompute_old_log_prob=False: the old log-probs are the update's own, detached. The ratio is 1, so
     the loss is -mean(A) (token-mean) and the gradient is -A/T per token's log-prob, as the recomputed old

@@ -148,6 +148,8 @@ def test_generation_dumps_at_verls_steps(toy, tmp_path):
     assert sorted(p.name for p in rollouts.iterdir()) == ["1.jsonl", "2.jsonl"]
     assert sorted(p.name for p in val.iterdir()) == ["0.jsonl", "2.jsonl"]
     logged = {row["step"]: row for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    # verl times the validation of a training step apart from the step (none before training)
+    assert logged[2]["timing_s/testing"] > 0 and "timing_s/testing" not in logged[0] | logged[1]
     for step in (1, 2):
         lines = [json.loads(line) for line in (rollouts / f"{step}.jsonl").read_text(encoding="utf-8").splitlines()]
         assert len(lines) == 4 * 2 and {line["step"] for line in lines} == {step}  # train_batch_size x rollout.n

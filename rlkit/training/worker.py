@@ -113,7 +113,8 @@ def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
     :func:`response_log_probs` (``log_prob`` (mb, R); ``entropy`` (mb, R) when :func:`update_entropy`
     says it is used, else None); every term aggregated with ``actor.loss_agg_mode`` over the same
     units. ``mb`` may stay on the host: the columns read here go to ``log_prob``'s device. Returns the
-    loss and its ``actor/*`` metrics (0-d tensors on the loss's device, or floats); with an entropy it is
+    loss and its ``actor/*`` metrics (0-d tensors on the loss's device, or floats; ``actor/loss`` is the loss
+    itself, ``actor/pg_loss`` its clipped policy term); with an entropy it is
     reported as ``actor/entropy``, which replaces the old-log-prob pass's value in the step's metrics.
 
     With ``actor.recompute_old_log_prob=False`` (one optimizer step per batch, :func:`rlkit.config.validate`)
@@ -142,6 +143,7 @@ def actor_micro_loss(cfg, log_prob: torch.Tensor, entropy: torch.Tensor | None,
         kl_loss = algos.agg_loss(kl, mask, agg, scale)
         loss = loss + float(a.kl_loss_coef) * kl_loss
         row.update({"actor/kl_loss": kl_loss.detach(), "actor/kl_coef": float(a.kl_loss_coef)})
+    row["actor/loss"] = loss.detach()  # the whole loss, as verl 0.9 logs it
     return loss, row
 
 
