@@ -36,13 +36,13 @@ placement groups, so a new group can start in the same process.
 
 A group of one rank can also run in this process (``WorkerGroup(cfg, local=True)``: no Ray, the
 same RankWorker and dispatch, a world-size-1 process group here); an exception in the rank breaks
-the group as above.
+the group as above. SGLang never starts in this process (it kills its launcher when it fails), so a
+local group takes ``rollout.name=hf`` only.
 
 A group dropped without ``shutdown`` (a notebook cell run again: ``exp = Experiment(...)``) releases
 what it holds when it is garbage-collected: its actors end, its placement groups are removed (Ray
 keeps those until then, so the next group would find no free bundles), a local rank leaves the
-process group and stops its engine. SGLang never starts in this process (it kills its launcher when it fails), so a
-local group takes ``rollout.name=hf`` only.
+process group and stops its engine.
 """
 from __future__ import annotations
 
