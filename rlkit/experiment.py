@@ -26,6 +26,7 @@ from rlkit import algos
 from rlkit import checkpoint as ckpt_lib
 from rlkit.config import PPOConfig, check_runtime, validate
 from rlkit.diagnostics import balance as memory_balance_lib
+from rlkit.diagnostics import flops as flops_lib
 from rlkit.diagnostics import memory as memory_lib
 from rlkit.diagnostics.timing import PhaseTimer
 from rlkit.loggers import dump_generations, pick_val_generations
@@ -189,8 +190,23 @@ class Experiment:
             worker.set_total_training_steps(self.total_training_steps)
         self.worker = worker
         self.memory_recorder.extend(self.worker.take_snapshots())  # engine start, model load
+        # verl's perf/mfu/*: the model's dimensions and the card's bf16 peak (none on a CPU or an unlisted card)
+        dims = flops_lib.model_dims(worker.model_dir) if getattr(worker, "model_dir", None) else None
+        peak = flops_lib.peak_flops(getattr(worker, "device_name", None))
+        self._mfu_basis = (dims, peak) if dims and peak else None
 
     # ------------------------------------------------------------------ setup helpers
+    def _step_mfu(self, row: dict, rows: int) -> dict[str, float]:
+        """verl's ``perf/mfu/{actor,actor_infer,critic}`` (:func:`rlkit.diagnostics.flops.step_mfu`); the
+        critic's only when it is the actor's model with a value head."""
+        dims, peak = self._mfu_basis
+        cfg = self.config
+        out = flops_lib.step_mfu(row, dims, rows, peak, self.world_size,
+                                 int(cfg.actor_rollout_ref.actor.ppo_epochs), int(cfg.critic.get("ppo_epochs") or 1))
+        if str(cfg.critic.model.get("path")) not in ("None", str(cfg.actor_rollout_ref.model.path)):
+            out.pop("perf/mfu/critic", None)
+        return out
+
     def _configured_reward_fn(self, rewards):
         crf = self.config.get("custom_reward_function") or {}
         kwargs = dict(crf.get("reward_kwargs") or {})
@@ -337,6 +353,8 @@ class Experiment:
         with one_intra_op_thread():  # the driver's own math again, as the advantages
             metrics.update(_data_metrics(batch, int(cfg.data.max_response_length), int(cfg.data.max_prompt_length)))
         metrics.update(_timing_metrics(timer.timing, batch, n_gpus=self.world_size))
+        if self._mfu_basis:
+            metrics.update(self._step_mfu(metrics, len(batch)))
         metrics["training/global_step"] = step
         metrics["training/epoch"] = epoch
         for k, v in extras.items():

@@ -664,6 +664,28 @@ def test_loss_scale_factor_divides_the_actors_summed_losses():
         PPOConfig.from_overrides(["actor_rollout_ref.actor.loss_scale_factor=0"])
 
 
+def test_mfu_metrics_on_a_listed_card_and_none_on_a_cpu(char_model, toy_data, monkeypatch):
+    """verl's perf/mfu/{actor,actor_infer,critic}: each phase's model FLOPs over its seconds and the card's peak;
+    a CPU is not a listed card, so a CPU step has none - until the table lists one (a pretend 1 TFLOP/s here)."""
+    import json
+    from pathlib import Path
+
+    from rlkit.diagnostics import flops
+
+    cfg = PPOConfig.from_overrides(toy_overrides(char_model, toy_data))
+    with Experiment(cfg, reward_fn=digit_fraction) as exp:
+        assert not any(k.startswith("perf/mfu/") for k in exp.step().metrics)
+    monkeypatch.setitem(flops.PEAK_BF16_TFLOPS, "cpu", 1.0)
+    with Experiment(cfg, reward_fn=digit_fraction) as exp:
+        res = exp.step()
+    m, rows = res.metrics, len(res.batch)
+    dims = {k: v for k, v in json.loads((Path(char_model) / "config.json").read_text()).items() if k in flops.MODEL_DIMS}
+    fwd = {head: flops.forward_flops(dims, m["perf/total_num_tokens"], rows, head) for head in ("lm", "value")}
+    assert m["perf/mfu/actor_infer"] == pytest.approx(fwd["lm"] / m["timing_s/old_log_prob"] / 1e12)
+    assert m["perf/mfu/actor"] == pytest.approx(3 * fwd["lm"] / m["timing_s/update_actor"] / 1e12)
+    assert m["perf/mfu/critic"] == pytest.approx(3 * fwd["value"] / m["timing_s/update_critic"] / 1e12)
+
+
 def test_actor_loss_metric_is_the_whole_loss():
     """actor/loss (verl 0.9's) is what the update backpropagates: pg_loss - entropy_coeff * entropy + kl_loss_coef *
     kl_loss. By hand: ratio 1, A = (1, 3) -> pg -2; entropy (1, 3) -> 2; kl = log p - log p_ref = (0.2, 0.4) -> 0.3;

@@ -13,12 +13,8 @@ and ``use_dynamic_bsz`` (micro-batches by token budget: ``--max-token-len`` for 
 :func:`rlkit.main_ppo.run` with a ``jsonl`` logger; the benchmark reads the metrics it wrote and adds,
 per training phase, the model FLOPs and the MFU:
 
-* a forward pass costs ``2 * N * T`` FLOPs plus attention ``2 * L * d * s**2`` per sequence (causal:
-  ``QK^T`` and ``AV`` over half the square), where ``N`` counts the weights a token passes through
-  (embeddings excluded, the LM head included; the critic's value head instead), ``T`` the batch's
-  tokens, ``L`` layers, ``d`` the hidden size and ``s`` the mean sequence length (exact when every
-  sequence has the same length); a backward pass costs twice the forward, so an update is 3x
-  (recomputation under gradient checkpointing is not counted: *model* FLOPs);
+* model FLOPs as :mod:`rlkit.diagnostics.flops` counts them (``2 * N * T`` per forward pass plus
+  attention; an update is 3x);
 * MFU = FLOPs / seconds / peak, against the card's dense bf16 peak from its data sheet where known
   (``--peak-tflops`` overrides) and against the rate a large bf16 matmul reaches on it, measured first.
 
@@ -37,66 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlkit.diagnostics.flops import peak_flops, phase_mfu, weights_per_token
+
 GIB = 2**30
-# dense bf16 peak from the vendors' data sheets (TFLOP/s), matched on torch.cuda.get_device_name()
-PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H200": 989.4,
-                    "A100": 312.0}
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             intermediate_size=128)
-# phase -> (role, passes): forward passes count 1, updates 3 (forward + backward)
-TRAINING_PHASES = {"old_log_prob": ("actor", 1), "ref": ("actor", 1), "values": ("critic", 1),
-                   "update_critic": ("critic", 3), "update_actor": ("actor", 3)}
-
-
-def weights_per_token(model_cfg: dict, head: str = "lm") -> int:
-    """Weights one token's forward pass multiplies by (``head``: ``lm`` or ``value``).
-
-    >>> from rlkit.bench.e2e import weights_per_token
-    >>> qwen05 = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    ...               intermediate_size=4864, vocab_size=151936)
-    >>> weights_per_token(qwen05), weights_per_token(qwen05, head="value")  # the first is Qwen2.5-0.5B's size
-    (494032768, 357899009)
-    """
-    d, layers = model_cfg["hidden_size"], model_cfg["num_hidden_layers"]
-    kv = d // model_cfg["num_attention_heads"] * model_cfg["num_key_value_heads"]
-    attn = d * d + 2 * d * kv + d * d + d + 2 * kv  # q, k, v, o weights and the q/k/v biases (Qwen2)
-    mlp = 3 * d * model_cfg["intermediate_size"]
-    norms = 2 * d
-    body = layers * (attn + mlp + norms) + d  # + the final norm
-    return body + (model_cfg["vocab_size"] * d if head == "lm" else d + 1)
-
-
-def forward_flops(model_cfg: dict, tokens: float, sequences: float, head: str = "lm") -> float:
-    """FLOPs of one forward pass over ``sequences`` sequences of ``tokens`` tokens in all (see the module
-    docstring).
-
-    >>> from rlkit.bench.e2e import forward_flops
-    >>> cfg = dict(hidden_size=2, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
-    ...            intermediate_size=2, vocab_size=3)
-    >>> # N = q 4 + k,v 8 + o 4 + biases 6 + mlp 12 + norms 4 + final norm 2 + head 6 = 46
-    >>> forward_flops(cfg, tokens=8, sequences=2)  # 2*46*8 + 2*1*2*(8/2)**2*2
-    864.0
-    """
-    s = tokens / sequences
-    return 2.0 * weights_per_token(model_cfg, head) * tokens + 2.0 * model_cfg["num_hidden_layers"] * \
-        model_cfg["hidden_size"] * s * s * sequences
-
-
-def phase_mfu(row: dict, model_cfg: dict, rows_per_step: int, peak_flops: float, epochs: int = 1) -> dict:
-    """Model FLOPs and MFU of each training phase of one step's metrics ``row`` (``timing_s/*`` and
-    ``perf/total_num_tokens``); phases that did not run are left out."""
-    tokens = float(row["perf/total_num_tokens"])
-    out = {}
-    for phase, (role, passes) in TRAINING_PHASES.items():
-        seconds = row.get(f"timing_s/{phase}")
-        if not seconds:
-            continue
-        reps = passes * (epochs if phase.startswith("update") else 1)
-        flops = reps * forward_flops(model_cfg, tokens, rows_per_step, "lm" if role == "actor" else "value")
-        out[phase] = {"seconds": seconds, "tflops": flops / 1e12, "tflops_per_s": flops / seconds / 1e12,
-                      "mfu": flops / seconds / peak_flops if peak_flops else None}
-    return out
-
 
 def matmul_peak(n: int = 8192, reps: int = 20) -> float:
     """bf16 FLOP/s of an ``n x n`` matmul on the current GPU (the best of ``reps`` timed runs)."""
@@ -238,7 +179,7 @@ def machine_record(device: str | None = None, peak_tflops: float | None = None) 
                            "ray": _version("ray")}}
     peak = None
     if on_gpu:
-        peak = (peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), 0.0)) * 1e12 or None
+        peak = peak_tflops * 1e12 if peak_tflops else peak_flops(card)
     return record, peak
 
 

@@ -344,8 +344,9 @@ def run_machine(result_file, from_logs: bool, peers=("verl", "trl"), folders=Non
         for r in runs.values():
             versions.update({k: v for k, v in r.get("versions", {}).items() if versions.get(k) is None})
         record["side_runs"] = {n: {k: r.get(k) for k in ("date", "card", "status")} for n, r in runs.items()}
-    peak = next((v for k, v in e2e.PEAK_BF16_TFLOPS.items() if k in record.get("card", "")), 0.0) * 1e12
-    return record, peak or None
+    from rlkit.diagnostics.flops import peak_flops
+
+    return record, peak_flops(record.get("card"))
 
 
 def side_overrides(entries: list[str], sides: list[str]) -> dict[str, list[str]]:

@@ -116,7 +116,7 @@ def _profile(fn, sync, rows: int = 12) -> dict:
 def run_engine(args, model: Path, engine: str, batch, model_cfg: dict, peak: float | None) -> dict:
     import torch
 
-    from rlkit.bench.e2e import phase_mfu
+    from rlkit.diagnostics.flops import phase_mfu
     from rlkit.distributed.group import WorkerGroup
 
     group = WorkerGroup(config(args, model, engine), local=True)

@@ -1,2 +1,3 @@
 """Pure-data diagnostics, importable by every layer above them: memory snapshots (``memory``: the one
-GPU-memory reader), SGLang's TP balance rule and pre-flight (``balance``) and phase timing (``timing``)."""
+GPU-memory reader), SGLang's TP balance rule and pre-flight (``balance``), phase timing (``timing``) and
+model FLOPs / MFU (``flops``)."""

@@ -206,6 +206,7 @@ class WorkerGroup:
         info = self.ranks[0]
         self.has_ref, self.has_critic = info["has_ref"], info["has_critic"]
         self.model_dir, self.device, self.load_time = info["model_dir"], info["device"], info["load_time"]
+        self.device_name = info["device_name"]  # the card (torch.cuda.get_device_name), or "cpu"
         self.tokenizer = self.call_rank0("get_tokenizer")
 
     # ------------------------------------------------------------------ dispatch

@@ -343,6 +343,7 @@ class RankWorker:
         gpus = _ray_gpu_ids()
         return {"rank": self.rank, "world_size": self.world_size, "local_rank": self.local_rank, "node": self.node,
                 "pid": os.getpid(), "device": str(self.device), "gpu_ids": gpus, "backend": self.backend,
+                "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
                 "has_ref": self.ref is not None, "has_critic": self.critic is not None, "model_dir": self.model_dir,
                 "load_time": self.load_time}
 

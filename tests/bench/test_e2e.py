@@ -1,5 +1,5 @@
-"""rlkit.bench.e2e: the FLOP count against a real model's weights, MFU by hand, and the whole benchmark on a
-CPU (tiny model, hf rollout, 2 steps) through main_ppo's code path."""
+"""rlkit.bench.e2e: the summary over steps, and the whole benchmark on a CPU (tiny model, hf rollout, 2 steps)
+through main_ppo's code path (its FLOP counts: tests/diagnostics/test_flops.py)."""
 from __future__ import annotations
 
 import json
@@ -10,35 +10,6 @@ from rlkit.bench import e2e
 
 QWEN05 = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
               intermediate_size=4864, vocab_size=151936)
-
-
-def test_weights_per_token_counts_the_models_matmul_weights():
-    """Loop over a real (tiny, untied) Qwen2's parameters: every weight except the input embedding."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    dims = dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
-                intermediate_size=80, vocab_size=97)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=False, **dims))
-    counted = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
-    assert e2e.weights_per_token(dims) == counted
-    # the critic: the same body, a value head of hidden_size weights and one bias instead of the LM head
-    assert e2e.weights_per_token(dims, head="value") == counted - 97 * 48 + 48 + 1
-
-
-def test_phase_mfu_by_hand():
-    cfg = dict(hidden_size=2, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
-               intermediate_size=2, vocab_size=3)
-    # 2 sequences, 8 tokens: actor forward 864 FLOPs (see forward_flops); critic N = 40 + 3 = 43
-    row = {"perf/total_num_tokens": 8, "timing_s/old_log_prob": 2.0, "timing_s/update_actor": 4.0,
-           "timing_s/update_critic": 1.0, "timing_s/gen": 9.0}
-    out = e2e.phase_mfu(row, cfg, rows_per_step=2, peak_flops=100.0, epochs=2)
-    assert set(out) == {"old_log_prob", "update_actor", "update_critic"}  # gen is not a training phase
-    assert out["old_log_prob"]["mfu"] == pytest.approx(864 / 2.0 / 100)
-    assert out["update_actor"]["mfu"] == pytest.approx(2 * 3 * 864 / 4.0 / 100)  # 2 epochs x (fwd + bwd)
-    critic_fwd = 2 * 43 * 8 + 128
-    assert out["update_critic"]["tflops"] == pytest.approx(2 * 3 * critic_fwd / 1e12)
 
 
 def test_summary_skips_the_warm_up_step():

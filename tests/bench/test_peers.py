@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlkit.bench import e2e, peers
+from rlkit.diagnostics import flops
 from rlkit.diagnostics.memory import sanitize
 
 DATA = {"train": "/d/train.parquet", "test": "/d/test.parquet"}
@@ -411,7 +412,7 @@ def test_from_logs_takes_each_sides_versions_from_the_run_that_ran_it(tmp_path):
     assert record["side_runs"]["trl"] == {"date": "2026-12-07", "card": "NVIDIA H100 80GB HBM3",
                                           "status": "timed out after 500.0 s, exit status -9"}
     assert [record["side_runs"][s]["status"] for s in ("rlkit", "verl")] == [0, 1]
-    assert peak == e2e.PEAK_BF16_TFLOPS["H100 80GB HBM3"] * 1e12
+    assert peak == flops.PEAK_BF16_TFLOPS["H100 80GB HBM3"] * 1e12
     (tmp_path / "peers.json").unlink()  # without the last file: the first side's run
     record, _ = peers.run_machine(tmp_path / "peers.json", True, folders=folders)
     assert record["date"] == "2026-12-07" and record["versions"]["trl"] == "1.12.0"
@@ -434,4 +435,4 @@ def test_from_logs_keeps_the_machine_that_ran_the_sides(tmp_path):
     assert (again["date"], again["card"], again["versions"]) == ("2026-12-07", "NVIDIA H100 80GB HBM3",
                                                                   {"torch": "2.11.0+cu130"})
     mfu = again["summary"]["rlkit"]["mfu"]["update_actor"]
-    assert mfu["mfu"] == pytest.approx(mfu["tflops_per_s"] / e2e.PEAK_BF16_TFLOPS["H100 80GB HBM3"])
+    assert mfu["mfu"] == pytest.approx(mfu["tflops_per_s"] / flops.PEAK_BF16_TFLOPS["H100 80GB HBM3"])
