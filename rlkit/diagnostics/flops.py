@@ -61,16 +61,19 @@ def forward_flops(model_cfg: dict, tokens: float, sequences: float, head: str = 
         model_cfg["hidden_size"] * s * s * sequences
 
 
-def phase_mfu(row: dict, model_cfg: dict, rows_per_step: int, peak_flops: float, epochs: int = 1) -> dict:
+def phase_mfu(row: dict, model_cfg: dict, rows_per_step: int, peak_flops: float, epochs: int = 1,
+              critic_epochs: int | None = None) -> dict:
     """Model FLOPs and MFU of each training phase of one step's metrics ``row`` (``timing_s/*`` and
-    ``perf/total_num_tokens``); phases that did not run are left out."""
+    ``perf/total_num_tokens``); phases that did not run are left out. Updates pass over the batch ``epochs``
+    times (the critic's ``critic_epochs``, when given)."""
     tokens = float(row["perf/total_num_tokens"])
+    per_role = {"actor": epochs, "critic": epochs if critic_epochs is None else critic_epochs}
     out = {}
     for phase, (role, passes) in TRAINING_PHASES.items():
         seconds = row.get(f"timing_s/{phase}")
         if not seconds:
             continue
-        reps = passes * (epochs if phase.startswith("update") else 1)
+        reps = passes * (per_role[role] if phase.startswith("update") else 1)
         flops = reps * forward_flops(model_cfg, tokens, rows_per_step, "lm" if role == "actor" else "value")
         out[phase] = {"seconds": seconds, "tflops": flops / 1e12, "tflops_per_s": flops / seconds / 1e12,
                       "mfu": flops / seconds / peak_flops if peak_flops else None}
@@ -121,9 +124,5 @@ def step_mfu(row: dict, model_cfg: dict, rows_per_step: int, peak: float, n_gpus
     >>> step_mfu(row, cfg, rows_per_step=2, peak=100.0, n_gpus=2)  # 864 / 2 / 200; 3 * 864 / 3 / 200
     {'perf/mfu/actor': 4.32, 'perf/mfu/actor_infer': 2.16}
     """
-    out = {}
-    for role, epochs in (("actor", actor_epochs), ("critic", critic_epochs)):
-        for phase, m in phase_mfu(row, model_cfg, rows_per_step, peak * n_gpus, epochs).items():
-            if phase in STEP_MFU and TRAINING_PHASES[phase][0] == role:
-                out[STEP_MFU[phase]] = m["mfu"]
-    return dict(sorted(out.items()))
+    phases = phase_mfu(row, model_cfg, rows_per_step, peak * n_gpus, actor_epochs, critic_epochs)
+    return dict(sorted((name, phases[phase]["mfu"]) for phase, name in STEP_MFU.items() if phase in phases))
